@@ -1,0 +1,147 @@
+"""A content-addressed artifact store behind a URI.
+
+Blobs live at ``<root>/cas/<sha[:2]>/<sha>`` and are immutable; named
+references (``<root>/refs/<namespace>/<key>.json``) point at blobs so results
+can be found again by what produced them (model hash, dataset hash, settings).
+The root is a local folder by default and any fsspec URL (``s3://bucket/x``)
+in a cluster. Keys and namespaces are checked so that no name a user sends
+can escape the root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+
+from bitmesh.errors import InvalidArgument, NotFound
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A stored blob: where it is and what it holds."""
+
+    uri: str
+    sha256: str
+    size_bytes: int
+    media_type: str = "application/octet-stream"
+
+
+def stable_json(value: Any) -> bytes:
+    """Canonical JSON bytes, so equal values hash equally across processes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_name(kind: str, name: str) -> str:
+    if not _SAFE_NAME.match(name) or ".." in name:
+        raise InvalidArgument(
+            f"{kind} {name!r} is not allowed: use letters, digits, '.', '_' or '-' "
+            "(no path separators, no '..'), at most 200 characters"
+        )
+    return name
+
+
+class ArtifactStore:
+    """Content-addressed blobs plus named JSON references under one root URI."""
+
+    def __init__(self, root: str) -> None:
+        self.fs, self.root = fsspec.core.url_to_fs(root)
+        self.protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.fs.makedirs(self.root, exist_ok=True)
+
+    # -- paths -------------------------------------------------------------
+    def _blob_path(self, sha: str) -> str:
+        if not _SHA256.match(sha):
+            raise InvalidArgument(f"{sha!r} is not a sha256 digest")
+        return f"{self.root}/cas/{sha[:2]}/{sha}"
+
+    def _ref_path(self, namespace: str, key: str) -> str:
+        return f"{self.root}/refs/{_check_name('namespace', namespace)}/{_check_name('key', key)}.json"
+
+    def uri_of(self, path: str) -> str:
+        return f"{self.protocol}://{path}"
+
+    # -- blobs -------------------------------------------------------------
+    def put_bytes(self, data: bytes, media_type: str = "application/octet-stream") -> Artifact:
+        """Store ``data`` once; storing the same bytes again is a no-op."""
+        sha = sha256_hex(data)
+        path = self._blob_path(sha)
+        if not self.fs.exists(path):
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            with self.fs.open(tmp, "wb") as fh:
+                fh.write(data)
+            self.fs.mv(tmp, path)
+        return Artifact(uri=self.uri_of(path), sha256=sha, size_bytes=len(data), media_type=media_type)
+
+    def put_json(self, value: Any) -> Artifact:
+        return self.put_bytes(stable_json(value), media_type="application/json")
+
+    def get_bytes(self, sha: str) -> bytes:
+        path = self._blob_path(sha)
+        if not self.fs.exists(path):
+            raise NotFound(f"artifact {sha} is not in the store at {self.root}")
+        with self.fs.open(path, "rb") as fh:
+            data: bytes = fh.read()
+        return data
+
+    def get_json(self, sha: str) -> Any:
+        return json.loads(self.get_bytes(sha))
+
+    def local_path(self, sha: str) -> str:
+        """A local filesystem path of a blob (only for a file:// root)."""
+        if self.protocol != "file":
+            raise InvalidArgument("local paths exist only for a local artifact root")
+        path = self._blob_path(sha)
+        if not self.fs.exists(path):
+            raise NotFound(f"artifact {sha} is not in the store at {self.root}")
+        return path
+
+    # -- named references --------------------------------------------------
+    def set_ref(self, namespace: str, key: str, value: Mapping[str, Any]) -> Artifact:
+        """Store ``value`` as a blob and point ``namespace/key`` at it."""
+        artifact = self.put_json(dict(value))
+        path = self._ref_path(namespace, key)
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with self.fs.open(tmp, "wb") as fh:
+            fh.write(stable_json({"sha256": artifact.sha256}))
+        self.fs.mv(tmp, path)
+        return artifact
+
+    def get_ref(self, namespace: str, key: str) -> Any | None:
+        """The JSON value behind ``namespace/key``, or None when absent."""
+        path = self._ref_path(namespace, key)
+        if not self.fs.exists(path):
+            return None
+        with self.fs.open(path, "rb") as fh:
+            pointer = json.loads(fh.read())
+        return self.get_json(pointer["sha256"])
+
+    def resolve_user_path(self, relative: str) -> str:
+        """A path inside the root for a name a user sent; refuses escapes."""
+        parts = [p for p in relative.replace("\\", "/").split("/") if p not in ("", ".")]
+        if not parts or any(p == ".." for p in parts) or relative.startswith("/"):
+            raise InvalidArgument(
+                f"path {relative!r} escapes the artifact root; give a path relative to it "
+                "without '..'"
+            )
+        return f"{self.root}/uploads/" + "/".join(_check_name("path part", p) for p in parts)
+
+
+def cache_key(*parts: Any) -> str:
+    """A short stable key over JSON-able parts (used for result caches)."""
+    return sha256_hex(stable_json(list(parts)))[:40]

@@ -1,0 +1,79 @@
+"""Pieces every CLI command shares: model/dataset flags, the client, output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+from rich.console import Console
+
+from bitmesh.client import Client
+from bitmesh.errors import InvalidArgument
+from bitmesh.settings import load_settings
+from bitmesh.v1 import common_pb2
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def add_client_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser.add_argument("--timeout", type=float, default=None, help="deadline per call, seconds")
+
+
+def client_from(args: argparse.Namespace) -> Client:
+    return Client(load_settings(), timeout=getattr(args, "timeout", None))
+
+
+def parse_shape(text: str | None) -> list[int]:
+    if not text:
+        return []
+    try:
+        shape = [int(x) for x in text.replace("x", ",").split(",") if x.strip()]
+    except ValueError:
+        raise InvalidArgument(f"input shape {text!r} must be integers like 3,224,224") from None
+    if any(d <= 0 for d in shape):
+        raise InvalidArgument(f"input shape {text!r} must be positive")
+    return shape
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="torchvision architecture or 'digits_cnn', or a .pt2 / TorchScript file")
+    parser.add_argument("--weights", default="", help="state_dict file (loaded with weights_only=True)")
+    parser.add_argument("--input-shape", default="", help="C,H,W (default: 1,8,8 for digits_cnn, else 3,224,224)")
+    parser.add_argument("--num-classes", type=int, default=0, help="0 = the architecture's default")
+
+
+def model_ref_from(args: argparse.Namespace) -> common_pb2.ModelRef:
+    shape = parse_shape(args.input_shape)
+    ref = common_pb2.ModelRef(weights=args.weights, input_shape=shape, num_classes=args.num_classes)
+    model: str = args.model
+    if model.endswith(".pt2"):
+        ref.exported_program = model
+    elif model.endswith((".pt", ".pth", ".torchscript", ".ts")) and "/" in model:
+        ref.torchscript = model
+    else:
+        ref.architecture = model
+    return ref
+
+
+def dump_json(message: Any) -> None:
+    data = MessageToDict(message, preserving_proto_field_name=True) if hasattr(message, "DESCRIPTOR") else message
+    print(json.dumps(data, indent=2))
+
+
+def human_count(value: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{unit}"
+    return f"{value:.0f}"
+
+
+def human_bytes(value: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:.0f} B"

@@ -1,0 +1,185 @@
+"""``bitmesh.Client``: typed Python methods over the four services' stubs.
+
+One channel per service, a deadline on every call, and errors mapped back to
+:mod:`bitmesh.errors` through a closed table (never by importing names the
+server sends).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bitmesh.errors import ERRORS_BY_STATUS, BitmeshError
+from bitmesh.mesh_state import resolve_addresses
+from bitmesh.settings import SERVICES, ServiceName, Settings, load_settings
+from bitmesh.v1 import (
+    common_pb2,
+    proxy_nas_pb2,
+    proxy_nas_pb2_grpc,
+    sensitivity_pb2,
+    sensitivity_pb2_grpc,
+    solver_pb2,
+    solver_pb2_grpc,
+    trainer_pb2,
+    trainer_pb2_grpc,
+)
+
+T = TypeVar("T")
+
+_STUBS: dict[ServiceName, Any] = {
+    "sensitivity": sensitivity_pb2_grpc.SensitivityServiceStub,
+    "solver": solver_pb2_grpc.SolverServiceStub,
+    "trainer": trainer_pb2_grpc.TrainerServiceStub,
+    "proxy_nas": proxy_nas_pb2_grpc.ProxyNasServiceStub,
+}
+
+
+def error_from_rpc(exc: grpc.RpcError) -> BitmeshError:
+    """The domain error for a failed call (closed table; INTERNAL otherwise)."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    cls = ERRORS_BY_STATUS.get(code.name, BitmeshError)
+    error = cls(details or code.name)
+    if cls is BitmeshError:
+        error.status_name = code.name
+    return error
+
+
+class Client:
+    """A client of the whole mesh. Use as a context manager to close channels."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        addresses: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.settings = settings or load_settings()
+        self.addresses = resolve_addresses(self.settings, addresses)
+        self.timeout = timeout or self.settings.call_timeout_seconds
+        self._channels: dict[ServiceName, grpc.Channel] = {}
+
+    # -- plumbing ----------------------------------------------------------
+    def _metadata(self) -> list[tuple[str, str]]:
+        token = self.settings.auth_token
+        return [("authorization", f"Bearer {token}")] if token else []
+
+    def channel(self, service: ServiceName) -> grpc.Channel:
+        if service not in self._channels:
+            options = [
+                ("grpc.max_receive_message_length", self.settings.max_message_bytes),
+                ("grpc.max_send_message_length", self.settings.max_message_bytes),
+            ]
+            address = self.addresses[service]
+            if self.settings.tls_ca_file:
+                with open(self.settings.tls_ca_file, "rb") as fh:
+                    creds = grpc.ssl_channel_credentials(root_certificates=fh.read())
+                self._channels[service] = grpc.secure_channel(address, creds, options)
+            else:
+                self._channels[service] = grpc.insecure_channel(address, options)
+        return self._channels[service]
+
+    def stub(self, service: ServiceName) -> Any:
+        return _STUBS[service](self.channel(service))
+
+    def _call(self, service: ServiceName, method: str, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return getattr(self.stub(service), method)(
+                request, timeout=timeout or self.timeout, metadata=self._metadata()
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+
+    def _stream(self, service: ServiceName, method: str, request: Any, timeout: float | None) -> Iterator[Any]:
+        try:
+            yield from getattr(self.stub(service), method)(
+                request, timeout=timeout, metadata=self._metadata()
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- health ------------------------------------------------------------
+    def health(self, service: ServiceName, timeout: float = 2.0) -> str:
+        """SERVING / NOT_SERVING / UNREACHABLE for one service."""
+        stub = health_pb2_grpc.HealthStub(self.channel(service))
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.RpcError:
+            return "UNREACHABLE"
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+    def health_all(self, timeout: float = 2.0) -> dict[ServiceName, str]:
+        return {s: self.health(s, timeout) for s in SERVICES}
+
+    # -- sensitivity -------------------------------------------------------
+    def list_layers(self, request: sensitivity_pb2.ListLayersRequest) -> sensitivity_pb2.ListLayersResponse:
+        return self._call("sensitivity", "ListLayers", request, timeout=max(self.timeout, 120))
+
+    def start_analysis(self, request: sensitivity_pb2.StartAnalysisRequest) -> common_pb2.JobRef:
+        return self._call("sensitivity", "StartAnalysis", request, timeout=max(self.timeout, 120))
+
+    def watch_analysis(self, job_id: str, timeout: float | None = None) -> Iterator[sensitivity_pb2.SensitivityEvent]:
+        return self._stream("sensitivity", "WatchAnalysis", common_pb2.JobRef(job_id=job_id), timeout)
+
+    def get_analysis(self, job_id: str) -> sensitivity_pb2.AnalysisResult:
+        return self._call("sensitivity", "GetAnalysis", common_pb2.JobRef(job_id=job_id))
+
+    def cancel_analysis(self, job_id: str) -> common_pb2.JobStatus:
+        return self._call("sensitivity", "CancelAnalysis", common_pb2.JobRef(job_id=job_id))
+
+    # -- solver ------------------------------------------------------------
+    def register_problem(self, problem: solver_pb2.Problem) -> solver_pb2.RegisterProblemResponse:
+        return self._call("solver", "RegisterProblem", solver_pb2.RegisterProblemRequest(problem=problem))
+
+    def solve(self, request: solver_pb2.SolveRequest) -> solver_pb2.Solution:
+        return self._call("solver", "Solve", request, timeout=max(self.timeout, 120))
+
+    def frontier(self, request: solver_pb2.FrontierRequest) -> solver_pb2.FrontierResponse:
+        return self._call("solver", "Frontier", request, timeout=max(self.timeout, 300))
+
+    def what_if(self, problem_id: str, budgets: common_pb2.Budgets) -> solver_pb2.Solution:
+        return self._call("solver", "WhatIf", solver_pb2.WhatIfRequest(problem_id=problem_id, budgets=budgets))
+
+    # -- trainer -----------------------------------------------------------
+    def start_training(self, request: trainer_pb2.StartTrainingRequest) -> common_pb2.JobRef:
+        return self._call("trainer", "StartJob", request)
+
+    def watch_training(self, job_id: str, timeout: float | None = None) -> Iterator[trainer_pb2.TrainingEvent]:
+        return self._stream("trainer", "WatchJob", common_pb2.JobRef(job_id=job_id), timeout)
+
+    def get_training(self, job_id: str) -> trainer_pb2.TrainingResult:
+        return self._call("trainer", "GetJob", common_pb2.JobRef(job_id=job_id))
+
+    def cancel_training(self, job_id: str) -> common_pb2.JobStatus:
+        return self._call("trainer", "CancelJob", common_pb2.JobRef(job_id=job_id))
+
+    def list_training(self, limit: int = 100) -> common_pb2.ListJobsResponse:
+        return self._call("trainer", "ListJobs", common_pb2.ListJobsRequest(limit=limit))
+
+    # -- proxy NAS ---------------------------------------------------------
+    def start_tuning(self, request: proxy_nas_pb2.StartSearchRequest) -> common_pb2.JobRef:
+        return self._call("proxy_nas", "StartSearch", request)
+
+    def watch_tuning(self, job_id: str, timeout: float | None = None) -> Iterator[proxy_nas_pb2.SearchEvent]:
+        return self._stream("proxy_nas", "WatchSearch", common_pb2.JobRef(job_id=job_id), timeout)
+
+    def get_tuning(self, job_id: str) -> proxy_nas_pb2.SearchResult:
+        return self._call("proxy_nas", "GetSearch", common_pb2.JobRef(job_id=job_id))
+
+    def cancel_tuning(self, job_id: str) -> common_pb2.JobStatus:
+        return self._call("proxy_nas", "CancelSearch", common_pb2.JobRef(job_id=job_id))

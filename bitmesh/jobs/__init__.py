@@ -1,0 +1,1 @@
+"""The job pattern every service follows for long work: records, stores, runners."""

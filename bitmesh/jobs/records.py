@@ -1,0 +1,59 @@
+"""What a job is: an id, a kind, a state machine, progress, a result.
+
+The same record is stored in Redis (cluster, Celery) or SQLite (embedded,
+cross-process on one machine), so restarting a service loses nothing.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+def new_job_id(kind: str) -> str:
+    return f"{kind}-{uuid.uuid4().hex[:16]}"
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job's durable state. ``result`` is JSON, set once it succeeded."""
+
+    job_id: str
+    kind: str
+    state: JobState = JobState.QUEUED
+    progress: float = 0.0
+    stage: str = ""
+    message: str = ""
+    error: str = ""
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+    request: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    cancel_requested: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = self.state.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
+        return cls(**{**data, "state": JobState(data["state"])})
+
+    def with_changes(self, **changes: Any) -> JobRecord:
+        return replace(self, **changes, updated=time.time())

@@ -1,0 +1,144 @@
+"""Run jobs in threads of the serving process (the sensitivity service's way).
+
+A job is a function of a :class:`JobContext`; it reports progress through the
+context and checks for cancellation between units of work. The runner caps
+how many jobs run at once (RESOURCE_EXHAUSTED beyond the cap, nothing lost:
+the refused job is never created) and records every outcome in the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from bitmesh.errors import BitmeshError, Cancelled, ResourceExhausted
+from bitmesh.jobs.records import JobRecord, JobState, new_job_id
+from bitmesh.jobs.store import JobStore, request_cancel, transition
+
+log = logging.getLogger(__name__)
+
+
+class JobContext:
+    """What a running job sees: progress reporting and its cancel flag."""
+
+    def __init__(self, store: JobStore, job_id: str, cancel_event: threading.Event) -> None:
+        self.store = store
+        self.job_id = job_id
+        self._cancel_event = cancel_event
+        self._last_check = 0.0
+
+    def report(
+        self,
+        progress: float,
+        stage: str = "",
+        message: str = "",
+        event: dict[str, Any] | None = None,
+    ) -> None:
+        record = self.store.update(
+            self.job_id,
+            lambda r: transition(r, progress=max(0.0, min(1.0, progress)), stage=stage or r.stage,
+                                 message=message or r.message),
+        )
+        self.store.append_event(
+            self.job_id,
+            {"state": record.state.value, "progress": record.progress, "stage": record.stage,
+             "message": record.message, **(event or {})},
+        )
+
+    def is_set(self) -> bool:
+        """True once a cancel was asked for (from any process; polled at most 5x/s)."""
+        if self._cancel_event.is_set():
+            return True
+        now = time.monotonic()
+        if now - self._last_check > 0.2:
+            self._last_check = now
+            if self.store.get(self.job_id).cancel_requested:
+                self._cancel_event.set()
+        return self._cancel_event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self.is_set():
+            raise Cancelled(f"job {self.job_id} was cancelled")
+
+
+JobWork = Callable[[JobContext], dict[str, Any]]
+
+
+class ThreadJobRunner:
+    """Bounded in-process execution of jobs recorded in a :class:`JobStore`."""
+
+    def __init__(self, store: JobStore, kind: str, max_concurrent: int) -> None:
+        self.store = store
+        self.kind = kind
+        self.max_concurrent = max_concurrent
+        self._pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix=kind)
+        self._lock = threading.Lock()
+        self._running: dict[str, tuple[Future[None], threading.Event]] = {}
+
+    def submit(self, request: dict[str, Any], work: JobWork, job_id: str | None = None) -> JobRecord:
+        with self._lock:
+            self._running = {k: v for k, v in self._running.items() if not v[0].done()}
+            if len(self._running) >= self.max_concurrent:
+                raise ResourceExhausted(
+                    f"{len(self._running)} {self.kind} jobs are running, the cap is "
+                    f"{self.max_concurrent}; wait for one to finish or cancel one "
+                    "(BITMESH_MAX_CONCURRENT_JOBS raises the cap)"
+                )
+            record = self.store.create(
+                JobRecord(job_id=job_id or new_job_id(self.kind), kind=self.kind, request=request)
+            )
+            event = threading.Event()
+            future = self._pool.submit(self._run, record.job_id, work, event)
+            self._running[record.job_id] = (future, event)
+        return record
+
+    def cancel(self, job_id: str) -> JobRecord:
+        record = request_cancel(self.store, job_id)
+        entry = self._running.get(job_id)
+        if entry is not None:
+            entry[1].set()
+        return record
+
+    def _run(self, job_id: str, work: JobWork, cancel_event: threading.Event) -> None:
+        store = self.store
+        record = store.update(job_id, lambda r: transition(r, state=JobState.RUNNING))
+        if record.state is not JobState.RUNNING:
+            return  # cancelled while queued
+        ctx = JobContext(store, job_id, cancel_event)
+        try:
+            result = work(ctx)
+        except Cancelled:
+            store.update(job_id, lambda r: transition(r, state=JobState.CANCELLED, message="cancelled"))
+        except BitmeshError as exc:
+            msg = exc.message
+            store.update(job_id, lambda r: transition(r, state=JobState.FAILED, error=msg))
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            msg = f"internal error in job {job_id} ({type(exc).__name__}); see the service log"
+            store.update(job_id, lambda r: transition(r, state=JobState.FAILED, error=msg))
+        else:
+            store.update(
+                job_id,
+                lambda r: transition(r, state=JobState.SUCCEEDED, progress=1.0, result=result),
+            )
+        final = store.get(job_id)
+        store.append_event(job_id, {"state": final.state.value, "progress": final.progress,
+                                    "stage": final.stage, "message": final.message})
+
+    def shutdown(self, grace: float) -> None:
+        """Let running jobs finish for ``grace`` seconds, then cancel the rest."""
+        deadline = time.monotonic() + grace
+        for future, event in list(self._running.values()):
+            remaining = deadline - time.monotonic()
+            if remaining > 0:
+                try:
+                    future.result(timeout=remaining)
+                except Exception:  # noqa: S110 - outcome already recorded by _run
+                    pass
+            if not future.done():
+                event.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)

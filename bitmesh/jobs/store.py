@@ -1,0 +1,225 @@
+"""Durable job stores: Redis in a cluster, SQLite for the embedded default.
+
+Both keep a record per job and an append-only list of progress events, so a
+Watch stream can resume from any index, from any process. A terminal state is
+final: a worker finishing after a cancel cannot turn the job back into
+SUCCEEDED (the update is a compare-and-set on the stored state).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from bitmesh.errors import NotFound, Unavailable
+from bitmesh.jobs.records import JobRecord, JobState
+
+JobUpdate = Callable[[JobRecord], JobRecord]
+
+
+class JobStore(Protocol):
+    def create(self, record: JobRecord) -> JobRecord: ...
+    def get(self, job_id: str) -> JobRecord: ...
+    def update(self, job_id: str, change: JobUpdate) -> JobRecord: ...
+    def append_event(self, job_id: str, event: dict[str, Any]) -> None: ...
+    def events_since(self, job_id: str, index: int) -> list[dict[str, Any]]: ...
+    def list(self, kind: str | None = None, limit: int = 100) -> list[JobRecord]: ...
+
+
+def transition(record: JobRecord, **changes: Any) -> JobRecord:
+    """Apply ``changes`` unless the job already ended (terminal is final)."""
+    if record.state.terminal and "state" in changes:
+        return record
+    return record.with_changes(**changes)
+
+
+class SqliteJobStore:
+    """Jobs in one SQLite file: safe across the processes of one machine."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._conn() as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, kind TEXT, "
+                "created REAL, record TEXT)"
+            )
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS events (job_id TEXT, idx INTEGER, event TEXT, "
+                "PRIMARY KEY (job_id, idx))"
+            )
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    def create(self, record: JobRecord) -> JobRecord:
+        conn = self._conn()
+        conn.execute(
+            "INSERT OR IGNORE INTO jobs VALUES (?, ?, ?, ?)",
+            (record.job_id, record.kind, record.created, json.dumps(record.to_dict())),
+        )
+        return self.get(record.job_id)
+
+    def get(self, job_id: str) -> JobRecord:
+        row = self._conn().execute("SELECT record FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"job {job_id!r} does not exist")
+        return JobRecord.from_dict(json.loads(row[0]))
+
+    def update(self, job_id: str, change: JobUpdate) -> JobRecord:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT record FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"job {job_id!r} does not exist")
+            new = change(JobRecord.from_dict(json.loads(row[0])))
+            conn.execute(
+                "UPDATE jobs SET record=? WHERE job_id=?", (json.dumps(new.to_dict()), job_id)
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return new
+
+    def append_event(self, job_id: str, event: dict[str, Any]) -> None:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (count,) = conn.execute(
+                "SELECT COUNT(*) FROM events WHERE job_id=?", (job_id,)
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO events VALUES (?, ?, ?)", (job_id, count, json.dumps(event))
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def events_since(self, job_id: str, index: int) -> list[dict[str, Any]]:
+        rows = self._conn().execute(
+            "SELECT event FROM events WHERE job_id=? AND idx>=? ORDER BY idx", (job_id, index)
+        )
+        return [json.loads(r[0]) for r in rows]
+
+    def list(self, kind: str | None = None, limit: int = 100) -> list[JobRecord]:
+        query = "SELECT record FROM jobs"
+        args: tuple[Any, ...] = ()
+        if kind:
+            query += " WHERE kind=?"
+            args = (kind,)
+        rows = self._conn().execute(query + " ORDER BY created DESC LIMIT ?", (*args, limit))
+        return [JobRecord.from_dict(json.loads(r[0])) for r in rows]
+
+
+class RedisJobStore:
+    """Jobs in Redis: ``bitmesh:job:<id>`` (JSON), ``...:events`` (list)."""
+
+    def __init__(self, url: str, prefix: str = "bitmesh") -> None:
+        import redis
+
+        self._redis_module = redis
+        self.client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        self.prefix = prefix
+
+    def _key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def _guard(self, func: Callable[[], Any]) -> Any:
+        try:
+            return func()
+        except self._redis_module.exceptions.ConnectionError as exc:
+            raise Unavailable(f"Redis is not reachable: {exc}") from exc
+
+    def create(self, record: JobRecord) -> JobRecord:
+        def run() -> None:
+            pipe = self.client.pipeline()
+            pipe.set(self._key(record.job_id), json.dumps(record.to_dict()), nx=True)
+            pipe.zadd(f"{self.prefix}:jobs", {record.job_id: record.created})
+            pipe.zadd(f"{self.prefix}:jobs:{record.kind}", {record.job_id: record.created})
+            pipe.execute()
+
+        self._guard(run)
+        return self.get(record.job_id)
+
+    def get(self, job_id: str) -> JobRecord:
+        raw = self._guard(lambda: self.client.get(self._key(job_id)))
+        if raw is None:
+            raise NotFound(f"job {job_id!r} does not exist")
+        return JobRecord.from_dict(json.loads(raw))
+
+    def update(self, job_id: str, change: JobUpdate) -> JobRecord:
+        key = self._key(job_id)
+
+        def run() -> JobRecord:
+            while True:
+                with self.client.pipeline() as pipe:
+                    try:
+                        pipe.watch(key)
+                        raw = pipe.get(key)
+                        if raw is None:
+                            raise NotFound(f"job {job_id!r} does not exist")
+                        new = change(JobRecord.from_dict(json.loads(raw)))
+                        pipe.multi()
+                        pipe.set(key, json.dumps(new.to_dict()))
+                        pipe.execute()
+                        return new
+                    except self._redis_module.WatchError:
+                        continue
+
+        result: JobRecord = self._guard(run)
+        return result
+
+    def append_event(self, job_id: str, event: dict[str, Any]) -> None:
+        self._guard(lambda: self.client.rpush(f"{self._key(job_id)}:events", json.dumps(event)))
+
+    def events_since(self, job_id: str, index: int) -> list[dict[str, Any]]:
+        raw = self._guard(lambda: self.client.lrange(f"{self._key(job_id)}:events", index, -1))
+        return [json.loads(r) for r in raw]
+
+    def list(self, kind: str | None = None, limit: int = 100) -> list[JobRecord]:
+        index = f"{self.prefix}:jobs:{kind}" if kind else f"{self.prefix}:jobs"
+        ids = self._guard(lambda: self.client.zrevrange(index, 0, limit - 1))
+        records = []
+        for raw_id in ids:
+            try:
+                records.append(self.get(raw_id.decode()))
+            except NotFound:
+                continue
+        return records
+
+
+def open_job_store(redis_url: str | None, artifact_root: str, service: str) -> JobStore:
+    """Redis when a URL is configured, else SQLite beside the artifacts."""
+    if redis_url:
+        return RedisJobStore(redis_url, prefix=f"bitmesh:{service}")
+    local_root = artifact_root.removeprefix("file://")
+    return SqliteJobStore(Path(local_root) / "jobs" / f"{service}.sqlite3")
+
+
+def request_cancel(store: JobStore, job_id: str) -> JobRecord:
+    """Mark a job for cancellation; a queued one is cancelled at once."""
+
+    def change(record: JobRecord) -> JobRecord:
+        if record.state.terminal:
+            return record
+        if record.state is JobState.QUEUED:
+            return record.with_changes(
+                state=JobState.CANCELLED, cancel_requested=True, message="cancelled"
+            )
+        return record.with_changes(cancel_requested=True, message="cancelling")
+
+    return store.update(job_id, change)

@@ -1,0 +1,70 @@
+"""proto -> domain conversions of model and dataset references (ML services).
+
+Defaults live here, at the edge, so every ML service fills them the same way.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bitmesh.errors import InvalidArgument
+from bitmesh.v1 import common_pb2 as pb
+
+if TYPE_CHECKING:
+    from bitmesh.data.datasets import DatasetSpec
+    from bitmesh.models.loading import ModelSpec
+
+DIGITS_ARCH = "digits_cnn"
+DEFAULT_IMAGE_SHAPE = (3, 224, 224)
+DIGITS_SHAPE = (1, 8, 8)
+
+
+def model_spec_from_pb(ref: pb.ModelRef) -> ModelSpec:
+    from bitmesh.models.loading import ModelSpec
+
+    which = ref.WhichOneof("source")
+    if which is None:
+        raise InvalidArgument("model is missing: set architecture, exported_program or torchscript")
+    name = getattr(ref, which)
+    shape = tuple(int(d) for d in ref.input_shape)
+    if not shape:
+        shape = DIGITS_SHAPE if name == DIGITS_ARCH else DEFAULT_IMAGE_SHAPE
+    num_classes = ref.num_classes
+    if num_classes < 0:
+        raise InvalidArgument(f"num_classes must be >= 0 (0 = default), got {num_classes}")
+    if num_classes == 0:
+        num_classes = 10 if (name == DIGITS_ARCH or which != "architecture") else 1000
+    return ModelSpec(
+        source=which,
+        name_or_path=name,
+        input_shape=shape,
+        weights_path=ref.weights or None,
+        num_classes=num_classes,
+    )
+
+
+_DATASET_KINDS = {
+    pb.DATASET_KIND_DIGITS: "digits",
+    pb.DATASET_KIND_SYNTHETIC: "synthetic",
+    pb.DATASET_KIND_IMAGE_FOLDER: "image_folder",
+}
+_SPLITS = {pb.SPLIT_UNSPECIFIED: "train", pb.SPLIT_TRAIN: "train", pb.SPLIT_TEST: "test"}
+
+
+def dataset_spec_from_pb(ref: pb.DatasetRef, split: str | None = None) -> DatasetSpec:
+    from bitmesh.data.datasets import DatasetSpec
+
+    kind = _DATASET_KINDS.get(ref.kind)
+    if kind is None:
+        raise InvalidArgument("dataset kind is missing: DIGITS, SYNTHETIC or IMAGE_FOLDER")
+    if ref.subset_size < 0:
+        raise InvalidArgument(f"subset_size must be >= 0, got {ref.subset_size}")
+    return DatasetSpec(
+        kind=kind,  # type: ignore[arg-type]
+        path=ref.path or None,
+        shape=tuple(int(d) for d in ref.shape) or None,
+        num_classes=ref.num_classes or 10,
+        split=split or _SPLITS[ref.split],  # type: ignore[arg-type]
+        subset_size=ref.subset_size,
+        seed=ref.seed,
+    )

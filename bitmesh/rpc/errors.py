@@ -1,0 +1,96 @@
+"""One interceptor that turns domain errors into gRPC statuses.
+
+Servicers raise :mod:`bitmesh.errors` exceptions (or let them through from
+domain code); this maps them to ``context.abort(code, message)``. Anything
+unexpected becomes INTERNAL with a request id and no internals, and is logged
+with its traceback under that id.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from bitmesh.errors import BitmeshError
+
+log = logging.getLogger(__name__)
+
+
+def status_code_of(error: BitmeshError) -> grpc.StatusCode:
+    code: grpc.StatusCode = getattr(grpc.StatusCode, error.status_name, grpc.StatusCode.INTERNAL)
+    return code
+
+
+def _request_id(context: grpc.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str):
+            return value[:64]
+    return uuid.uuid4().hex[:12]
+
+
+def _abort(context: grpc.ServicerContext, method: str, exc: BaseException) -> None:
+    if isinstance(exc, BitmeshError):
+        context.abort(status_code_of(exc), exc.message)
+    rid = _request_id(context)
+    log.error("unexpected error in %s (request id %s)", method, rid, exc_info=exc)
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {rid}); see the service log")
+
+
+def _wrap_unary(method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    def handler(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return behaviour(request, context)
+        except Exception as exc:
+            if isinstance(exc, grpc.RpcError) or _is_abort(exc):
+                raise
+            _abort(context, method, exc)
+
+    return handler
+
+
+def _wrap_stream(method: str, behaviour: Callable[..., Iterator[Any]]) -> Callable[..., Any]:
+    def handler(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from behaviour(request, context)
+        except Exception as exc:
+            if isinstance(exc, grpc.RpcError) or _is_abort(exc):
+                raise
+            _abort(context, method, exc)
+
+    return handler
+
+
+def _is_abort(exc: BaseException) -> bool:
+    # context.abort raises a plain Exception subclass private to grpc.
+    return type(exc).__module__.startswith("grpc")
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Maps :class:`BitmeshError` to its status; hides unexpected internals."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

@@ -1,0 +1,47 @@
+"""The job pattern's gRPC side, shared by every service: Watch and Cancel.
+
+Watch replays a job's stored events from the start, then follows new ones
+until the job ends or the client goes away, so any replica of a service (or a
+restarted one) can serve it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from bitmesh.jobs.records import JobRecord
+from bitmesh.jobs.store import JobStore
+
+T = TypeVar("T")
+
+POLL_SECONDS = 0.1
+
+
+def watch_events(
+    store: JobStore,
+    job_id: str,
+    context: grpc.ServicerContext,
+    to_message: Callable[[JobRecord, dict[str, Any]], T],
+) -> Iterator[T]:
+    """Yield one message per stored event until the job is terminal."""
+    record = store.get(job_id)  # NOT_FOUND before the stream starts
+    index = 0
+    quiet_after_end = 0
+    while context.is_active():
+        record = store.get(job_id)
+        events = store.events_since(job_id, index)
+        for event in events:
+            yield to_message(record, event)
+        index += len(events)
+        if record.state.terminal and not events:
+            # The final event is written just after the final state: wait for
+            # it one poll, then end the stream.
+            quiet_after_end += 1
+            if quiet_after_end >= 2:
+                return
+        if not events:
+            time.sleep(POLL_SECONDS)

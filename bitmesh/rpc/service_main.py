@@ -1,0 +1,38 @@
+"""The ``python -m <service>`` entry point every service shares."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Callable, Sequence
+
+from bitmesh.logs import configure_logging
+from bitmesh.rpc.server import Registrar, RunningServer, create_server, serve_until_signal
+from bitmesh.settings import ServiceName, Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+# A service builds its registrars (and stop hooks) from the settings.
+ServiceFactory = Callable[[Settings], tuple[Sequence[Registrar], Sequence[str], list[Callable[[float], None]]]]
+
+
+def start_service(service: ServiceName, factory: ServiceFactory, settings: Settings, port: int | None = None) -> RunningServer:
+    """Start ``service`` on ``port`` (settings' port when None; 0 = any free port)."""
+    registrars, names, stop_hooks = factory(settings)
+    bind_port = settings.port_of(service) if port is None else port
+    running = create_server(f"{settings.host}:{bind_port}", registrars, names, settings)
+    running.on_stop.extend(stop_hooks)
+    return running
+
+
+def main(service: ServiceName, factory: ServiceFactory, argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=f"python -m {service}_svc", description=f"bitmesh {service} service")
+    parser.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (0 = any free port)")
+    parser.add_argument("--artifact-root", default=None)
+    args = parser.parse_args(argv)
+    settings = load_settings(host=args.host, artifact_root=args.artifact_root)
+    configure_logging(settings.log_level, service)
+    running = start_service(service, factory, settings, args.port)
+    print(f"{service} serving on {settings.host}:{running.port}", flush=True)
+    serve_until_signal(running, settings.grace_seconds)

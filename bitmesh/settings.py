@@ -1,0 +1,78 @@
+"""Settings from the environment (and CLI flags), one place for every service.
+
+Environment variables use the ``BITMESH_`` prefix (``BITMESH_SOLVER_PORT``),
+except ``REDIS_URL``, which is the name every Redis tool already uses. The
+Kubernetes manifests set exactly these names; a test checks they do not drift.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ServiceName = Literal["sensitivity", "solver", "trainer", "proxy_nas"]
+SERVICES: tuple[ServiceName, ...] = ("sensitivity", "solver", "trainer", "proxy_nas")
+
+
+def _default_artifact_root() -> str:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(cache) / "bitmesh")
+
+
+class Settings(BaseSettings):
+    """Every knob of the mesh. Defaults serve the embedded loopback mesh."""
+
+    model_config = SettingsConfigDict(env_prefix="BITMESH_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    sensitivity_port: int = 50051
+    solver_port: int = 50052
+    trainer_port: int = 50053
+    proxy_nas_port: int = 50054
+    # Addresses of peers (a service calling another, the client); default is
+    # host:port of the loopback mesh.
+    sensitivity_address: str = ""
+    solver_address: str = ""
+    trainer_address: str = ""
+    proxy_nas_address: str = ""
+
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "BITMESH_REDIS_URL")
+    )
+    artifact_root: str = Field(default_factory=_default_artifact_root)
+
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_concurrent_jobs: int = 4
+    grace_seconds: float = 10.0
+    call_timeout_seconds: float = 30.0
+    log_level: str = "INFO"
+
+    # Security (off on loopback; on in the Kubernetes manifests).
+    auth_token: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
+    tls_ca_file: str | None = None  # for clients: the CA that signed the servers
+    metrics_port: int = 0  # 0 = no Prometheus endpoint
+
+    def port_of(self, service: ServiceName) -> int:
+        port: int = getattr(self, f"{service}_port")
+        return port
+
+    def address_of(self, service: ServiceName) -> str:
+        explicit: str = getattr(self, f"{service}_address")
+        return explicit or f"{self.host}:{self.port_of(service)}"
+
+    @property
+    def artifact_uri(self) -> str:
+        return self.artifact_root
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment with explicit overrides (CLI flags) on top."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**clean)  # type: ignore[arg-type]

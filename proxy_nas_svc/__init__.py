@@ -1,0 +1,1 @@
+"""Proxy NAS service: low-cost proxy search of quantization hyperparameters."""

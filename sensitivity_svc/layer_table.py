@@ -1,0 +1,40 @@
+"""A model's quantizable layers with their costs per option (ListLayers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bitmesh.costs import LayerCosts, option_costs
+from bitmesh.formats import QuantOption
+from bitmesh.models.hashing import model_hash
+from bitmesh.models.layers import LayerProfile, discover_layers
+from bitmesh.models.loading import ModelSpec, load_model
+
+
+@dataclass(frozen=True)
+class LayerTable:
+    layers: list[LayerProfile]
+    costs: dict[str, dict[str, LayerCosts]]  # layer -> option key -> costs
+    total_parameters: int
+    total_macs: int
+    model_hash: str
+
+
+def layer_table(spec: ModelSpec, options: list[QuantOption]) -> LayerTable:
+    """Load the model, find its quantizable layers and cost every option."""
+    model = load_model(spec)
+    layers = discover_layers(model, spec.input_shape)
+    costs = {
+        layer.name: {
+            option.key: option_costs(layer.parameters, layer.macs, option, layer.output_channels)
+            for option in options
+        }
+        for layer in layers
+    }
+    return LayerTable(
+        layers=layers,
+        costs=costs,
+        total_parameters=sum(p.numel() for p in model.parameters()),
+        total_macs=sum(layer.macs for layer in layers),
+        model_hash=model_hash(model),
+    )

@@ -1,0 +1,90 @@
+"""gRPC edge of the sensitivity service: converts and maps errors, nothing more."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import grpc
+
+from bitmesh.jobs.runner import ThreadJobRunner
+from bitmesh.jobs.store import JobStore, open_job_store
+from bitmesh.rpc.convert import costs_to_pb, job_event_status_to_pb, job_status_to_pb, option_to_pb, options_from_pb
+from bitmesh.rpc.convert_ml import model_spec_from_pb
+from bitmesh.rpc.job_servicer import list_jobs, not_landed
+from bitmesh.rpc.jobs import watch_events
+from bitmesh.rpc.server import Registrar
+from bitmesh.settings import Settings
+from bitmesh.v1 import common_pb2, sensitivity_pb2, sensitivity_pb2_grpc
+from sensitivity_svc.layer_table import layer_table
+
+SERVICE_NAME = sensitivity_pb2.DESCRIPTOR.services_by_name["SensitivityService"].full_name
+KIND = "sensitivity"
+
+
+def layer_info_pb(layer: object) -> common_pb2.LayerInfo:
+    return common_pb2.LayerInfo(
+        name=layer.name,  # type: ignore[attr-defined]
+        kind=layer.kind,  # type: ignore[attr-defined]
+        parameters=layer.parameters,  # type: ignore[attr-defined]
+        macs=layer.macs,  # type: ignore[attr-defined]
+        weight_shape=list(layer.weight_shape),  # type: ignore[attr-defined]
+        output_channels=layer.output_channels,  # type: ignore[attr-defined]
+    )
+
+
+class SensitivityServicer(sensitivity_pb2_grpc.SensitivityServiceServicer):
+    def __init__(self, store: JobStore, runner: ThreadJobRunner) -> None:
+        self.store = store
+        self.runner = runner
+
+    def ListLayers(self, request: sensitivity_pb2.ListLayersRequest, context: grpc.ServicerContext) -> sensitivity_pb2.ListLayersResponse:
+        options = options_from_pb(request.options)
+        table = layer_table(model_spec_from_pb(request.model), options)
+        return sensitivity_pb2.ListLayersResponse(
+            layers=[
+                sensitivity_pb2.LayerWithCosts(
+                    layer=layer_info_pb(layer),
+                    options=[
+                        sensitivity_pb2.OptionCosts(
+                            option=option_to_pb(o), option_key=o.key, costs=costs_to_pb(table.costs[layer.name][o.key])
+                        )
+                        for o in options
+                    ],
+                )
+                for layer in table.layers
+            ],
+            total_parameters=table.total_parameters,
+            total_macs=table.total_macs,
+            model_hash=table.model_hash,
+        )
+
+    def StartAnalysis(self, request: sensitivity_pb2.StartAnalysisRequest, context: grpc.ServicerContext) -> common_pb2.JobRef:
+        raise not_landed("Hessian-trace sensitivity analysis", "Sensitivity service")
+
+    def WatchAnalysis(self, request: common_pb2.JobRef, context: grpc.ServicerContext) -> Iterator[sensitivity_pb2.SensitivityEvent]:
+        yield from watch_events(
+            self.store,
+            request.job_id,
+            context,
+            lambda record, event: sensitivity_pb2.SensitivityEvent(status=job_event_status_to_pb(record, event)),
+        )
+
+    def GetAnalysis(self, request: common_pb2.JobRef, context: grpc.ServicerContext) -> sensitivity_pb2.AnalysisResult:
+        return sensitivity_pb2.AnalysisResult(status=job_status_to_pb(self.store.get(request.job_id)))
+
+    def CancelAnalysis(self, request: common_pb2.JobRef, context: grpc.ServicerContext) -> common_pb2.JobStatus:
+        return job_status_to_pb(self.runner.cancel(request.job_id))
+
+    def ListAnalyses(self, request: common_pb2.ListJobsRequest, context: grpc.ServicerContext) -> common_pb2.ListJobsResponse:
+        return list_jobs(self.store, KIND, request)
+
+
+def build(settings: Settings) -> tuple[Sequence[Registrar], Sequence[str], list[Callable[[float], None]]]:
+    store = open_job_store(settings.redis_url, settings.artifact_root, KIND)
+    runner = ThreadJobRunner(store, KIND, settings.max_concurrent_jobs)
+    servicer = SensitivityServicer(store, runner)
+    return (
+        [lambda s: sensitivity_pb2_grpc.add_SensitivityServiceServicer_to_server(servicer, s)],
+        [SERVICE_NAME],
+        [runner.shutdown],
+    )

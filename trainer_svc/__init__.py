@@ -1,0 +1,1 @@
+"""Trainer service: QAT with distillation, FLIQS one-shot search, calibration (Celery jobs)."""
