@@ -86,7 +86,9 @@ class Client:
     def stub(self, service: ServiceName) -> Any:
         return _STUBS[service](self.channel(service))
 
-    def _call(self, service: ServiceName, method: str, request: Any, timeout: float | None = None) -> Any:
+    def _call(
+        self, service: ServiceName, method: str, request: Any, timeout: float | None = None
+    ) -> Any:
         try:
             return getattr(self.stub(service), method)(
                 request, timeout=timeout or self.timeout, metadata=self._metadata()
@@ -94,7 +96,9 @@ class Client:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
 
-    def _stream(self, service: ServiceName, method: str, request: Any, timeout: float | None) -> Iterator[Any]:
+    def _stream(
+        self, service: ServiceName, method: str, request: Any, timeout: float | None
+    ) -> Iterator[Any]:
         try:
             yield from getattr(self.stub(service), method)(
                 request, timeout=timeout, metadata=self._metadata()
@@ -127,14 +131,20 @@ class Client:
         return {s: self.health(s, timeout) for s in SERVICES}
 
     # -- sensitivity -------------------------------------------------------
-    def list_layers(self, request: sensitivity_pb2.ListLayersRequest) -> sensitivity_pb2.ListLayersResponse:
+    def list_layers(
+        self, request: sensitivity_pb2.ListLayersRequest
+    ) -> sensitivity_pb2.ListLayersResponse:
         return self._call("sensitivity", "ListLayers", request, timeout=max(self.timeout, 120))
 
     def start_analysis(self, request: sensitivity_pb2.StartAnalysisRequest) -> common_pb2.JobRef:
         return self._call("sensitivity", "StartAnalysis", request, timeout=max(self.timeout, 120))
 
-    def watch_analysis(self, job_id: str, timeout: float | None = None) -> Iterator[sensitivity_pb2.SensitivityEvent]:
-        return self._stream("sensitivity", "WatchAnalysis", common_pb2.JobRef(job_id=job_id), timeout)
+    def watch_analysis(
+        self, job_id: str, timeout: float | None = None
+    ) -> Iterator[sensitivity_pb2.SensitivityEvent]:
+        return self._stream(
+            "sensitivity", "WatchAnalysis", common_pb2.JobRef(job_id=job_id), timeout
+        )
 
     def get_analysis(self, job_id: str) -> sensitivity_pb2.AnalysisResult:
         return self._call("sensitivity", "GetAnalysis", common_pb2.JobRef(job_id=job_id))
@@ -144,7 +154,9 @@ class Client:
 
     # -- solver ------------------------------------------------------------
     def register_problem(self, problem: solver_pb2.Problem) -> solver_pb2.RegisterProblemResponse:
-        return self._call("solver", "RegisterProblem", solver_pb2.RegisterProblemRequest(problem=problem))
+        return self._call(
+            "solver", "RegisterProblem", solver_pb2.RegisterProblemRequest(problem=problem)
+        )
 
     def solve(self, request: solver_pb2.SolveRequest) -> solver_pb2.Solution:
         return self._call("solver", "Solve", request, timeout=max(self.timeout, 120))
@@ -153,13 +165,17 @@ class Client:
         return self._call("solver", "Frontier", request, timeout=max(self.timeout, 300))
 
     def what_if(self, problem_id: str, budgets: common_pb2.Budgets) -> solver_pb2.Solution:
-        return self._call("solver", "WhatIf", solver_pb2.WhatIfRequest(problem_id=problem_id, budgets=budgets))
+        return self._call(
+            "solver", "WhatIf", solver_pb2.WhatIfRequest(problem_id=problem_id, budgets=budgets)
+        )
 
     # -- trainer -----------------------------------------------------------
     def start_training(self, request: trainer_pb2.StartTrainingRequest) -> common_pb2.JobRef:
         return self._call("trainer", "StartJob", request)
 
-    def watch_training(self, job_id: str, timeout: float | None = None) -> Iterator[trainer_pb2.TrainingEvent]:
+    def watch_training(
+        self, job_id: str, timeout: float | None = None
+    ) -> Iterator[trainer_pb2.TrainingEvent]:
         return self._stream("trainer", "WatchJob", common_pb2.JobRef(job_id=job_id), timeout)
 
     def get_training(self, job_id: str) -> trainer_pb2.TrainingResult:
@@ -175,7 +191,9 @@ class Client:
     def start_tuning(self, request: proxy_nas_pb2.StartSearchRequest) -> common_pb2.JobRef:
         return self._call("proxy_nas", "StartSearch", request)
 
-    def watch_tuning(self, job_id: str, timeout: float | None = None) -> Iterator[proxy_nas_pb2.SearchEvent]:
+    def watch_tuning(
+        self, job_id: str, timeout: float | None = None
+    ) -> Iterator[proxy_nas_pb2.SearchEvent]:
         return self._stream("proxy_nas", "WatchSearch", common_pb2.JobRef(job_id=job_id), timeout)
 
     def get_tuning(self, job_id: str) -> proxy_nas_pb2.SearchResult:

@@ -1,11 +1,15 @@
-"""Celery tasks of the trainer. Thin: ids in, domain function does the work."""
+"""Celery tasks of the trainer. Thin: ids in, domain function does the work.
+
+Tasks are ``shared_task``s: celery_app.make_celery() autodiscovers this module
+while it builds the app, so importing the app from here would be circular.
+"""
 
 from __future__ import annotations
 
-from trainer_svc.celery_app import app
+from celery import shared_task
 
 
-@app.task(name="bitmesh.ping")
+@shared_task(name="bitmesh.ping")
 def ping(token: str) -> str:
-    """Round trip through the queue; `bitmesh status` uses it to prove a worker runs."""
+    """Round trip through the queue: proves a worker is consuming."""
     return token

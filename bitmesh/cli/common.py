@@ -40,10 +40,17 @@ def parse_shape(text: str | None) -> list[int]:
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="torchvision architecture or 'digits_cnn', or a .pt2 / TorchScript file")
-    parser.add_argument("--weights", default="", help="state_dict file (loaded with weights_only=True)")
-    parser.add_argument("--input-shape", default="", help="C,H,W (default: 1,8,8 for digits_cnn, else 3,224,224)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="torchvision architecture or 'digits_cnn', or a .pt2 / TorchScript file",
+    )
+    parser.add_argument(
+        "--weights", default="", help="state_dict file (loaded with weights_only=True)"
+    )
+    parser.add_argument(
+        "--input-shape", default="", help="C,H,W (default: 1,8,8 for digits_cnn, else 3,224,224)"
+    )
     parser.add_argument("--num-classes", type=int, default=0, help="0 = the architecture's default")
 
 
@@ -61,7 +68,11 @@ def model_ref_from(args: argparse.Namespace) -> common_pb2.ModelRef:
 
 
 def dump_json(message: Any) -> None:
-    data = MessageToDict(message, preserving_proto_field_name=True) if hasattr(message, "DESCRIPTOR") else message
+    data = (
+        MessageToDict(message, preserving_proto_field_name=True)
+        if hasattr(message, "DESCRIPTOR")
+        else message
+    )
     print(json.dumps(data, indent=2))
 
 

@@ -39,9 +39,16 @@ def cmd_layers(args: argparse.Namespace) -> int:
     for option in options:
         table.add_column(f"{option.key}\nsize / BOPs", justify="right")
     for entry in reply.layers:
-        row = [entry.layer.name, entry.layer.kind, human_count(entry.layer.parameters),
-               human_count(entry.layer.macs)]
-        row += [f"{human_bytes(o.costs.size_bytes)} / {human_count(o.costs.bops)}" for o in entry.options]
+        row = [
+            entry.layer.name,
+            entry.layer.kind,
+            human_count(entry.layer.parameters),
+            human_count(entry.layer.macs),
+        ]
+        row += [
+            f"{human_bytes(o.costs.size_bytes)} / {human_count(o.costs.bops)}"
+            for o in entry.options
+        ]
         table.add_row(*row)
     console.print(table)
     console.print(

@@ -14,7 +14,9 @@ COMMAND_MODULES = (mesh_cmds, layers_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bitmesh", description="mixed-precision quantization mesh")
+    parser = argparse.ArgumentParser(
+        prog="bitmesh", description="mixed-precision quantization mesh"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMAND_MODULES:
         module.register(sub)

@@ -9,6 +9,7 @@ mesh state file so clients find them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -97,8 +98,20 @@ def start_mesh(settings: Settings, with_worker: bool = True) -> dict[str, object
     if with_worker:
         log_files["worker"] = logs / "worker.log"
         procs["worker"] = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "trainer_svc.celery_app", "worker",
-             "--concurrency", "1", "--loglevel", "INFO", "--hostname", f"bitmesh-{os.getpid()}@%h"],
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "trainer_svc.celery_app",
+                "worker",
+                "--concurrency",
+                "1",
+                "--loglevel",
+                "INFO",
+                "--hostname",
+                f"bitmesh-{os.getpid()}@%h",
+            ],
             env=env,
             stdout=log_files["worker"].open("ab"),
             stderr=subprocess.STDOUT,
@@ -138,7 +151,9 @@ def _wait_serving(
                 if client.health(service, timeout=1.0) == "SERVING":
                     pending.discard(service)
             if pending and time.monotonic() > deadline:
-                raise Unavailable(f"services not serving after {START_TIMEOUT_S:.0f} s: {sorted(pending)}")
+                raise Unavailable(
+                    f"services not serving after {START_TIMEOUT_S:.0f} s: {sorted(pending)}"
+                )
             if pending:
                 time.sleep(0.3)
 
@@ -148,23 +163,17 @@ def stop_mesh(settings: Settings, timeout: float = 30.0) -> list[str]:
     state = read_state(settings) or {}
     pids = {str(k): int(v) for k, v in dict(state.get("pids", {})).items()}
     for pid in pids.values():
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)
-        except OSError:
-            pass
     deadline = time.monotonic() + timeout
     while any(_alive(p) for p in pids.values()) and time.monotonic() < deadline:
         time.sleep(0.2)
         for pid in pids.values():
-            try:
+            with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
     for pid in pids.values():
         if _alive(pid):
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
     clear_state(settings)
     return sorted(pids)

@@ -8,6 +8,7 @@ the refused job is never created) and records every outcome in the store.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -40,13 +41,22 @@ class JobContext:
     ) -> None:
         record = self.store.update(
             self.job_id,
-            lambda r: transition(r, progress=max(0.0, min(1.0, progress)), stage=stage or r.stage,
-                                 message=message or r.message),
+            lambda r: transition(
+                r,
+                progress=max(0.0, min(1.0, progress)),
+                stage=stage or r.stage,
+                message=message or r.message,
+            ),
         )
         self.store.append_event(
             self.job_id,
-            {"state": record.state.value, "progress": record.progress, "stage": record.stage,
-             "message": record.message, **(event or {})},
+            {
+                "state": record.state.value,
+                "progress": record.progress,
+                "stage": record.stage,
+                "message": record.message,
+                **(event or {}),
+            },
         )
 
     def is_set(self) -> bool:
@@ -79,7 +89,9 @@ class ThreadJobRunner:
         self._lock = threading.Lock()
         self._running: dict[str, tuple[Future[None], threading.Event]] = {}
 
-    def submit(self, request: dict[str, Any], work: JobWork, job_id: str | None = None) -> JobRecord:
+    def submit(
+        self, request: dict[str, Any], work: JobWork, job_id: str | None = None
+    ) -> JobRecord:
         with self._lock:
             self._running = {k: v for k, v in self._running.items() if not v[0].done()}
             if len(self._running) >= self.max_concurrent:
@@ -112,7 +124,9 @@ class ThreadJobRunner:
         try:
             result = work(ctx)
         except Cancelled:
-            store.update(job_id, lambda r: transition(r, state=JobState.CANCELLED, message="cancelled"))
+            store.update(
+                job_id, lambda r: transition(r, state=JobState.CANCELLED, message="cancelled")
+            )
         except BitmeshError as exc:
             msg = exc.message
             store.update(job_id, lambda r: transition(r, state=JobState.FAILED, error=msg))
@@ -126,8 +140,15 @@ class ThreadJobRunner:
                 lambda r: transition(r, state=JobState.SUCCEEDED, progress=1.0, result=result),
             )
         final = store.get(job_id)
-        store.append_event(job_id, {"state": final.state.value, "progress": final.progress,
-                                    "stage": final.stage, "message": final.message})
+        store.append_event(
+            job_id,
+            {
+                "state": final.state.value,
+                "progress": final.progress,
+                "stage": final.stage,
+                "message": final.message,
+            },
+        )
 
     def shutdown(self, grace: float) -> None:
         """Let running jobs finish for ``grace`` seconds, then cancel the rest."""
@@ -135,10 +156,8 @@ class ThreadJobRunner:
         for future, event in list(self._running.values()):
             remaining = deadline - time.monotonic()
             if remaining > 0:
-                try:
+                with contextlib.suppress(Exception):
                     future.result(timeout=remaining)
-                except Exception:  # noqa: S110 - outcome already recorded by _run
-                    pass
             if not future.done():
                 event.set()
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -101,9 +101,7 @@ class SqliteJobStore:
             (count,) = conn.execute(
                 "SELECT COUNT(*) FROM events WHERE job_id=?", (job_id,)
             ).fetchone()
-            conn.execute(
-                "INSERT INTO events VALUES (?, ?, ?)", (job_id, count, json.dumps(event))
-            )
+            conn.execute("INSERT INTO events VALUES (?, ?, ?)", (job_id, count, json.dumps(event)))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

@@ -5,11 +5,20 @@ Domain code never sees a proto: servicers call these at the edge.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from bitmesh.costs import LayerCosts
 from bitmesh.errors import InvalidArgument
-from bitmesh.formats import FormatKind, Granularity, NumericFormat, QuantOption, format_from_spec, get_format
+from bitmesh.formats import (
+    FormatKind,
+    Granularity,
+    NumericFormat,
+    QuantOption,
+    format_from_spec,
+    get_format,
+)
 from bitmesh.jobs.records import JobRecord, JobState
 from bitmesh.v1 import common_pb2 as pb
 
@@ -41,7 +50,9 @@ def format_to_pb(fmt: NumericFormat) -> pb.NumericFormat:
     return pb.NumericFormat(name=fmt.name)
 
 
-def option_from_pb(msg: pb.QuantOption, default: Granularity = Granularity.PER_CHANNEL) -> QuantOption:
+def option_from_pb(
+    msg: pb.QuantOption, default: Granularity = Granularity.PER_CHANNEL
+) -> QuantOption:
     weight = format_from_pb(msg.weight, "weight")
     activation = (
         format_from_pb(msg.activation, "activation") if msg.HasField("activation") else weight
@@ -58,8 +69,8 @@ def option_to_pb(option: QuantOption) -> pb.QuantOption:
     )
 
 
-def options_from_pb(msgs: list[pb.QuantOption] | object) -> list[QuantOption]:
-    options = [option_from_pb(m) for m in msgs]  # type: ignore[attr-defined]
+def options_from_pb(msgs: Iterable[pb.QuantOption]) -> list[QuantOption]:
+    options = [option_from_pb(m) for m in msgs]
     keys = [o.key for o in options]
     repeated = sorted({k for k in keys if keys.count(k) > 1})
     if repeated:

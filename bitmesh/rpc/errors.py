@@ -37,7 +37,9 @@ def _abort(context: grpc.ServicerContext, method: str, exc: BaseException) -> No
         context.abort(status_code_of(exc), exc.message)
     rid = _request_id(context)
     log.error("unexpected error in %s (request id %s)", method, rid, exc_info=exc)
-    context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {rid}); see the service log")
+    context.abort(
+        grpc.StatusCode.INTERNAL, f"internal error (request id {rid}); see the service log"
+    )
 
 
 def _wrap_unary(method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:

@@ -8,9 +8,13 @@ from bitmesh.rpc.convert import job_status_to_pb
 from bitmesh.v1 import common_pb2 as pb
 
 
-def list_jobs(store: JobStore, kind: str | None, request: pb.ListJobsRequest) -> pb.ListJobsResponse:
+def list_jobs(
+    store: JobStore, kind: str | None, request: pb.ListJobsRequest
+) -> pb.ListJobsResponse:
     limit = request.limit if request.limit > 0 else 100
-    return pb.ListJobsResponse(jobs=[job_status_to_pb(r) for r in store.list(kind, min(limit, 1000))])
+    return pb.ListJobsResponse(
+        jobs=[job_status_to_pb(r) for r in store.list(kind, min(limit, 1000))]
+    )
 
 
 def not_landed(what: str, issue: str) -> Unimplemented:

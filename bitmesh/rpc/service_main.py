@@ -13,10 +13,14 @@ from bitmesh.settings import ServiceName, Settings, load_settings
 log = logging.getLogger(__name__)
 
 # A service builds its registrars (and stop hooks) from the settings.
-ServiceFactory = Callable[[Settings], tuple[Sequence[Registrar], Sequence[str], list[Callable[[float], None]]]]
+ServiceFactory = Callable[
+    [Settings], tuple[Sequence[Registrar], Sequence[str], list[Callable[[float], None]]]
+]
 
 
-def start_service(service: ServiceName, factory: ServiceFactory, settings: Settings, port: int | None = None) -> RunningServer:
+def start_service(
+    service: ServiceName, factory: ServiceFactory, settings: Settings, port: int | None = None
+) -> RunningServer:
     """Start ``service`` on ``port`` (settings' port when None; 0 = any free port)."""
     registrars, names, stop_hooks = factory(settings)
     bind_port = settings.port_of(service) if port is None else port
@@ -26,7 +30,9 @@ def start_service(service: ServiceName, factory: ServiceFactory, settings: Setti
 
 
 def main(service: ServiceName, factory: ServiceFactory, argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=f"python -m {service}_svc", description=f"bitmesh {service} service")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {service}_svc", description=f"bitmesh {service} service"
+    )
     parser.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (0 = any free port)")
     parser.add_argument("--artifact-root", default=None)

@@ -1,0 +1,66 @@
+"""Start a real service process on loopback and find its port."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+_SERVING = re.compile(r"serving on ([\d.]+):(\d+)")
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    process: subprocess.Popen[str]
+    address: str
+    log: list[str]
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+
+def start_service(
+    name: str,
+    artifact_root: str,
+    extra_env: dict[str, str] | None = None,
+    python_args: list[str] | None = None,
+) -> ServiceProcess:
+    env = {
+        **os.environ,
+        "BITMESH_ARTIFACT_ROOT": artifact_root,
+        "PYTHONPATH": str(REPO_ROOT),
+        **(extra_env or {}),
+    }
+    process = subprocess.Popen(
+        [sys.executable, *(python_args or []), "-m", f"{name}_svc", "--port", "0"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    log: list[str] = []
+    deadline = time.monotonic() + 90
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        log.append(line)
+        match = _SERVING.search(line)
+        if match:
+            return ServiceProcess(name, process, f"{match.group(1)}:{match.group(2)}", log)
+    process.kill()
+    raise AssertionError(f"{name} did not start:\n{''.join(log)}")
