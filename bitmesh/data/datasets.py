@@ -1,0 +1,361 @@
+"""The data a job calibrates, measures sensitivity or trains on.
+
+Three kinds (the proto's ``DatasetRef``), all usable with nothing downloaded:
+
+- ``digits``: scikit-learn's digits, real 8x8 handwritten digits that ship
+  with the package. Pixels scaled to [0, 1], then normalised with the training
+  split's mean and std; a fixed stratified 80/20 train/test split (seed 0) that
+  never depends on ``spec.seed``, so every service sees the same test set.
+- ``synthetic``: seeded Gaussian tensors of any shape whose class means differ,
+  so a model can learn them (useful for shapes like 3x224x224).
+- ``image_folder``: a torchvision ImageFolder tree, resized and center-cropped
+  to ``shape``. If the folder has ``train/`` and ``test/`` subfolders they are
+  the splits; otherwise a fixed stratified 80/20 split of the one tree.
+
+``subset_size`` takes a seeded random subset (``spec.seed``), e.g. the small
+calibration batch of a low-fidelity proxy trial.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from bitmesh.errors import InvalidArgument, NotFound
+
+__all__ = [
+    "DIGITS_NUM_CLASSES",
+    "DIGITS_SHAPE",
+    "DatasetKind",
+    "DatasetSpec",
+    "Split",
+    "dataset_hash",
+    "load_dataset",
+    "make_loader",
+    "num_classes_of",
+]
+
+logger = logging.getLogger(__name__)
+
+DatasetKind = Literal["digits", "synthetic", "image_folder"]
+Split = Literal["train", "test"]
+_KINDS: tuple[str, ...] = ("digits", "synthetic", "image_folder")
+_SPLITS: tuple[str, ...] = ("train", "test")
+
+DIGITS_SHAPE: tuple[int, ...] = (1, 8, 8)
+DIGITS_NUM_CLASSES = 10
+#: Fraction held out as the test split (digits, and image folders without splits).
+_TEST_FRACTION = 0.2
+#: Seed of the fixed train/test split; deliberately not ``spec.seed``.
+_SPLIT_SEED = 0
+#: Bumped whenever the preprocessing changes, so old cached results stop matching.
+_SCHEME_VERSION = 1
+
+
+def _is_shape(value: object) -> bool:
+    return (
+        isinstance(value, tuple)
+        and 1 <= len(value) <= 4
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in value)
+    )
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Which data, which split, and how much of it."""
+
+    kind: DatasetKind
+    path: str | None = None
+    shape: tuple[int, ...] | None = None
+    num_classes: int = 10
+    split: Split = "train"
+    subset_size: int = 0
+    seed: int = 0
+    synthetic_size: int = 512
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise InvalidArgument(
+                f"dataset kind must be one of {', '.join(_KINDS)}, got {self.kind!r}"
+            )
+        if self.split not in _SPLITS:
+            raise InvalidArgument(f"split must be 'train' or 'test', got {self.split!r}")
+        if self.path == "":
+            object.__setattr__(self, "path", None)
+        if self.shape is not None:
+            object.__setattr__(self, "shape", tuple(self.shape))
+        for name in ("subset_size", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidArgument(f"{name} must be an integer >= 0, got {value!r}")
+        if self.synthetic_size < 1:
+            raise InvalidArgument(f"synthetic_size must be >= 1, got {self.synthetic_size}")
+        if self.num_classes < 1:
+            raise InvalidArgument(f"num_classes must be >= 1, got {self.num_classes}")
+        getattr(self, f"_check_{self.kind}")()
+
+    def _check_digits(self) -> None:
+        if self.shape not in (None, DIGITS_SHAPE):
+            raise InvalidArgument(f"digits samples are {DIGITS_SHAPE}, not {self.shape}")
+        if self.num_classes != DIGITS_NUM_CLASSES:
+            raise InvalidArgument(
+                f"digits has {DIGITS_NUM_CLASSES} classes, got num_classes={self.num_classes}"
+            )
+
+    def _check_synthetic(self) -> None:
+        if not _is_shape(self.shape):
+            raise InvalidArgument(
+                f"synthetic data needs a sample shape of 1 to 4 positive integers, "
+                f"e.g. (3, 32, 32); got {self.shape!r}"
+            )
+
+    def _check_image_folder(self) -> None:
+        if self.path is None:
+            raise InvalidArgument("an image_folder dataset needs a path")
+        shape = self.shape
+        if shape is None or not _is_shape(shape) or len(shape) != 3 or shape[0] not in (1, 3):
+            raise InvalidArgument(
+                f"an image_folder dataset needs shape (C, H, W) with C 1 (grey) or 3 (RGB), "
+                f"got {shape!r}"
+            )
+
+
+# ---------------------------------------------------------------- digits
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The fixed, normalised digits splits (cached: every call returns copies)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    images, labels = load_digits(return_X_y=True)
+    images = images.astype(np.float32) / 16.0
+    x_train, x_test, y_train, y_test = train_test_split(
+        images,
+        labels,
+        test_size=_TEST_FRACTION,
+        stratify=labels,
+        random_state=_SPLIT_SEED,
+    )
+    mean, std = float(x_train.mean()), float(x_train.std())
+    return {
+        "train": (((x_train - mean) / std).reshape(-1, *DIGITS_SHAPE), y_train),
+        "test": (((x_test - mean) / std).reshape(-1, *DIGITS_SHAPE), y_test),
+    }
+
+
+def _digits(split: str) -> TensorDataset:
+    images, labels = _digits_splits()[split]
+    return TensorDataset(
+        torch.tensor(images, dtype=torch.float32), torch.tensor(labels, dtype=torch.int64)
+    )
+
+
+# ------------------------------------------------------------- synthetic
+
+
+def _derived_seed(*parts: object) -> int:
+    text = ":".join(str(part) for part in parts).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") & (2**63 - 1)
+
+
+def _synthetic(spec: DatasetSpec) -> TensorDataset:
+    """Class c's samples are N(mean_c, 1) with mean_c ~ N(0, 1) per element.
+
+    The means depend on the seed only, so train and test share them; the
+    samples depend on seed and split, so the splits differ.
+    """
+    assert spec.shape is not None
+    means = torch.randn(
+        (spec.num_classes, *spec.shape),
+        generator=torch.Generator().manual_seed(_derived_seed("means", spec.seed)),
+    )
+    generator = torch.Generator().manual_seed(_derived_seed("samples", spec.seed, spec.split))
+    count = spec.synthetic_size
+    labels = (torch.arange(count) % spec.num_classes)[torch.randperm(count, generator=generator)]
+    noise = torch.randn((count, *spec.shape), generator=generator)
+    return TensorDataset(means[labels] + noise, labels)
+
+
+# ---------------------------------------------------------- image folder
+
+
+def _image_folder_root(spec: DatasetSpec) -> tuple[Path, bool]:
+    """(folder to read, whether it still has to be split 80/20)."""
+    assert spec.path is not None
+    root = Path(spec.path)
+    if not root.exists():
+        raise NotFound(f"image folder {spec.path!r} does not exist")
+    if not root.is_dir():
+        raise InvalidArgument(f"image folder {spec.path!r} is not a directory")
+    if (root / "train").is_dir() or (root / "test").is_dir():
+        split_root = root / spec.split
+        if not split_root.is_dir():
+            raise NotFound(
+                f"image folder {spec.path!r} has train/ or test/ but no {spec.split}/ folder"
+            )
+        return split_root, False
+    return root, True
+
+
+def _stratified_indices(targets: list[int], split: str) -> list[int]:
+    """A fixed 80/20 split per class (seed ``_SPLIT_SEED``); classes of one image train only."""
+    rng = np.random.default_rng(_SPLIT_SEED)
+    chosen: list[int] = []
+    for cls in sorted(set(targets)):
+        members = [i for i, target in enumerate(targets) if target == cls]
+        members = [members[i] for i in rng.permutation(len(members))]
+        n_test = math.ceil(len(members) * _TEST_FRACTION) if len(members) >= 2 else 0
+        chosen.extend(members[:n_test] if split == "test" else members[n_test:])
+    return sorted(chosen)
+
+
+def _image_folder(spec: DatasetSpec) -> Dataset[Any]:
+    from torchvision import datasets, transforms
+
+    assert spec.shape is not None
+    folder, needs_split = _image_folder_root(spec)
+    channels, height, width = spec.shape
+    steps: list[Any] = [transforms.Grayscale(1)] if channels == 1 else []
+    steps += [
+        transforms.Resize(min(height, width)),
+        transforms.CenterCrop((height, width)),
+        transforms.ToTensor(),
+    ]
+    try:
+        dataset = datasets.ImageFolder(str(folder), transform=transforms.Compose(steps))
+    except FileNotFoundError as exc:
+        raise InvalidArgument(
+            f"image folder {str(folder)!r} has no images in class subfolders "
+            f"(expected <class>/<image>.png|jpg...): {exc}"
+        ) from exc
+    if needs_split:
+        indices = _stratified_indices(list(dataset.targets), spec.split)
+        if not indices:
+            raise InvalidArgument(
+                f"the {spec.split} split of image folder {spec.path!r} is empty: add images "
+                "or give train/ and test/ subfolders"
+            )
+        return Subset(dataset, indices)
+    return dataset
+
+
+def _image_folder_classes(spec: DatasetSpec) -> list[str]:
+    from torchvision.datasets.folder import find_classes
+
+    folder, _ = _image_folder_root(spec)
+    try:
+        classes, _ = find_classes(str(folder))
+    except FileNotFoundError as exc:
+        raise InvalidArgument(f"image folder {str(folder)!r} has no class subfolders") from exc
+    return classes
+
+
+# ------------------------------------------------------------------- API
+
+
+def _subset(dataset: Dataset[Any], size: int, seed: int) -> Dataset[Any]:
+    total = len(dataset)  # type: ignore[arg-type]
+    if size == 0 or size >= total:
+        if size > total:
+            logger.info("subset_size %d >= dataset size %d: using all of it", size, total)
+        return dataset
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    return Subset(dataset, sorted(order[:size].tolist()))
+
+
+def load_dataset(spec: DatasetSpec) -> Dataset[Any]:
+    """The split ``spec`` names, as (sample tensor, integer label) pairs.
+
+    Raises NotFound for a missing image folder and InvalidArgument for an
+    empty or malformed one.
+    """
+    if spec.kind == "digits":
+        dataset: Dataset[Any] = _digits(spec.split)
+    elif spec.kind == "synthetic":
+        dataset = _synthetic(spec)
+    else:
+        dataset = _image_folder(spec)
+    return _subset(dataset, spec.subset_size, spec.seed)
+
+
+def num_classes_of(spec: DatasetSpec) -> int:
+    """Number of classes: 10 for digits, ``num_classes`` for synthetic data, and
+    the number of class subfolders for an image folder (``num_classes`` is
+    ignored there: the folder is the truth)."""
+    if spec.kind == "digits":
+        return DIGITS_NUM_CLASSES
+    if spec.kind == "synthetic":
+        return spec.num_classes
+    return len(_image_folder_classes(spec))
+
+
+def _image_folder_listing(spec: DatasetSpec) -> list[tuple[str, int, int]]:
+    assert spec.path is not None
+    root = Path(spec.path)
+    if not root.is_dir():
+        raise NotFound(f"image folder {spec.path!r} does not exist")
+    listing = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            listing.append((path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns))
+    return listing
+
+
+def dataset_hash(spec: DatasetSpec) -> str:
+    """sha256 (hex) that changes when the samples ``load_dataset(spec)`` returns would.
+
+    Built-in kinds hash what determines their content (the spec's relevant
+    fields and the library version that generates them); an image folder
+    hashes its sorted relative file list with sizes and modification times,
+    not its absolute path.
+    """
+    fields = asdict(spec)
+    fields["scheme"] = _SCHEME_VERSION
+    if spec.kind == "digits":
+        import sklearn
+
+        fields.update(sklearn=sklearn.__version__, path=None, synthetic_size=None)
+        if spec.subset_size == 0:
+            fields["seed"] = None  # the digits split never depends on the seed
+    elif spec.kind == "synthetic":
+        fields.update(torch=torch.__version__.split("+")[0], path=None)
+    else:
+        fields.update(path=None, synthetic_size=None, files=_image_folder_listing(spec))
+        if spec.subset_size == 0:
+            fields["seed"] = None
+    text = json.dumps(fields, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def make_loader(
+    dataset: Dataset[Any],
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    *,
+    drop_last: bool = False,
+) -> DataLoader[Any]:
+    """A single-process loader whose shuffling order depends only on ``seed``."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidArgument(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=0,
+        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -1,0 +1,342 @@
+"""Build or load the model a job works on, safely, and check it fits its input.
+
+Three sources (the proto's ``ModelRef``):
+
+- ``architecture``: ``"digits_cnn"`` or any torchvision classification model,
+  randomly initialised, optionally with a state_dict file. Weights are read
+  only with ``torch.load(..., weights_only=True)``: a checkpoint is untrusted
+  input and full unpickling would run arbitrary code.
+- ``exported_program``: a ``torch.export.save`` file (.pt2), the format torch
+  recommends for whole programs.
+- ``torchscript``: a ``torch.jit.save`` file; torch marks TorchScript
+  deprecated, so loading one logs a warning, but many deployed models are in it.
+
+Every loaded model is put in eval mode (where the module allows it) and run
+once on a zero batch of the requested input shape, so a wrong shape is
+reported here, as the user's mistake, and not later as an internal error.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import pickle
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from bitmesh.errors import FailedPrecondition, InvalidArgument, NotFound
+from bitmesh.models.digits_cnn import ARCHITECTURE_NAME as DIGITS_CNN
+from bitmesh.models.digits_cnn import build_digits_cnn
+
+__all__ = [
+    "ModelSource",
+    "ModelSpec",
+    "apply_state_dict",
+    "available_architectures",
+    "build_architecture",
+    "load_model",
+    "load_state_dict_file",
+    "probe_forward",
+]
+
+logger = logging.getLogger(__name__)
+
+ModelSource = Literal["architecture", "exported_program", "torchscript"]
+_SOURCES: tuple[str, ...] = ("architecture", "exported_program", "torchscript")
+
+#: bitmesh's own architectures: name -> builder(num_classes, input_shape).
+_BUILTIN_ARCHITECTURES: dict[str, Callable[[int, tuple[int, ...]], nn.Module]] = {
+    DIGITS_CNN: build_digits_cnn,
+}
+
+#: Errors that torch's file readers raise on a file that is not what it claims.
+_CORRUPT_FILE_ERRORS: tuple[type[BaseException], ...] = (
+    RuntimeError,
+    ValueError,
+    KeyError,
+    EOFError,
+    OSError,
+    AssertionError,
+    zipfile.BadZipFile,
+    pickle.UnpicklingError,
+)
+
+#: How many offending keys an error message names.
+_KEYS_SHOWN = 4
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """Where a model comes from and the shape of one input sample.
+
+    ``input_shape`` has no batch dimension, e.g. ``(3, 224, 224)``.
+    ``weights_path`` is an optional state_dict file (any source).
+    """
+
+    source: ModelSource
+    name_or_path: str
+    input_shape: tuple[int, ...]
+    weights_path: str | None = None
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        if self.source not in _SOURCES:
+            raise InvalidArgument(
+                f"model source must be one of {', '.join(_SOURCES)}, got {self.source!r}"
+            )
+        if not self.name_or_path:
+            raise InvalidArgument(
+                "model name_or_path is empty: give an architecture name or a file path"
+            )
+        shape = tuple(self.input_shape)
+        if not 1 <= len(shape) <= 4 or any(
+            isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape
+        ):
+            raise InvalidArgument(
+                f"input shape must be 1 to 4 positive integers without the batch "
+                f"dimension, e.g. (3, 224, 224); got {self.input_shape!r}"
+            )
+        object.__setattr__(self, "input_shape", shape)
+        if (
+            isinstance(self.num_classes, bool)
+            or not isinstance(self.num_classes, int)
+            or self.num_classes < 1
+        ):
+            raise InvalidArgument(f"num_classes must be >= 1, got {self.num_classes!r}")
+        if self.weights_path == "":
+            object.__setattr__(self, "weights_path", None)
+
+
+def _torchvision_architectures() -> list[str]:
+    import torchvision
+
+    return list(torchvision.models.list_models(module=torchvision.models))
+
+
+def available_architectures() -> list[str]:
+    """Every name ``source="architecture"`` accepts, sorted."""
+    return sorted({*_BUILTIN_ARCHITECTURES, *_torchvision_architectures()})
+
+
+def build_architecture(name: str, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """A randomly initialised model of a known architecture (never downloads weights)."""
+    builder = _BUILTIN_ARCHITECTURES.get(name)
+    if builder is not None:
+        return builder(num_classes, input_shape)
+    torchvision_names = _torchvision_architectures()
+    if name not in torchvision_names:
+        close = difflib.get_close_matches(
+            name, [*_BUILTIN_ARCHITECTURES, *torchvision_names], n=5, cutoff=0.5
+        )
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise InvalidArgument(
+            f"unknown architecture {name!r}: use {DIGITS_CNN!r} or a torchvision "
+            f"classification model name{hint}"
+        )
+    import torchvision
+
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def _require_file(path_text: str, what: str) -> Path:
+    path = Path(path_text)
+    if not path.exists():
+        raise NotFound(f"{what} {path_text!r} does not exist")
+    if not path.is_file():
+        raise InvalidArgument(f"{what} {path_text!r} is not a regular file")
+    return path
+
+
+def _unwrap_checkpoint(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """Accept a plain state_dict or one wrapped as {"state_dict": ...} / {"model": ...}."""
+    if isinstance(obj, Mapping):
+        for wrapper_key in ("state_dict", "model"):
+            inner = obj.get(wrapper_key)
+            if isinstance(inner, Mapping):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping):
+        raise InvalidArgument(
+            f"weights file {str(path)!r} holds a {type(obj).__name__}, not a state_dict: "
+            "save it with torch.save(model.state_dict(), path)"
+        )
+    state: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise InvalidArgument(
+                f"weights file {str(path)!r} is not a plain state_dict: entry {key!r} is a "
+                f"{type(value).__name__}, not a tensor"
+            )
+        state[key] = value
+    # Checkpoints saved from nn.DataParallel prefix every key with "module.".
+    if state and all(key.startswith("module.") for key in state):
+        state = {key.removeprefix("module."): value for key, value in state.items()}
+    return state
+
+
+def load_state_dict_file(path_text: str) -> dict[str, torch.Tensor]:
+    """Read a state_dict file with ``weights_only=True``; never unpickle objects."""
+    path = _require_file(path_text, "weights file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if zipfile.is_zipfile(path):
+            # A real torch.save archive whose pickle names classes outside the
+            # weights-only allowlist: loading it would mean running its code.
+            raise FailedPrecondition(
+                f"weights file {path_text!r} needs unpickling of arbitrary Python objects, "
+                "which bitmesh refuses: it must be a plain state_dict saved with "
+                "torch.save(model.state_dict(), path)"
+            ) from exc
+        raise InvalidArgument(
+            f"weights file {path_text!r} is not a readable torch.save file "
+            f"(corrupt or another format): {_load_failure(exc)}"
+        ) from exc
+    except Exception as exc:
+        # The weights-only unpickler runs no code, but on a corrupt or foreign
+        # file it fails with whatever its parser hit first (IndexError,
+        # KeyError, UnicodeDecodeError, ...): all mean "not a checkpoint".
+        raise InvalidArgument(
+            f"weights file {path_text!r} is not a readable torch.save file "
+            f"(corrupt or another format): {_load_failure(exc)}"
+        ) from exc
+    return _unwrap_checkpoint(obj, path)
+
+
+def _load_failure(exc: BaseException) -> str:
+    """torch.load's reason, minus its advice to retry with weights_only=False."""
+    if "TorchScript" in str(exc):
+        return "it is a TorchScript archive: give it as a torchscript model, not as weights"
+    return _short_reason(exc).split(". ")[0]
+
+
+def _shown(keys: list[str]) -> str:
+    more = f" and {len(keys) - _KEYS_SHOWN} more" if len(keys) > _KEYS_SHOWN else ""
+    return ", ".join(keys[:_KEYS_SHOWN]) + more
+
+
+def apply_state_dict(
+    model: nn.Module, state: Mapping[str, torch.Tensor], *, what: str = "weights"
+) -> None:
+    """Load ``state`` into ``model`` strictly, naming the first offending keys if it does not fit."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    mismatched = [
+        f"{key} (file {tuple(state[key].shape)}, model {tuple(expected[key].shape)})"
+        for key in expected
+        if key in state and tuple(state[key].shape) != tuple(expected[key].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_shown(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_shown(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {_shown(mismatched)}")
+    if problems:
+        raise InvalidArgument(
+            f"{what} do not match the model ({'; '.join(problems)}): check the architecture, "
+            "num_classes and input channels the weights were trained with"
+        )
+    model.load_state_dict(dict(state), strict=True)
+
+
+def _short_reason(exc: BaseException) -> str:
+    """The last meaningful line of a (possibly TorchScript-traceback) error message."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    reason = lines[-1] if lines else type(exc).__name__
+    reason = reason.removeprefix("RuntimeError: ")
+    return reason if len(reason) <= 300 else reason[:297] + "..."
+
+
+def probe_forward(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """Run ``model`` once on a zero batch of one sample; a shape error is the user's."""
+    batch = torch.zeros((1, *input_shape))
+    try:
+        with torch.no_grad():
+            output = model(batch)
+    except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
+        raise InvalidArgument(
+            f"input shape {tuple(input_shape)} does not fit the model: {_short_reason(exc)}"
+        ) from exc
+    if not isinstance(output, torch.Tensor):
+        raise InvalidArgument(
+            f"the model returns a {type(output).__name__}, not a tensor of class logits: "
+            "export or script a model whose forward returns the logits"
+        )
+    return output
+
+
+def _set_eval(model: nn.Module) -> None:
+    """Eval mode where the module supports it.
+
+    ``torch.export`` modules refuse ``eval()``: their train/eval behaviour was
+    fixed when they were exported, so there is nothing to switch.
+    """
+    try:
+        model.eval()
+    except NotImplementedError:
+        logger.debug("module %s has a fixed mode (exported program)", type(model).__name__)
+
+
+def _load_exported_program(path_text: str) -> nn.Module:
+    path = _require_file(path_text, "exported program")
+    try:
+        program = torch.export.load(path)
+    except _CORRUPT_FILE_ERRORS as exc:
+        raise InvalidArgument(
+            f"{path_text!r} is not a readable torch.export program (.pt2 from "
+            f"torch.export.save): {_short_reason(exc)}"
+        ) from exc
+    return program.module()
+
+
+def _load_torchscript(path_text: str) -> nn.Module:
+    path = _require_file(path_text, "TorchScript file")
+    logger.warning(
+        "loading TorchScript %s: torch marks TorchScript deprecated; prefer a torch.export "
+        "program (.pt2)",
+        path_text,
+    )
+    try:
+        module: nn.Module = torch.jit.load(str(path), map_location="cpu")
+    except _CORRUPT_FILE_ERRORS as exc:
+        raise InvalidArgument(
+            f"{path_text!r} is not a readable TorchScript file (from torch.jit.save): "
+            f"{_short_reason(exc)}"
+        ) from exc
+    return module
+
+
+def load_model(spec: ModelSpec) -> nn.Module:
+    """The model ``spec`` describes, on CPU, in eval mode, checked against its input shape.
+
+    Raises NotFound (missing file), InvalidArgument (unknown architecture,
+    corrupt file, weights or input shape that do not fit, output that is not
+    ``num_classes`` logits) or FailedPrecondition (a weights file that would
+    need unpickling of arbitrary objects).
+    """
+    if spec.source == "architecture":
+        model = build_architecture(spec.name_or_path, spec.num_classes, spec.input_shape)
+    elif spec.source == "exported_program":
+        model = _load_exported_program(spec.name_or_path)
+    else:
+        model = _load_torchscript(spec.name_or_path)
+    if spec.weights_path is not None:
+        state = load_state_dict_file(spec.weights_path)
+        apply_state_dict(model, state, what=f"weights in {spec.weights_path!r}")
+    _set_eval(model)
+    output = probe_forward(model, spec.input_shape)
+    if output.ndim != 2 or output.shape[-1] != spec.num_classes:
+        raise InvalidArgument(
+            f"the model outputs shape {tuple(output.shape)} for one sample but the spec "
+            f"says num_classes={spec.num_classes}: expected (1, {spec.num_classes})"
+        )
+    return model
