@@ -59,7 +59,9 @@ class ArtifactStore:
 
     def __init__(self, root: str) -> None:
         self.fs, self.root = fsspec.core.url_to_fs(root)
-        self.protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.protocol = (
+            self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        )
         self.fs.makedirs(self.root, exist_ok=True)
 
     # -- paths -------------------------------------------------------------
@@ -69,7 +71,9 @@ class ArtifactStore:
         return f"{self.root}/cas/{sha[:2]}/{sha}"
 
     def _ref_path(self, namespace: str, key: str) -> str:
-        return f"{self.root}/refs/{_check_name('namespace', namespace)}/{_check_name('key', key)}.json"
+        return (
+            f"{self.root}/refs/{_check_name('namespace', namespace)}/{_check_name('key', key)}.json"
+        )
 
     def uri_of(self, path: str) -> str:
         return f"{self.protocol}://{path}"
@@ -85,7 +89,9 @@ class ArtifactStore:
             with self.fs.open(tmp, "wb") as fh:
                 fh.write(data)
             self.fs.mv(tmp, path)
-        return Artifact(uri=self.uri_of(path), sha256=sha, size_bytes=len(data), media_type=media_type)
+        return Artifact(
+            uri=self.uri_of(path), sha256=sha, size_bytes=len(data), media_type=media_type
+        )
 
     def put_json(self, value: Any) -> Artifact:
         return self.put_bytes(stable_json(value), media_type="application/json")

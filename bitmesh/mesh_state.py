@@ -39,12 +39,16 @@ def clear_state(settings: Settings) -> None:
     state_path(settings).unlink(missing_ok=True)
 
 
-def resolve_addresses(settings: Settings, overrides: dict[str, str] | None = None) -> dict[ServiceName, str]:
+def resolve_addresses(
+    settings: Settings, overrides: dict[str, str] | None = None
+) -> dict[ServiceName, str]:
     state = read_state(settings) or {}
     recorded: dict[str, str] = state.get("addresses", {})
     addresses: dict[ServiceName, str] = {}
     for service in SERVICES:
         explicit = (overrides or {}).get(service) or getattr(settings, f"{service}_address")
         env = os.environ.get(f"BITMESH_{service.upper()}_ADDRESS")
-        addresses[service] = explicit or env or recorded.get(service) or settings.address_of(service)
+        addresses[service] = (
+            explicit or env or recorded.get(service) or settings.address_of(service)
+        )
     return addresses

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     tls_client_ca_file: str | None = None
     tls_ca_file: str | None = None  # for clients: the CA that signed the servers
     metrics_port: int = 0  # 0 = no Prometheus endpoint
+    # A plaintext port serving only the health service (Kubernetes' native gRPC
+    # probes cannot do TLS or send a token); 0 = none.
+    health_port: int = 0
 
     def port_of(self, service: ServiceName) -> int:
         port: int = getattr(self, f"{service}_port")

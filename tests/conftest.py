@@ -22,7 +22,11 @@ def redis_url() -> Iterator[str]:
     pidfile = REPO_ROOT / ".pytest-redis.pid"
     env = {**os.environ, "BITMESH_REDIS_PIDFILE": str(pidfile)}
     url = subprocess.run(
-        [str(REPO_ROOT / "scripts" / "redis.sh")], env=env, check=True, capture_output=True, text=True
+        [str(REPO_ROOT / "scripts" / "redis.sh")],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     yield url
     server_pidfile = Path(pidfile.read_text().strip())

@@ -93,7 +93,14 @@ class ThreadJobRunner:
         self, request: dict[str, Any], work: JobWork, job_id: str | None = None
     ) -> JobRecord:
         with self._lock:
-            self._running = {k: v for k, v in self._running.items() if not v[0].done()}
+            # A job frees its slot once its record is terminal, even if its
+            # thread is still winding down (a client that saw it end may
+            # resubmit at once).
+            self._running = {
+                k: v
+                for k, v in self._running.items()
+                if not v[0].done() and not self.store.get(k).state.terminal
+            }
             if len(self._running) >= self.max_concurrent:
                 raise ResourceExhausted(
                     f"{len(self._running)} {self.kind} jobs are running, the cap is "

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from bitmesh.errors import BitmeshError
+from bitmesh.logs import current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,9 @@ def status_code_of(error: BitmeshError) -> grpc.StatusCode:
 
 
 def _request_id(context: grpc.ServicerContext) -> str:
+    current = current_request_id()
+    if current:
+        return current
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and isinstance(value, str):
             return value[:64]

@@ -2,9 +2,16 @@
 
 ``create_server`` adds the standard health service, server reflection (so
 ``grpcurl`` works) and the interceptors; tests bind port 0 and get the real
-port back. ``serve_until_signal`` runs a server until SIGTERM/SIGINT, then
-shuts down gracefully: health goes NOT_SERVING, new calls are refused, calls
-in flight get ``grace_seconds`` to finish.
+port back. Driven by the settings, it also adds bearer-token authentication
+(``BITMESH_AUTH_TOKEN``), TLS (``BITMESH_TLS_*``), path confinement for
+servers others can reach, Prometheus metrics on ``BITMESH_METRICS_PORT`` and,
+when ``BITMESH_HEALTH_PORT`` is set, a plaintext health-only port for
+Kubernetes' gRPC probes (which speak neither TLS nor tokens). Every call runs
+with a request id that each log line carries.
+
+``serve_until_signal`` runs a server until SIGTERM/SIGINT, then shuts down
+gracefully: health goes NOT_SERVING, new calls are refused, calls in flight
+get ``grace_seconds`` to finish.
 """
 
 from __future__ import annotations
@@ -21,7 +28,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from bitmesh.rpc.auth import auth_interceptor
 from bitmesh.rpc.errors import ErrorInterceptor
+from bitmesh.rpc.metrics import (
+    MetricsInterceptor,
+    MetricsServer,
+    RpcMetrics,
+    add_service_collectors,
+    start_metrics_server,
+)
+from bitmesh.rpc.path_guard import is_loopback, path_guard_interceptor
+from bitmesh.rpc.request_ids import RequestIdInterceptor
 from bitmesh.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,6 +55,11 @@ class RunningServer:
     health: health.HealthServicer
     service_names: Sequence[str]
     on_stop: list[Callable[[float], None]] = field(default_factory=list)
+    metrics: RpcMetrics | None = None
+    metrics_port: int = 0  # bound port of the /metrics endpoint (0 = off)
+    health_port: int = 0  # bound plaintext health-only port (0 = none)
+    _health_server: grpc.Server | None = None
+    _metrics_server: MetricsServer | None = None
 
     def stop(self, grace: float) -> None:
         """Graceful stop: NOT_SERVING first, then finish calls in flight."""
@@ -45,6 +67,11 @@ class RunningServer:
         for hook in self.on_stop:
             hook(grace)
         self.server.stop(grace).wait(grace + 1)
+        # Probes and scrapes keep answering (NOT_SERVING) until the end.
+        if self._health_server is not None:
+            self._health_server.stop(0).wait(1)
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -78,9 +105,14 @@ def create_server(
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    metrics = RpcMetrics() if settings.metrics_port else None
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=[*interceptors, ErrorInterceptor()],
+        interceptors=[
+            *_standard_interceptors(settings, metrics),
+            *interceptors,
+            ErrorInterceptor(),
+        ],
         options=options,
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
@@ -97,11 +129,72 @@ def create_server(
         port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"could not bind {address}")
+    _warn_if_exposed(settings, tls=credentials is not None)
+    health_server, health_port = _health_only_server(settings, health_servicer)
     server.start()
+    running = RunningServer(server, port, health_servicer, service_names, metrics=metrics)
+    running._health_server, running.health_port = health_server, health_port
+    if metrics is not None:
+        add_service_collectors(metrics.registry, service_names, settings)
+        try:
+            running._metrics_server = start_metrics_server(
+                metrics.registry, settings.host, settings.metrics_port
+            )
+        except OSError:
+            running.stop(0)
+            raise
+        running.metrics_port = running._metrics_server.port
     for name in (*service_names, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving %s on port %d", ", ".join(service_names), port)
-    return RunningServer(server, port, health_servicer, service_names)
+    return running
+
+
+def _standard_interceptors(
+    settings: Settings, metrics: RpcMetrics | None
+) -> list[grpc.ServerInterceptor]:
+    """Outermost first: request id (so every later log line has it), metrics
+    (so refused calls are counted), authentication, path confinement."""
+    chain: list[grpc.ServerInterceptor] = [RequestIdInterceptor()]
+    if metrics is not None:
+        chain.append(MetricsInterceptor(metrics))
+    for optional in (auth_interceptor(settings), path_guard_interceptor(settings)):
+        if optional is not None:
+            chain.append(optional)
+    return chain
+
+
+def _health_only_server(
+    settings: Settings, health_servicer: health.HealthServicer
+) -> tuple[grpc.Server | None, int]:
+    """A plaintext server with only the health service, for kubelet probes.
+
+    It shares the main server's health servicer, so graceful shutdown turns
+    both NOT_SERVING at once. Health answers reveal nothing and need no token.
+    """
+    wanted = int(getattr(settings, "health_port", 0) or 0)
+    if not wanted:
+        return None, 0
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2), options=[("grpc.so_reuseport", 0)]
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(f"{settings.host}:{wanted}")
+    if port == 0:
+        raise OSError(f"could not bind the health port {settings.host}:{wanted}")
+    server.start()
+    return server, port
+
+
+def _warn_if_exposed(settings: Settings, tls: bool) -> None:
+    if is_loopback(settings.host):
+        return
+    if not settings.auth_token:
+        log.warning(
+            "listening on %s without BITMESH_AUTH_TOKEN: any caller is served", settings.host
+        )
+    if not tls:
+        log.warning("listening on %s without TLS (BITMESH_TLS_CERT_FILE)", settings.host)
 
 
 def serve_until_signal(running: RunningServer, grace: float) -> None:

@@ -1,0 +1,260 @@
+"""Prometheus metrics of one service: calls, latencies, errors, jobs, queue.
+
+Each server gets its own registry (so two servers in one test process do not
+share counters) served over HTTP on ``BITMESH_METRICS_PORT`` (0 = off):
+
+- ``bitmesh_rpc_calls_total{grpc_service,grpc_method,grpc_code}``: finished calls;
+- ``bitmesh_rpc_errors_total{grpc_service,grpc_method,grpc_code}``: those not OK;
+- ``bitmesh_rpc_latency_seconds{grpc_service,grpc_method}``: a histogram (a
+  stream's latency is its whole life);
+- ``bitmesh_rpc_in_flight{grpc_service,grpc_method}``: calls being served;
+- ``bitmesh_jobs{kind,state}``: jobs of the service's store by state, read
+  at scrape time so every replica reports the same truth;
+- ``bitmesh_queue_length{queue}``: Celery messages waiting in the broker
+  (trainer and proxy NAS), the figure KEDA scales workers on.
+
+Gauges read at scrape time never fail a scrape: a store or broker that cannot
+be read is logged and its samples are left out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import start_http_server
+from prometheus_client.registry import Collector
+
+from bitmesh.jobs.records import JobState
+from bitmesh.jobs.store import JobStore, open_job_store
+from bitmesh.rpc.handlers import split_method, wrap_handler
+from bitmesh.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# How many of a kind's newest jobs a scrape reads; older ones are all terminal
+# in practice, and a scrape must stay cheap.
+JOB_SCAN_LIMIT = 1000
+CELERY_QUEUE = "celery"
+
+# gRPC service (full proto name) -> job store it owns (open_job_store's name)
+# and the job kind to count (None = every kind in that store).
+JOB_STORES: dict[str, tuple[str, str | None]] = {
+    "bitmesh.v1.SensitivityService": ("sensitivity", "sensitivity"),
+    "bitmesh.v1.TrainerService": ("trainer", None),
+    "bitmesh.v1.ProxyNasService": ("proxy_nas", None),
+}
+# Services whose work goes through the Celery broker.
+QUEUE_SERVICES: frozenset[str] = frozenset(
+    {"bitmesh.v1.TrainerService", "bitmesh.v1.ProxyNasService"}
+)
+
+
+class RpcMetrics:
+    """The call metrics of one server, in a registry of their own."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        labels = ("grpc_service", "grpc_method")
+        self.calls = Counter(
+            "bitmesh_rpc_calls",
+            "Finished calls by method and status code.",
+            (*labels, "grpc_code"),
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "bitmesh_rpc_errors",
+            "Calls that ended with a status other than OK.",
+            (*labels, "grpc_code"),
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "bitmesh_rpc_latency_seconds",
+            "Time from a call's start to its end.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "bitmesh_rpc_in_flight",
+            "Calls being served now.",
+            labels,
+            registry=self.registry,
+        )
+
+    @contextmanager
+    def observe(self, full_method: str, context: grpc.ServicerContext) -> Iterator[None]:
+        """Count one call around its whole life; the code is read at its end."""
+        service, method = split_method(full_method)
+        in_flight = self.in_flight.labels(service, method)
+        in_flight.inc()
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            yield
+        except GeneratorExit:
+            code = grpc.StatusCode.CANCELLED  # the client went away mid-stream
+            raise
+        except BaseException:
+            code = _code_of(context, default=grpc.StatusCode.UNKNOWN)
+            raise
+        else:
+            code = _code_of(context, default=grpc.StatusCode.OK)
+        finally:
+            in_flight.dec()
+            self.latency.labels(service, method).observe(time.perf_counter() - start)
+            self.calls.labels(service, method, code.name).inc()
+            if code is not grpc.StatusCode.OK:
+                self.errors.labels(service, method, code.name).inc()
+
+
+def _code_of(context: grpc.ServicerContext, default: grpc.StatusCode) -> grpc.StatusCode:
+    code = context.code() if hasattr(context, "code") else None
+    return code if isinstance(code, grpc.StatusCode) else default
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):
+    """Records every call of the server in :class:`RpcMetrics`."""
+
+    def __init__(self, metrics: RpcMetrics) -> None:
+        self.metrics = metrics
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        return wrap_handler(handler, lambda context: self.metrics.observe(method, context))
+
+
+class JobStoreCollector(Collector):
+    """``bitmesh_jobs{kind,state}``, counted from the job store at scrape time."""
+
+    def __init__(
+        self,
+        store_factory: Callable[[], JobStore],
+        kind: str | None = None,
+        scan_limit: int = JOB_SCAN_LIMIT,
+    ) -> None:
+        self._store_factory = store_factory
+        self._store: JobStore | None = None
+        self.kind = kind
+        self.scan_limit = scan_limit
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily("bitmesh_jobs", "Jobs by kind and state.", labels=("kind", "state"))
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "bitmesh_jobs", "Jobs by kind and state.", labels=("kind", "state")
+        )
+        try:
+            if self._store is None:
+                self._store = self._store_factory()
+            records = self._store.list(self.kind, self.scan_limit)
+        except Exception as exc:  # a scrape must not fail because the store is down
+            log.warning("metrics: cannot read the job store: %s", exc)
+            return
+        counts: dict[tuple[str, str], int] = {}
+        kinds = {self.kind} if self.kind else {r.kind for r in records}
+        for kind in kinds:
+            for job_state in JobState:
+                counts[(kind, job_state.value)] = 0
+        for record in records:
+            key = (record.kind, record.state.value)
+            counts[key] = counts.get(key, 0) + 1
+        for (kind, state), count in sorted(counts.items()):
+            family.add_metric((kind, state), count)
+        yield family
+
+
+class QueueLengthCollector(Collector):
+    """``bitmesh_queue_length{queue}`` from a function read at scrape time."""
+
+    def __init__(self, length_of: Callable[[], int], queue: str = CELERY_QUEUE) -> None:
+        self._length_of = length_of
+        self.queue = queue
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily("bitmesh_queue_length", "Messages waiting.", labels=("queue",))
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("bitmesh_queue_length", "Messages waiting.", labels=("queue",))
+        try:
+            family.add_metric((self.queue,), self._length_of())
+        except Exception as exc:  # a scrape must not fail because the broker is down
+            log.warning("metrics: cannot read the length of queue %s: %s", self.queue, exc)
+            return
+        yield family
+
+
+def broker_queue_length(settings: Settings, queue: str = CELERY_QUEUE) -> int:
+    """Messages waiting in Celery's broker for ``queue``.
+
+    Redis: the length of the list Celery pushes to (what KEDA's Redis scaler
+    reads). Embedded default: the message files kombu's filesystem transport
+    keeps in ``<artifact root>/queue/in`` (named ``<stamp>_<uuid>.<queue>.msg``).
+    """
+    if settings.redis_url:
+        import redis
+
+        client = redis.Redis.from_url(
+            settings.redis_url, socket_timeout=5, socket_connect_timeout=5
+        )
+        try:
+            return int(client.llen(queue))
+        finally:
+            client.close()
+    folder = Path(settings.artifact_root.removeprefix("file://")) / "queue" / "in"
+    if not folder.is_dir():
+        return 0
+    return sum(1 for p in folder.iterdir() if p.name.endswith(f".{queue}.msg"))
+
+
+def _store_opener(settings: Settings, store_name: str) -> Callable[[], JobStore]:
+    return lambda: open_job_store(settings.redis_url, settings.artifact_root, store_name)
+
+
+def add_service_collectors(
+    registry: CollectorRegistry, service_names: Sequence[str], settings: Settings
+) -> None:
+    """Register the job and queue gauges that belong to the served services."""
+    for name in service_names:
+        if name in JOB_STORES:
+            store_name, kind = JOB_STORES[name]
+            registry.register(JobStoreCollector(_store_opener(settings, store_name), kind))
+    if any(name in QUEUE_SERVICES for name in service_names):
+        registry.register(QueueLengthCollector(lambda: broker_queue_length(settings)))
+
+
+@dataclass
+class MetricsServer:
+    """A running ``/metrics`` HTTP endpoint."""
+
+    port: int
+    _server: Any
+    _thread: Any
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def start_metrics_server(registry: CollectorRegistry, host: str, port: int) -> MetricsServer:
+    """Serve ``registry`` on ``host:port`` in a daemon thread."""
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    return MetricsServer(port=int(server.server_port), _server=server, _thread=thread)

@@ -1,0 +1,75 @@
+"""Scrape-time gauges of bitmesh.rpc.metrics (jobs by state, queue length)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from bitmesh.errors import Unavailable
+from bitmesh.jobs.records import JobRecord, JobState
+from bitmesh.jobs.store import SqliteJobStore, transition
+from bitmesh.rpc.metrics import (
+    JOB_STORES,
+    QUEUE_SERVICES,
+    JobStoreCollector,
+    QueueLengthCollector,
+    broker_queue_length,
+)
+from bitmesh.settings import Settings
+from bitmesh.v1 import proxy_nas_pb2, sensitivity_pb2, trainer_pb2
+
+pytestmark = pytest.mark.unit
+
+
+def _text(*collectors: object) -> str:
+    registry = CollectorRegistry()
+    for collector in collectors:
+        registry.register(collector)  # type: ignore[arg-type]
+    return generate_latest(registry).decode()
+
+
+def test_jobs_by_state(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "j.sqlite3")
+    for i, state in enumerate([JobState.QUEUED, JobState.QUEUED, JobState.FAILED]):
+        store.create(JobRecord(job_id=f"j{i}", kind="training"))
+        store.update(f"j{i}", lambda r, s=state: transition(r, state=s))
+    store.create(JobRecord(job_id="other", kind="calibration"))
+    text = _text(JobStoreCollector(lambda: store))
+    assert 'bitmesh_jobs{kind="training",state="queued"} 2.0' in text
+    assert 'bitmesh_jobs{kind="training",state="failed"} 1.0' in text
+    assert 'bitmesh_jobs{kind="training",state="running"} 0.0' in text
+    assert 'bitmesh_jobs{kind="calibration",state="queued"} 1.0' in text
+
+
+def test_a_broken_source_does_not_break_the_scrape() -> None:
+    def down() -> int:
+        raise Unavailable("Redis is not reachable")
+
+    text = _text(QueueLengthCollector(down), JobStoreCollector(lambda: down()))  # type: ignore[arg-type, return-value]
+    assert "bitmesh_queue_length{" not in text and "bitmesh_jobs{" not in text
+
+
+def test_filesystem_queue_length_counts_its_queue_only(tmp_path: Path) -> None:
+    settings = Settings(artifact_root=str(tmp_path), redis_url=None)
+    assert broker_queue_length(settings) == 0
+    folder = tmp_path / "queue" / "in"
+    folder.mkdir(parents=True)
+    for name in ("1_a.celery.msg", "2_b.celery.msg", "3_c.other.msg", "4_d.xcelery.msg"):
+        (folder / name).write_text("{}")
+    assert broker_queue_length(settings) == 2
+    assert broker_queue_length(settings, "other") == 1
+
+
+def test_service_tables_name_real_services() -> None:
+    names = {
+        m.DESCRIPTOR.services_by_name[n].full_name
+        for m, n in (
+            (sensitivity_pb2, "SensitivityService"),
+            (trainer_pb2, "TrainerService"),
+            (proxy_nas_pb2, "ProxyNasService"),
+        )
+    }
+    assert set(JOB_STORES) == names
+    assert names > QUEUE_SERVICES

@@ -1,0 +1,90 @@
+"""Path confinement of request fields (bitmesh.rpc.path_guard)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from bitmesh.errors import InvalidArgument
+from bitmesh.rpc.path_guard import (
+    PATH_FIELDS,
+    confine_path,
+    confine_request_paths,
+    is_loopback,
+    path_guard_interceptor,
+)
+from bitmesh.settings import Settings
+from bitmesh.v1 import common_pb2, proxy_nas_pb2, sensitivity_pb2
+
+pytestmark = pytest.mark.unit
+
+
+def test_relative_paths_are_uploads(tmp_path: Path) -> None:
+    assert confine_path(str(tmp_path), "models/a.pt") == str(
+        tmp_path.resolve() / "uploads" / "models" / "a.pt"
+    )
+    assert confine_path(f"file://{tmp_path}", "a.pt").startswith(str(tmp_path.resolve()))
+
+
+def test_absolute_paths_inside_the_root_pass(tmp_path: Path) -> None:
+    inside = tmp_path / "cas" / "ab" / "blob"
+    assert confine_path(str(tmp_path), str(inside)) == str(inside.resolve())
+
+
+@pytest.mark.parametrize("path", ["../x", "a/../../x", "/etc/passwd", "..", "a/./../.."])
+def test_escapes_are_refused(tmp_path: Path, path: str) -> None:
+    with pytest.raises(InvalidArgument, match="escapes the artifact root"):
+        confine_path(str(tmp_path / "root"), path)
+
+
+def test_symlinks_out_of_the_root_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "uploads").mkdir(parents=True)
+    os.symlink(tmp_path, root / "uploads" / "out")
+    with pytest.raises(InvalidArgument, match="escapes"):
+        confine_path(str(root), "out/secret")
+    with pytest.raises(InvalidArgument, match="escapes"):
+        confine_path(str(root), str(root / "uploads" / "out" / "secret"))
+
+
+def test_remote_roots_take_no_local_paths() -> None:
+    with pytest.raises(InvalidArgument, match="not a local folder"):
+        confine_path("s3://bucket/bitmesh", "model.pt")
+
+
+def test_nested_request_fields_are_rewritten(tmp_path: Path) -> None:
+    request = proxy_nas_pb2.StartSearchRequest(
+        model=common_pb2.ModelRef(architecture="resnet18", weights="w.pt"),
+        dataset=common_pb2.DatasetRef(kind=common_pb2.DATASET_KIND_IMAGE_FOLDER, path="imgs"),
+    )
+    confine_request_paths(request, str(tmp_path))
+    uploads = tmp_path.resolve() / "uploads"
+    assert request.model.weights == str(uploads / "w.pt")
+    assert request.dataset.path == str(uploads / "imgs")
+    assert request.model.architecture == "resnet18"  # a name, not a path
+    bad = sensitivity_pb2.ListLayersRequest(model=common_pb2.ModelRef(torchscript="../m.pt"))
+    with pytest.raises(InvalidArgument):
+        confine_request_paths(bad, str(tmp_path))
+
+
+def test_path_fields_exist_in_the_protos() -> None:
+    messages = {
+        "bitmesh.v1.ModelRef": common_pb2.ModelRef,
+        "bitmesh.v1.DatasetRef": common_pb2.DatasetRef,
+    }
+    for full_name, fields in PATH_FIELDS.items():
+        descriptor = messages[full_name].DESCRIPTOR
+        for name in fields:
+            assert (
+                descriptor.fields_by_name[name].type == descriptor.fields_by_name[name].TYPE_STRING
+            )
+
+
+def test_on_only_when_others_can_reach_the_service(tmp_path: Path) -> None:
+    root = str(tmp_path)
+    assert path_guard_interceptor(Settings(host="127.0.0.1", artifact_root=root)) is None
+    assert path_guard_interceptor(Settings(host="0.0.0.0", artifact_root=root)) is not None
+    assert path_guard_interceptor(Settings(auth_token="t", artifact_root=root)) is not None
+    assert is_loopback("localhost") and is_loopback("::1") and not is_loopback("10.0.0.1")

@@ -1,0 +1,384 @@
+"""The manifests and the services agree: names, ports, probes, secrets, files.
+
+Expected names come from :class:`bitmesh.settings.Settings` itself (its
+fields and aliases) and from the protos (health service names), never from a
+list kept here, so renaming a setting without the manifests fails a test.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from pathlib import Path
+
+import pytest
+
+from bitmesh.rpc.metrics import CELERY_QUEUE
+from bitmesh.settings import SERVICES, Settings
+from tests.unit.deploy.manifests import (
+    OVERLAYS,
+    REPO,
+    Doc,
+    component,
+    configmap_data,
+    containers,
+    env_of,
+    named,
+    of_kind,
+    pod_spec,
+    proto_service_name,
+    render,
+    secret_refs,
+    service_deployments,
+    settings_env_names,
+    settings_from_env,
+    workloads,
+)
+
+pytestmark = pytest.mark.unit
+
+# Environment variables in the manifests that are not bitmesh settings, each
+# allowed only where it is read: by Redis itself, or by Celery.
+FOREIGN_ENV = {
+    "redis": {"REDIS_PASSWORD", "REDISCLI_AUTH"},
+    "worker": {"REMAP_SIGTERM"},
+}
+# Secrets the operator provides to the overlays that do not generate them,
+# with the keys read; docs/deploy.md must tell how to make each.
+OPERATOR_SECRETS = {
+    "bitmesh-auth": {"token"},
+    "bitmesh-tls": {"tls.crt", "tls.key", "ca.crt"},
+    "bitmesh-redis": {"password", "url", "address"},
+}
+CERT_MANAGER_KEYS = {"tls.crt", "tls.key", "ca.crt"}
+
+
+def _container_env(docs: tuple[Doc, ...], container: Doc) -> dict[str, str]:
+    """The environment a container starts with (secrets as placeholders)."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        ref = source.get("configMapRef")
+        if ref:
+            env.update(named(docs, "ConfigMap", ref["name"])["data"])
+    for item in env_of(container):
+        if "value" in item:
+            env[item["name"]] = str(item["value"])
+        elif "secretKeyRef" in item.get("valueFrom", {}):
+            ref = item["valueFrom"]["secretKeyRef"]
+            placeholder = f"<{ref['name']}/{ref['key']}>"
+            if item["name"] == "REDIS_URL":
+                placeholder = "redis://:secret@bitmesh-redis:6379/0"
+            env[item["name"]] = placeholder
+    return env
+
+
+def _settings_of(docs: tuple[Doc, ...], container: Doc, mp: pytest.MonkeyPatch) -> Settings:
+    return settings_from_env(_container_env(docs, container), mp)
+
+
+def _health_port(settings: Settings) -> int:
+    assert "health_port" in Settings.model_fields, (
+        "the manifests set BITMESH_HEALTH_PORT (a plaintext health-only port for the "
+        "kubelet's gRPC probes) but bitmesh.settings.Settings has no `health_port: int = 0`"
+    )
+    port: int = settings.health_port  # type: ignore[attr-defined]
+    return port
+
+
+def _port(container: Doc, name: str) -> int:
+    (port,) = [p["containerPort"] for p in container.get("ports", []) if p["name"] == name]
+    return int(port)
+
+
+@pytest.fixture(params=OVERLAYS)
+def docs(request: pytest.FixtureRequest) -> tuple[Doc, ...]:
+    return render(request.param)
+
+
+# -- names -----------------------------------------------------------------
+def test_every_configmap_key_is_a_setting(docs: tuple[Doc, ...]) -> None:
+    unknown = set(configmap_data(docs)) - settings_env_names()
+    assert not unknown, f"ConfigMap keys that no Settings field reads: {sorted(unknown)}"
+
+
+def test_every_env_var_is_a_setting_or_read_where_it_is_set(docs: tuple[Doc, ...]) -> None:
+    known = settings_env_names()
+    for workload in workloads(docs):
+        allowed = known | FOREIGN_ENV.get(component(workload), set())
+        for container in containers(workload):
+            names = {e["name"] for e in env_of(container)}
+            assert names <= allowed, (workload["metadata"]["name"], sorted(names - allowed))
+
+
+def test_env_names_come_from_settings() -> None:
+    """The expected names really are derived (and REDIS_URL keeps its name)."""
+    names = settings_env_names()
+    assert {"REDIS_URL", "BITMESH_AUTH_TOKEN", "BITMESH_SOLVER_PORT"} <= names
+    assert len(names) >= len(Settings.model_fields)
+
+
+def test_each_service_reads_its_settings_and_token(
+    docs: tuple[Doc, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deployments = service_deployments(docs)
+    assert set(deployments) == set(SERVICES)
+    for service, deployment in deployments.items():
+        (container,) = containers(deployment)
+        settings = _settings_of(docs, container, monkeypatch)
+        assert settings.host == "0.0.0.0", service
+        assert settings.auth_token, f"{service}: no token: authentication would be off"
+        assert settings.tls_cert_file and settings.tls_key_file, f"{service}: TLS is off"
+        assert settings.redis_url, service
+
+
+# -- ports and probes ------------------------------------------------------
+def test_service_ports_match_settings(
+    docs: tuple[Doc, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for service, deployment in service_deployments(docs).items():
+        (container,) = containers(deployment)
+        settings = _settings_of(docs, container, monkeypatch)
+        assert container["command"] == ["python", "-m", f"{service}_svc"]
+        assert _port(container, "grpc") == settings.port_of(service)
+        assert _port(container, "metrics") == settings.metrics_port > 0
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(settings.metrics_port)
+        svc = named(docs, "Service", deployment["metadata"]["name"])
+        ports = {p["name"]: p for p in svc["spec"]["ports"]}
+        assert ports["grpc"]["port"] == settings.port_of(service)
+        assert ports["grpc"]["targetPort"] == "grpc"
+        assert "health" not in ports, "the plaintext health port must not be exposed"
+
+
+def test_probes_are_native_grpc_on_the_health_port(
+    docs: tuple[Doc, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for service, deployment in service_deployments(docs).items():
+        (container,) = containers(deployment)
+        health_port = _health_port(_settings_of(docs, container, monkeypatch))
+        assert _port(container, "health") == health_port
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"]["port"] == health_port, (service, probe)
+        # Readiness asks for the service itself (NOT_SERVING on shutdown).
+        assert container["readinessProbe"]["grpc"]["service"] == proto_service_name(service)
+        assert container["livenessProbe"]["grpc"].get("service", "") == ""
+
+
+def test_peer_addresses_point_at_the_services(
+    docs: tuple[Doc, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deployments = service_deployments(docs)
+    (container,) = containers(deployments["solver"])
+    settings = _settings_of(docs, container, monkeypatch)
+    for service, deployment in deployments.items():
+        host, _, port = settings.address_of(service).rpartition(":")
+        svc = named(docs, "Service", host)
+        assert svc["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+        assert int(port) == settings.port_of(service)
+
+
+# -- secrets and files -----------------------------------------------------
+def test_referenced_secrets_exist_or_are_documented(docs: tuple[Doc, ...]) -> None:
+    produced: set[tuple[str, str]] = set()
+    for secret in of_kind(docs, "Secret"):
+        keys = {*secret.get("data", {}), *secret.get("stringData", {})}
+        produced |= {(secret["metadata"]["name"], k) for k in keys}
+    for cert in of_kind(docs, "Certificate"):
+        produced |= {(cert["spec"]["secretName"], k) for k in CERT_MANAGER_KEYS}
+    guide = (REPO / "docs" / "deploy.md").read_text()
+    for name, key in secret_refs(docs):
+        if (name, key) in produced:
+            continue
+        assert key in OPERATOR_SECRETS.get(name, set()), f"secret {name}/{key} comes from nowhere"
+        assert name in guide and key in guide, f"docs/deploy.md does not say how to make {name}"
+
+
+def test_generated_redis_url_matches_the_password(docs: tuple[Doc, ...]) -> None:
+    import base64
+
+    secrets = [s for s in of_kind(docs, "Secret") if s["metadata"]["name"] == "bitmesh-redis"]
+    for secret in secrets:
+        data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+        assert f":{data['password']}@" in data["url"]
+        assert data["url"].split("@")[1].startswith("bitmesh-redis:6379")
+
+
+def test_tls_and_artifact_paths_are_mounted(
+    docs: tuple[Doc, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for workload in workloads(docs):
+        if component(workload) == "redis":
+            continue
+        volumes = {v["name"]: v for v in pod_spec(workload)["volumes"]}
+        (container,) = pod_spec(workload)["containers"]
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        settings = _settings_of(docs, container, monkeypatch)
+        for path in (settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file):
+            assert path, "a TLS file setting is empty"
+            folder, filename = posixpath.split(path)
+            secret = volumes[mounts[folder]["name"]]["secret"]
+            assert filename in {i["path"] for i in secret["items"]}
+            assert mounts[folder]["readOnly"] is True
+        artifacts = volumes[mounts[settings.artifact_root]["name"]]
+        claim = artifacts["persistentVolumeClaim"]["claimName"]
+        named(docs, "PersistentVolumeClaim", claim)
+
+
+# -- shutdown, limits, security --------------------------------------------
+def test_grace_period_covers_the_drain(
+    docs: tuple[Doc, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for deployment in service_deployments(docs).values():
+        (container,) = containers(deployment)
+        settings = _settings_of(docs, container, monkeypatch)
+        pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        period = pod_spec(deployment)["terminationGracePeriodSeconds"]
+        assert period >= pre_stop + settings.grace_seconds + 5
+
+
+def test_every_container_has_requests_and_limits(docs: tuple[Doc, ...]) -> None:
+    for workload in workloads(docs):
+        for container in containers(workload):
+            resources = container["resources"]
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(resources[kind]), workload["metadata"]["name"]
+
+
+def test_pods_run_locked_down(docs: tuple[Doc, ...]) -> None:
+    for workload in workloads(docs):
+        spec = pod_spec(workload)
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["runAsUser"] != 0
+        assert spec.get("automountServiceAccountToken") is False
+        assert not any("hostPath" in v for v in spec.get("volumes", []))
+        for container in containers(workload):
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["capabilities"]["drop"] == ["ALL"]
+
+
+def test_only_the_mesh_may_reach_redis(docs: tuple[Doc, ...]) -> None:
+    policies = [
+        p for p in of_kind(docs, "NetworkPolicy") if p["metadata"]["name"] == "bitmesh-redis"
+    ]
+    redis = [w for w in workloads(docs) if component(w) == "redis"]
+    assert len(policies) == len(redis), "an in-cluster Redis needs its NetworkPolicy"
+    for policy, statefulset in zip(policies, redis, strict=True):
+        labels = statefulset["spec"]["template"]["metadata"]["labels"]
+        selector = policy["spec"]["podSelector"]["matchLabels"]
+        assert selector.items() <= labels.items()
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        pod_rules = [
+            f["podSelector"]["matchLabels"]
+            for rule in policy["spec"]["ingress"]
+            for f in rule["from"]
+            if "podSelector" in f
+        ]
+        assert len(pod_rules) == 1
+        allowed = pod_rules[0].items()
+        for workload in workloads(docs):
+            pod_labels = workload["spec"]["template"]["metadata"]["labels"].items()
+            uses_redis = any(
+                e["name"] == "REDIS_URL" for c in containers(workload) for e in env_of(c)
+            )
+            if component(workload) != "redis":
+                assert (allowed <= pod_labels) == uses_redis, workload["metadata"]["name"]
+        for rule in policy["spec"]["ingress"]:
+            assert all(set(f) <= {"podSelector", "namespaceSelector"} for f in rule["from"])
+            assert not any(f == {"namespaceSelector": {}} for f in rule["from"])
+
+
+def test_redis_persists_with_aof(docs: tuple[Doc, ...]) -> None:
+    for statefulset in of_kind(docs, "StatefulSet"):
+        (container,) = containers(statefulset)
+        args = container["args"]
+        assert args[args.index("--appendonly") + 1] == "yes"
+        assert "--requirepass" in args
+        (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+        data_mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert data_mount[claim["metadata"]["name"]] == args[args.index("--dir") + 1]
+
+
+# -- Celery workers --------------------------------------------------------
+def _workers(docs: tuple[Doc, ...]) -> list[Doc]:
+    found = [d for d in of_kind(docs, "Deployment") if component(d) == "worker"]
+    assert found, "no Celery worker Deployment"
+    return found
+
+
+def test_workers_run_the_celery_app(docs: tuple[Doc, ...]) -> None:
+    from celery import Celery
+
+    for worker in _workers(docs):
+        (container,) = containers(worker)
+        command = container["command"]
+        assert command[:4] == ["celery", "-A", "trainer_svc.celery_app", "worker"]
+        module = Path(REPO, *command[2].split(".")).with_suffix(".py")
+        assert module.is_file(), f"{module} does not exist"
+        queues = [a.split("=", 1)[1] for a in command if a.startswith("--queues=")]
+        assert queues == [CELERY_QUEUE]
+        # Extra settings after `--` must be ones Celery knows.
+        extra = command[command.index("--") + 1 :]
+        parsed = Celery().loader.cmdline_config_parser(extra, namespace="worker")
+        soft = float(parsed["worker_soft_shutdown_timeout"])
+        assert pod_spec(worker)["terminationGracePeriodSeconds"] > soft
+        assert {"name": "REMAP_SIGTERM", "value": "SIGQUIT"} in container["env"]
+
+
+def test_gpu_workers_ask_for_gpus_only_in_gpu_overlays() -> None:
+    for overlay in OVERLAYS:
+        for worker in _workers(render(overlay)):
+            (container,) = containers(worker)
+            resources = container["resources"]
+            gpus = resources["limits"].get("nvidia.com/gpu")
+            spec = pod_spec(worker)
+            if overlay.startswith("gpu"):
+                assert gpus == resources["requests"]["nvidia.com/gpu"] == "1"
+                assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+                assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
+                    spec["tolerations"]
+                )
+            else:
+                assert gpus is None and "nodeSelector" not in spec
+
+
+def test_keda_scales_the_workers_on_their_queue() -> None:
+    for overlay in OVERLAYS:
+        docs = render(overlay)
+        for scaled in of_kind(docs, "ScaledObject"):
+            target = named(docs, "Deployment", scaled["spec"]["scaleTargetRef"]["name"])
+            assert component(target) == "worker"
+            (trigger,) = scaled["spec"]["triggers"]
+            assert trigger["type"] == "redis"
+            assert trigger["metadata"]["listName"] == CELERY_QUEUE
+            named(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+            # KEDA's operator must be let through to Redis, where Redis runs here.
+            for policy in of_kind(docs, "NetworkPolicy"):
+                if policy["metadata"]["name"] == "bitmesh-redis":
+                    sources = [f for r in policy["spec"]["ingress"] for f in r["from"]]
+                    assert any(
+                        f.get("namespaceSelector", {})
+                        .get("matchLabels", {})
+                        .get("kubernetes.io/metadata.name")
+                        == "keda"
+                        for f in sources
+                    )
+
+
+def test_images_are_built_here_and_pinned(docs: tuple[Doc, ...]) -> None:
+    for workload in workloads(docs):
+        for container in containers(workload):
+            image = container["image"]
+            assert re.search(r":[0-9][\w.-]*$", image), f"{image} has no pinned version tag"
+            if image.startswith("bitmesh/"):
+                name = image.split("/", 1)[1].split(":")[0]
+                dockerfile = REPO / "deploy" / "docker" / f"{name}.Dockerfile"
+                assert dockerfile.is_file(), f"no Dockerfile builds {image}"
+                text = dockerfile.read_text()
+                module = (
+                    container["command"][2].split(".")[0]
+                    if container["command"][0] == "celery"
+                    else container["command"][-1]
+                )
+                assert f"COPY {module} ./{module}" in text, f"{dockerfile.name} lacks {module}"
