@@ -8,7 +8,13 @@ import grpc
 
 from bitmesh.jobs.runner import ThreadJobRunner
 from bitmesh.jobs.store import JobStore, open_job_store
-from bitmesh.rpc.convert import costs_to_pb, job_event_status_to_pb, job_status_to_pb, option_to_pb, options_from_pb
+from bitmesh.rpc.convert import (
+    costs_to_pb,
+    job_event_status_to_pb,
+    job_status_to_pb,
+    option_to_pb,
+    options_from_pb,
+)
 from bitmesh.rpc.convert_ml import model_spec_from_pb
 from bitmesh.rpc.job_servicer import list_jobs, not_landed
 from bitmesh.rpc.jobs import watch_events
@@ -37,7 +43,9 @@ class SensitivityServicer(sensitivity_pb2_grpc.SensitivityServiceServicer):
         self.store = store
         self.runner = runner
 
-    def ListLayers(self, request: sensitivity_pb2.ListLayersRequest, context: grpc.ServicerContext) -> sensitivity_pb2.ListLayersResponse:
+    def ListLayers(
+        self, request: sensitivity_pb2.ListLayersRequest, context: grpc.ServicerContext
+    ) -> sensitivity_pb2.ListLayersResponse:
         options = options_from_pb(request.options)
         table = layer_table(model_spec_from_pb(request.model), options)
         return sensitivity_pb2.ListLayersResponse(
@@ -46,7 +54,9 @@ class SensitivityServicer(sensitivity_pb2_grpc.SensitivityServiceServicer):
                     layer=layer_info_pb(layer),
                     options=[
                         sensitivity_pb2.OptionCosts(
-                            option=option_to_pb(o), option_key=o.key, costs=costs_to_pb(table.costs[layer.name][o.key])
+                            option=option_to_pb(o),
+                            option_key=o.key,
+                            costs=costs_to_pb(table.costs[layer.name][o.key]),
                         )
                         for o in options
                     ],
@@ -58,28 +68,44 @@ class SensitivityServicer(sensitivity_pb2_grpc.SensitivityServiceServicer):
             model_hash=table.model_hash,
         )
 
-    def StartAnalysis(self, request: sensitivity_pb2.StartAnalysisRequest, context: grpc.ServicerContext) -> common_pb2.JobRef:
+    def StartAnalysis(
+        self, request: sensitivity_pb2.StartAnalysisRequest, context: grpc.ServicerContext
+    ) -> common_pb2.JobRef:
         raise not_landed("Hessian-trace sensitivity analysis", "Sensitivity service")
 
-    def WatchAnalysis(self, request: common_pb2.JobRef, context: grpc.ServicerContext) -> Iterator[sensitivity_pb2.SensitivityEvent]:
+    def WatchAnalysis(
+        self, request: common_pb2.JobRef, context: grpc.ServicerContext
+    ) -> Iterator[sensitivity_pb2.SensitivityEvent]:
         yield from watch_events(
             self.store,
             request.job_id,
             context,
-            lambda record, event: sensitivity_pb2.SensitivityEvent(status=job_event_status_to_pb(record, event)),
+            lambda record, event: sensitivity_pb2.SensitivityEvent(
+                status=job_event_status_to_pb(record, event)
+            ),
         )
 
-    def GetAnalysis(self, request: common_pb2.JobRef, context: grpc.ServicerContext) -> sensitivity_pb2.AnalysisResult:
-        return sensitivity_pb2.AnalysisResult(status=job_status_to_pb(self.store.get(request.job_id)))
+    def GetAnalysis(
+        self, request: common_pb2.JobRef, context: grpc.ServicerContext
+    ) -> sensitivity_pb2.AnalysisResult:
+        return sensitivity_pb2.AnalysisResult(
+            status=job_status_to_pb(self.store.get(request.job_id))
+        )
 
-    def CancelAnalysis(self, request: common_pb2.JobRef, context: grpc.ServicerContext) -> common_pb2.JobStatus:
+    def CancelAnalysis(
+        self, request: common_pb2.JobRef, context: grpc.ServicerContext
+    ) -> common_pb2.JobStatus:
         return job_status_to_pb(self.runner.cancel(request.job_id))
 
-    def ListAnalyses(self, request: common_pb2.ListJobsRequest, context: grpc.ServicerContext) -> common_pb2.ListJobsResponse:
+    def ListAnalyses(
+        self, request: common_pb2.ListJobsRequest, context: grpc.ServicerContext
+    ) -> common_pb2.ListJobsResponse:
         return list_jobs(self.store, KIND, request)
 
 
-def build(settings: Settings) -> tuple[Sequence[Registrar], Sequence[str], list[Callable[[float], None]]]:
+def build(
+    settings: Settings,
+) -> tuple[Sequence[Registrar], Sequence[str], list[Callable[[float], None]]]:
     store = open_job_store(settings.redis_url, settings.artifact_root, KIND)
     runner = ThreadJobRunner(store, KIND, settings.max_concurrent_jobs)
     servicer = SensitivityServicer(store, runner)
