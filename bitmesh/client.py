@@ -169,6 +169,9 @@ class Client:
             "solver", "WhatIf", solver_pb2.WhatIfRequest(problem_id=problem_id, budgets=budgets)
         )
 
+    def list_latency_profiles(self) -> solver_pb2.ListLatencyProfilesResponse:
+        return self._call("solver", "ListLatencyProfiles", solver_pb2.ListLatencyProfilesRequest())
+
     # -- trainer -----------------------------------------------------------
     def start_training(self, request: trainer_pb2.StartTrainingRequest) -> common_pb2.JobRef:
         return self._call("trainer", "StartJob", request)

@@ -1,0 +1,160 @@
+"""gRPC edge of the solver: converts, looks problems up, maps errors."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import replace
+
+import grpc
+
+from bitmesh.artifacts import ArtifactStore
+from bitmesh.errors import InvalidArgument
+from bitmesh.rpc.server import Registrar
+from bitmesh.settings import Settings
+from bitmesh.v1 import solver_pb2, solver_pb2_grpc
+from solver_svc.convert import (
+    AXIS_TO_PB,
+    OBJECTIVE_FROM_PB,
+    axis_from_pb,
+    budgets_from_pb,
+    problem_from_pb,
+    solution_to_pb,
+)
+from solver_svc.frontier import frontier, what_if
+from solver_svc.latency import list_profiles, load_profile, with_latency
+from solver_svc.registry import LoadedProblem, ProblemRegistry
+from solver_svc.solve import ProblemSolver
+
+SERVICE_NAME = solver_pb2.DESCRIPTOR.services_by_name["SolverService"].full_name
+DEFAULT_TIME_LIMIT_S = 30.0
+MAX_TIME_LIMIT_S = 600.0
+DEFAULT_POINTS = 20
+
+
+def _time_limit(value: float) -> float:
+    if value < 0:
+        raise InvalidArgument(f"time_limit_s must be >= 0 (0 = default), got {value}")
+    return min(value or DEFAULT_TIME_LIMIT_S, MAX_TIME_LIMIT_S)
+
+
+class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
+    def __init__(self, registry: ProblemRegistry) -> None:
+        self.registry = registry
+
+    def _resolve(
+        self, request: solver_pb2.SolveRequest | solver_pb2.FrontierRequest, profile: str
+    ) -> tuple[LoadedProblem | None, ProblemSolver]:
+        """The registered problem (and its cached solver) or an inline one."""
+        source = request.WhichOneof("problem_source")
+        if source == "problem_id":
+            loaded = self.registry.get(request.problem_id)
+            if profile:
+                return None, ProblemSolver(
+                    with_latency(loaded.solver.problem, load_profile(profile))
+                )
+            return loaded, loaded.solver
+        if source == "problem":
+            problem = problem_from_pb(request.problem)
+            if profile:
+                problem = with_latency(problem, load_profile(profile))
+            return None, ProblemSolver(problem)
+        raise InvalidArgument("no problem: send problem_id (from RegisterProblem) or a problem")
+
+    def RegisterProblem(
+        self, request: solver_pb2.RegisterProblemRequest, context: grpc.ServicerContext
+    ) -> solver_pb2.RegisterProblemResponse:
+        loaded = self.registry.register(problem_from_pb(request.problem))
+        problem = loaded.solver.problem
+        return solver_pb2.RegisterProblemResponse(
+            problem_id=loaded.problem_id,
+            layers=len(problem.layers),
+            options=sum(len(layer.options) for layer in problem.layers),
+            options_after_presolve=int(loaded.solver.prepared.valid.sum()),
+        )
+
+    def Solve(
+        self, request: solver_pb2.SolveRequest, context: grpc.ServicerContext
+    ) -> solver_pb2.Solution:
+        objective = OBJECTIVE_FROM_PB.get(request.objective)
+        if objective is None:
+            raise InvalidArgument(f"unknown objective {request.objective}")
+        max_omega = request.max_omega if request.HasField("max_omega") else None
+        if objective != "omega" and max_omega is None and not request.budgets.ListFields():
+            raise InvalidArgument(
+                f"minimising {objective} without an Omega bound or budgets picks the lowest "
+                "precision everywhere; set max_omega"
+            )
+        budgets = budgets_from_pb(request.budgets, max_omega)
+        loaded, solver = self._resolve(request, request.budgets.latency_profile)
+        with loaded.lock if loaded else nullcontext():
+            solution = solver.solve(
+                budgets, objective=objective, time_limit_s=_time_limit(request.time_limit_s)
+            )
+        return solution_to_pb(solution, solver.problem, loaded.problem_id if loaded else "")
+
+    def Frontier(
+        self, request: solver_pb2.FrontierRequest, context: grpc.ServicerContext
+    ) -> solver_pb2.FrontierResponse:
+        axis = axis_from_pb(request.axis)
+        loaded, solver = self._resolve(request, request.constraints.latency_profile)
+        with loaded.lock if loaded else nullcontext():
+            traced = frontier(
+                solver,
+                axis,
+                budgets_from_pb(request.constraints),
+                points=request.points or DEFAULT_POINTS,
+                low=request.min_limit if request.HasField("min_limit") else None,
+                high=request.max_limit if request.HasField("max_limit") else None,
+                time_limit_s=MAX_TIME_LIMIT_S,
+            )
+        if loaded is not None:
+            self.registry.add_frontier(loaded, traced)
+        problem_id = loaded.problem_id if loaded else ""
+        return solver_pb2.FrontierResponse(
+            points=[solution_to_pb(p, solver.problem, problem_id) for p in traced.points],
+            seconds=traced.seconds,
+            axis=AXIS_TO_PB[axis],
+        )
+
+    def WhatIf(
+        self, request: solver_pb2.WhatIfRequest, context: grpc.ServicerContext
+    ) -> solver_pb2.Solution:
+        start = time.perf_counter()
+        loaded = self.registry.get(request.problem_id)
+        if request.budgets.latency_profile:
+            raise InvalidArgument(
+                "what-if answers from the registered problem's own latency costs; register the "
+                "problem with latencies from the profile, or call Solve with latency_profile"
+            )
+        with loaded.lock:
+            solution = what_if(
+                loaded.solver,
+                budgets_from_pb(request.budgets),
+                loaded.frontiers,
+                time_limit_s=DEFAULT_TIME_LIMIT_S,
+            )
+        solution = replace(solution, seconds=time.perf_counter() - start)
+        return solution_to_pb(solution, loaded.solver.problem, loaded.problem_id)
+
+    def ListLatencyProfiles(
+        self, request: solver_pb2.ListLatencyProfilesRequest, context: grpc.ServicerContext
+    ) -> solver_pb2.ListLatencyProfilesResponse:
+        return solver_pb2.ListLatencyProfilesResponse(
+            profiles=[
+                solver_pb2.LatencyProfileInfo(name=p.name, kind=p.kind, source=p.source)
+                for p in list_profiles()
+            ]
+        )
+
+
+def build(
+    settings: Settings,
+) -> tuple[Sequence[Registrar], Sequence[str], list[Callable[[float], None]]]:
+    servicer = SolverServicer(ProblemRegistry(ArtifactStore(settings.artifact_root)))
+    return (
+        [lambda s: solver_pb2_grpc.add_SolverServiceServicer_to_server(servicer, s)],
+        [SERVICE_NAME],
+        [],
+    )
