@@ -6,6 +6,10 @@ transport and Celery's file result backend under the artifact root, which
 work across processes on one machine with no server (eager mode would not be
 a queue). Long work is acknowledged late, redelivered on worker loss, and one
 task is prefetched at a time.
+
+Workers consume two queues: Celery's default (``celery``: pings, proxy NAS)
+and ``bitmesh.trainer`` (training jobs), so ``celery -A
+trainer_svc.celery_app worker`` needs no ``-Q``.
 """
 
 from __future__ import annotations
@@ -13,16 +17,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from celery import Celery
+from kombu import Exchange, Queue
 
 from bitmesh.settings import Settings, load_settings
+from trainer_svc.config import TrainerSettings
 
-# Longest a task may run unacknowledged before Redis redelivers it. Jobs
-# checkpoint and resume, so a redelivery after a crash costs one chunk.
-VISIBILITY_TIMEOUT_S = 2 * 3600
+DEFAULT_QUEUE = "celery"
+TRAINER_QUEUE = "bitmesh.trainer"
+RUN_JOB_TASK = "bitmesh.trainer.run_job"
+
+# Longest a task may go unacknowledged before Redis redelivers it (a trainer
+# task refreshes its delivery while it runs: trainer_svc.keepalive).
+VISIBILITY_TIMEOUT_S = TrainerSettings.model_fields["visibility_timeout_s"].default
+
+
+def _queue(name: str) -> Queue:
+    """A queue on its own direct exchange and routing key (queues sharing a key
+    would each get a copy of every message)."""
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
 def _filesystem_config(root: Path) -> dict[str, object]:
-    folders = {name: root / "queue" / name for name in ("in", "processed")}
+    folders = {name: root / "queue" / name for name in ("in", "processed", "control")}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
     results = root / "queue" / "results"
@@ -33,22 +49,41 @@ def _filesystem_config(root: Path) -> dict[str, object]:
             "data_folder_in": str(folders["in"]),
             "data_folder_out": str(folders["in"]),
             "processed_folder": str(folders["processed"]),
+            "control_folder": str(folders["control"]),
             "store_processed": False,
         },
         "result_backend": f"file://{results}",
     }
 
 
-def make_celery(settings: Settings | None = None) -> Celery:
+def _redis_config(url: str, trainer: TrainerSettings) -> dict[str, object]:
+    transport = {
+        "visibility_timeout": trainer.visibility_timeout_s,
+        "unacked_restore_interval": trainer.restore_interval_s,
+        # Scan on every sweep: one ZRANGE per interval and worker.
+        "unacked_restore_throttle": 1,
+    }
+    return {
+        "broker_url": url,
+        "result_backend": url,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {"visibility_timeout": trainer.visibility_timeout_s},
+    }
+
+
+def make_celery(
+    settings: Settings | None = None,
+    trainer: TrainerSettings | None = None,
+    *,
+    discover: bool = True,
+) -> Celery:
+    """The app for ``settings``. ``discover=False`` (a service that only sends
+    tasks by name) skips importing the task modules."""
     settings = settings or load_settings()
+    trainer = trainer or TrainerSettings()
     app = Celery("bitmesh")
     if settings.redis_url:
-        broker: dict[str, object] = {
-            "broker_url": settings.redis_url,
-            "result_backend": settings.redis_url,
-            "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
-            "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
-        }
+        broker = _redis_config(settings.redis_url, trainer)
     else:
         broker = _filesystem_config(Path(settings.artifact_root.removeprefix("file://")))
     app.conf.update(
@@ -62,9 +97,19 @@ def make_celery(settings: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         task_track_started=True,
+        task_default_queue=DEFAULT_QUEUE,
+        task_queues=tuple(_queue(name) for name in (DEFAULT_QUEUE, TRAINER_QUEUE)),
+        task_routes={RUN_JOB_TASK: {"queue": TRAINER_QUEUE}},
     )
-    app.autodiscover_tasks(["trainer_svc", "proxy_nas_svc"], related_name="tasks", force=True)
+    if discover:
+        # Lazily (when the worker starts): the task modules import this module.
+        app.autodiscover_tasks(["trainer_svc", "proxy_nas_svc"], related_name="tasks")
     return app
+
+
+def send_job(celery: Celery, job_id: str) -> None:
+    """Send a job id to the trainer queue by task name (no task code needed)."""
+    celery.send_task(RUN_JOB_TASK, args=[job_id], queue=TRAINER_QUEUE)
 
 
 app = make_celery()

@@ -1,47 +1,125 @@
-"""gRPC edge of the trainer: converts and maps errors, nothing more."""
+"""gRPC edge of the trainer: converts, validates, enqueues; nothing more.
+
+StartJob checks the request against the model and data *before* anything is
+stored or enqueued (INVALID_ARGUMENT / FAILED_PRECONDITION / NOT_FOUND with
+the reason), then records the job and sends its id to the trainer queue. The
+job's state lives in the shared job store, so any replica (or a restarted
+service) answers Get/Watch/Cancel/List for it.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 
-from bitmesh.jobs.store import JobStore, open_job_store, request_cancel
-from bitmesh.rpc.convert import job_event_status_to_pb, job_status_to_pb
-from bitmesh.rpc.job_servicer import list_jobs, not_landed
+from bitmesh.errors import NotFound, Unavailable
+from bitmesh.jobs.admission import create_admitted
+from bitmesh.jobs.records import JobRecord, JobState, new_job_id
+from bitmesh.jobs.store import JobStore, open_job_store, request_cancel, transition
+from bitmesh.rpc.convert import job_status_to_pb
+from bitmesh.rpc.job_servicer import list_jobs
 from bitmesh.rpc.jobs import watch_events
 from bitmesh.rpc.server import Registrar
 from bitmesh.settings import Settings
 from bitmesh.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from trainer_svc.celery_app import make_celery, send_job
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
+STORE_NAME = "trainer"
+
+Enqueue = Callable[[str], None]
+
+
+def job_id_for(kind: str, request_id: str) -> str:
+    """A new id, or a stable one for an idempotency key."""
+    if not request_id:
+        return new_job_id(kind)
+    return f"{kind}-{hashlib.sha256(request_id.encode()).hexdigest()[:16]}"
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, enqueue: Enqueue, max_open_jobs: int) -> None:
         self.store = store
+        self.enqueue = enqueue
+        self.max_open_jobs = max_open_jobs
 
-    def StartJob(self, request: trainer_pb2.StartTrainingRequest, context: grpc.ServicerContext) -> common_pb2.JobRef:
-        raise not_landed("training jobs (QAT, one-shot FLIQS search, calibration)", "Trainer service")
+    def StartJob(
+        self, request: trainer_pb2.StartTrainingRequest, context: grpc.ServicerContext
+    ) -> common_pb2.JobRef:
+        from trainer_svc.convert import request_from_pb
+        from trainer_svc.workspace import validate
 
-    def WatchJob(self, request: common_pb2.JobRef, context: grpc.ServicerContext) -> Iterator[trainer_pb2.TrainingEvent]:
-        yield from watch_events(
+        domain = request_from_pb(request)
+        job_id = job_id_for(domain.kind, request.request_id)
+        if request.request_id:
+            try:
+                return common_pb2.JobRef(job_id=self.store.get(job_id).job_id)
+            except NotFound:
+                pass
+        validate(domain)
+        record = create_admitted(
             self.store,
-            request.job_id,
-            context,
-            lambda record, event: trainer_pb2.TrainingEvent(status=job_event_status_to_pb(record, event)),
+            JobRecord(job_id=job_id, kind=domain.kind, request=domain.to_dict()),
+            self.max_open_jobs,
         )
+        try:
+            self.enqueue(record.job_id)
+        except Exception as exc:
+            log.exception("could not enqueue job %s", job_id)
+            reason = f"the job queue is unreachable ({type(exc).__name__}); is Redis up?"
+            self.store.update(job_id, lambda r: transition(r, state=JobState.FAILED, error=reason))
+            raise Unavailable(reason) from exc
+        return common_pb2.JobRef(job_id=record.job_id)
 
-    def GetJob(self, request: common_pb2.JobRef, context: grpc.ServicerContext) -> trainer_pb2.TrainingResult:
-        return trainer_pb2.TrainingResult(status=job_status_to_pb(self.store.get(request.job_id)))
+    def WatchJob(
+        self, request: common_pb2.JobRef, context: grpc.ServicerContext
+    ) -> Iterator[trainer_pb2.TrainingEvent]:
+        from trainer_svc.convert import event_to_pb
 
-    def CancelJob(self, request: common_pb2.JobRef, context: grpc.ServicerContext) -> common_pb2.JobStatus:
+        yield from watch_events(self.store, request.job_id, context, event_to_pb)
+
+    def GetJob(
+        self, request: common_pb2.JobRef, context: grpc.ServicerContext
+    ) -> trainer_pb2.TrainingResult:
+        from trainer_svc.convert import result_to_pb
+
+        record = self.store.get(request.job_id)
+        events = [] if record.result is not None else self.store.events_since(record.job_id, 0)
+        return result_to_pb(record, events)
+
+    def CancelJob(
+        self, request: common_pb2.JobRef, context: grpc.ServicerContext
+    ) -> common_pb2.JobStatus:
         return job_status_to_pb(request_cancel(self.store, request.job_id))
 
-    def ListJobs(self, request: common_pb2.ListJobsRequest, context: grpc.ServicerContext) -> common_pb2.ListJobsResponse:
+    def ListJobs(
+        self, request: common_pb2.ListJobsRequest, context: grpc.ServicerContext
+    ) -> common_pb2.ListJobsResponse:
         return list_jobs(self.store, None, request)
 
 
-def build(settings: Settings) -> tuple[Sequence[Registrar], Sequence[str], list[Callable[[float], None]]]:
-    servicer = TrainerServicer(open_job_store(settings.redis_url, settings.artifact_root, "trainer"))
-    return [lambda s: trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, s)], [SERVICE_NAME], []
+def celery_enqueue(settings: Settings) -> Enqueue:
+    """Send job ids to the trainer queue of the broker ``settings`` name."""
+    app = make_celery(settings, discover=False)
+
+    def send(job_id: str) -> None:
+        send_job(app, job_id)
+
+    return send
+
+
+def build(
+    settings: Settings,
+) -> tuple[Sequence[Registrar], Sequence[str], list[Callable[[float], None]]]:
+    store = open_job_store(settings.redis_url, settings.artifact_root, STORE_NAME)
+    servicer = TrainerServicer(store, celery_enqueue(settings), settings.max_concurrent_jobs)
+
+    def register(server: grpc.Server) -> None:
+        trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)
+
+    return [register], [SERVICE_NAME], []

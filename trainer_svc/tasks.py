@@ -1,15 +1,80 @@
-"""Celery tasks of the trainer. Thin: ids in, domain function does the work.
+"""Celery tasks of the trainer. Thin: a job id in, the domain function does the work.
 
-Tasks are ``shared_task``s: celery_app.make_celery() autodiscovers this module
-while it builds the app, so importing the app from here would be circular.
+The request lives in the job record, so the message carries only the id; the
+task opens the same job store and artifact store the service uses (from the
+environment) and calls :func:`trainer_svc.jobs.run_job`, which is idempotent.
 """
 
 from __future__ import annotations
 
-from celery import shared_task
+import logging
+from functools import cache
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_ready
+
+from bitmesh.artifacts import ArtifactStore
+from bitmesh.jobs.store import JobStore, open_job_store
+from bitmesh.settings import load_settings
+from trainer_svc.celery_app import RUN_JOB_TASK, app, send_job
+from trainer_svc.config import TrainerSettings
+from trainer_svc.keepalive import Action, redis_delivery_toucher
+from trainer_svc.lease import Lease, open_lease
+
+log = logging.getLogger(__name__)
+SERVICE = "trainer"
 
 
-@shared_task(name="bitmesh.ping")
+@cache
+def _stores() -> tuple[JobStore, ArtifactStore, Lease, TrainerSettings]:
+    settings = load_settings()
+    return (
+        open_job_store(settings.redis_url, settings.artifact_root, SERVICE),
+        ArtifactStore(settings.artifact_root),
+        open_lease(settings.redis_url, settings.artifact_root),
+        TrainerSettings(),
+    )
+
+
+@app.task(name="bitmesh.ping")
 def ping(token: str) -> str:
-    """Round trip through the queue: proves a worker is consuming."""
+    """Round trip through the queue; `bitmesh status` uses it to prove a worker runs."""
     return token
+
+
+@app.task(
+    name=RUN_JOB_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True
+)
+def run_training_job(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
+    """Run or resume one training job; returns its final state."""
+    from trainer_svc.jobs import run_job
+
+    store, artifacts, lease, trainer = _stores()
+    settings = load_settings()
+    actions: list[Action] = []
+    tag = (self.request.properties or {}).get("delivery_tag")
+    if settings.redis_url and tag:
+        actions.append(redis_delivery_toucher(settings.redis_url, str(tag)))
+    state = run_job(job_id, store, artifacts, lease=lease, settings=trainer, keepalive=actions)
+    return state.value
+
+
+@worker_ready.connect
+def _recover_orphans(sender: Any = None, **_: Any) -> None:
+    """Embedded queue only: the filesystem transport does not redeliver a
+    message whose worker died, so a starting worker re-sends RUNNING jobs
+    whose lease has lapsed (the lease and the terminal check make an extra
+    delivery harmless). Redis redelivers by itself."""
+    if load_settings().redis_url:
+        return
+    from trainer_svc.jobs import orphaned_jobs
+
+    # Fresh stores, not the cached ones: pool processes forked later must not
+    # inherit this process's SQLite connections.
+    settings = load_settings()
+    store = open_job_store(settings.redis_url, settings.artifact_root, SERVICE)
+    lease = open_lease(settings.redis_url, settings.artifact_root)
+    for job_id in orphaned_jobs(store, lease):
+        log.warning("re-sending job %s: its worker stopped while running it", job_id)
+        send_job(app, job_id)

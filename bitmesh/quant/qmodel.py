@@ -112,7 +112,9 @@ class QuantSettings:
     unsigned_activations: bool = True
 
 
-def _effective_activation(fmt: NumericFormat, nonnegative: bool, settings: QuantSettings) -> NumericFormat:
+def _effective_activation(
+    fmt: NumericFormat, nonnegative: bool, settings: QuantSettings
+) -> NumericFormat:
     if settings.unsigned_activations and nonnegative and fmt.kind is FormatKind.INT and fmt.signed:
         return FORMATS[f"uint{fmt.bits}"]
     return fmt
@@ -143,7 +145,9 @@ class QuantLayer(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(inner, _WRAPPABLE):
-            raise InvalidArgument(f"only Conv1d/2d/3d and Linear layers can be wrapped, not {type(inner).__name__}")
+            raise InvalidArgument(
+                f"only Conv1d/2d/3d and Linear layers can be wrapped, not {type(inner).__name__}"
+            )
         if bn is not None and not _foldable(bn):
             raise FailedPrecondition(
                 "BN folding needs an affine BatchNorm that tracks running statistics"
@@ -173,7 +177,9 @@ class QuantLayer(nn.Module):
     # -- switching ------------------------------------------------------------
     def set_choice(self, w_index: int, a_index: int) -> None:
         """Select candidate formats by index (what a search step does)."""
-        if not (0 <= w_index < len(self.weight_formats) and 0 <= a_index < len(self.activation_formats)):
+        if not (
+            0 <= w_index < len(self.weight_formats) and 0 <= a_index < len(self.activation_formats)
+        ):
             raise InvalidArgument(
                 f"choice ({w_index}, {a_index}) is outside this layer's "
                 f"{len(self.weight_formats)} x {len(self.activation_formats)} candidates"
@@ -232,11 +238,12 @@ class QuantLayer(nn.Module):
         weight = cast(Tensor, self.inner.weight)
         bias = cast(Tensor | None, self.inner.bias)
         if self.bn is not None:
-            bn = self.bn
-            factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # type: ignore[operator]
+            gamma, beta = cast(Tensor, self.bn.weight), cast(Tensor, self.bn.bias)
+            mean, var = cast(Tensor, self.bn.running_mean), cast(Tensor, self.bn.running_var)
+            factor = gamma / torch.sqrt(var + float(cast(float, self.bn.eps)))
             weight = weight * factor.reshape(-1, *([1] * (weight.dim() - 1)))
-            shift = bn.running_mean if bias is None else bn.running_mean - bias  # type: ignore[operator]
-            bias = bn.bias - shift * factor  # type: ignore[operator]
+            shift = mean if bias is None else mean - bias
+            bias = beta - shift * factor
         fmt = self.weight_formats[self.w_index]
         if not fmt.is_identity:
             weight = fake_quantize(weight, fmt, granularity=self.granularity, axis=0)
@@ -284,7 +291,9 @@ def find_conv_bn_pairs(model: nn.Module) -> dict[str, str]:
     modules = dict(model.named_modules())
     pairs: dict[str, str] = {}
     for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(str(node.target)), nn.modules.conv._ConvNd):
+        if node.op != "call_module" or not isinstance(
+            modules.get(str(node.target)), nn.modules.conv._ConvNd
+        ):
             continue
         users = list(node.users)
         if len(users) != 1:
@@ -360,8 +369,12 @@ def quantize_model(
         bn_name = pairs.get(name, "")
         bn = modules[bn_name] if bn_name else None
         layer = QuantLayer(
-            modules[name], spaces[name], settings,
-            input_nonnegative=nonnegative[name], bn=bn, bn_name=bn_name,
+            modules[name],
+            spaces[name],
+            settings,
+            input_nonnegative=nonnegative[name],
+            bn=bn,
+            bn_name=bn_name,
         )
         layer.train(model.training)
         _set_submodule(model, name, layer)
@@ -436,7 +449,7 @@ def plain_state_dict(model: nn.Module, layers: Mapping[str, QuantLayer]) -> dict
     for key, value in model.state_dict().items():
         for old, new in renames:
             if key.startswith(old):
-                plain[new + key[len(old):]] = value.detach().clone()
+                plain[new + key[len(old) :]] = value.detach().clone()
                 break
         else:
             if not any(key.startswith(f"{n}.") for n in layers):

@@ -63,7 +63,7 @@ class Distillation(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., alpha: _Optional[float] = ..., temperature: _Optional[float] = ...) -> None: ...
 
 class QatSpec(_message.Message):
-    __slots__ = ("config", "distillation", "fold_bn", "weight_granularity", "activation_range", "range_momentum", "range_percentile")
+    __slots__ = ("config", "distillation", "fold_bn", "weight_granularity", "activation_range", "range_momentum", "range_percentile", "default_option")
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     DISTILLATION_FIELD_NUMBER: _ClassVar[int]
     FOLD_BN_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,7 @@ class QatSpec(_message.Message):
     ACTIVATION_RANGE_FIELD_NUMBER: _ClassVar[int]
     RANGE_MOMENTUM_FIELD_NUMBER: _ClassVar[int]
     RANGE_PERCENTILE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_OPTION_FIELD_NUMBER: _ClassVar[int]
     config: _common_pb2.QuantConfig
     distillation: Distillation
     fold_bn: bool
@@ -78,10 +79,11 @@ class QatSpec(_message.Message):
     activation_range: RangeEstimator
     range_momentum: float
     range_percentile: float
-    def __init__(self, config: _Optional[_Union[_common_pb2.QuantConfig, _Mapping]] = ..., distillation: _Optional[_Union[Distillation, _Mapping]] = ..., fold_bn: _Optional[bool] = ..., weight_granularity: _Optional[_Union[_common_pb2.Granularity, str]] = ..., activation_range: _Optional[_Union[RangeEstimator, str]] = ..., range_momentum: _Optional[float] = ..., range_percentile: _Optional[float] = ...) -> None: ...
+    default_option: _common_pb2.QuantOption
+    def __init__(self, config: _Optional[_Union[_common_pb2.QuantConfig, _Mapping]] = ..., distillation: _Optional[_Union[Distillation, _Mapping]] = ..., fold_bn: _Optional[bool] = ..., weight_granularity: _Optional[_Union[_common_pb2.Granularity, str]] = ..., activation_range: _Optional[_Union[RangeEstimator, str]] = ..., range_momentum: _Optional[float] = ..., range_percentile: _Optional[float] = ..., default_option: _Optional[_Union[_common_pb2.QuantOption, _Mapping]] = ...) -> None: ...
 
 class SearchSpec(_message.Message):
-    __slots__ = ("formats", "separate_activation", "target_axis", "cost_target", "cost_beta", "one_sided", "entropy_beta_max", "warmup_fraction", "baseline_momentum", "switchable_clipping", "tie_groups", "policy_learning_rate")
+    __slots__ = ("formats", "separate_activation", "target_axis", "cost_target", "cost_beta", "one_sided", "entropy_beta_max", "warmup_fraction", "baseline_momentum", "switchable_clipping", "tie_groups", "policy_learning_rate", "target_option", "weight_granularity", "plain_baseline", "reward_holdout_fraction")
     FORMATS_FIELD_NUMBER: _ClassVar[int]
     SEPARATE_ACTIVATION_FIELD_NUMBER: _ClassVar[int]
     TARGET_AXIS_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +96,10 @@ class SearchSpec(_message.Message):
     SWITCHABLE_CLIPPING_FIELD_NUMBER: _ClassVar[int]
     TIE_GROUPS_FIELD_NUMBER: _ClassVar[int]
     POLICY_LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_OPTION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_GRANULARITY_FIELD_NUMBER: _ClassVar[int]
+    PLAIN_BASELINE_FIELD_NUMBER: _ClassVar[int]
+    REWARD_HOLDOUT_FRACTION_FIELD_NUMBER: _ClassVar[int]
     formats: _containers.RepeatedCompositeFieldContainer[_common_pb2.NumericFormat]
     separate_activation: bool
     target_axis: _common_pb2.CostAxis
@@ -106,19 +112,25 @@ class SearchSpec(_message.Message):
     switchable_clipping: bool
     tie_groups: _containers.RepeatedScalarFieldContainer[str]
     policy_learning_rate: float
-    def __init__(self, formats: _Optional[_Iterable[_Union[_common_pb2.NumericFormat, _Mapping]]] = ..., separate_activation: _Optional[bool] = ..., target_axis: _Optional[_Union[_common_pb2.CostAxis, str]] = ..., cost_target: _Optional[float] = ..., cost_beta: _Optional[float] = ..., one_sided: _Optional[bool] = ..., entropy_beta_max: _Optional[float] = ..., warmup_fraction: _Optional[float] = ..., baseline_momentum: _Optional[float] = ..., switchable_clipping: _Optional[bool] = ..., tie_groups: _Optional[_Iterable[str]] = ..., policy_learning_rate: _Optional[float] = ...) -> None: ...
+    target_option: _common_pb2.QuantOption
+    weight_granularity: _common_pb2.Granularity
+    plain_baseline: bool
+    reward_holdout_fraction: float
+    def __init__(self, formats: _Optional[_Iterable[_Union[_common_pb2.NumericFormat, _Mapping]]] = ..., separate_activation: _Optional[bool] = ..., target_axis: _Optional[_Union[_common_pb2.CostAxis, str]] = ..., cost_target: _Optional[float] = ..., cost_beta: _Optional[float] = ..., one_sided: _Optional[bool] = ..., entropy_beta_max: _Optional[float] = ..., warmup_fraction: _Optional[float] = ..., baseline_momentum: _Optional[float] = ..., switchable_clipping: _Optional[bool] = ..., tie_groups: _Optional[_Iterable[str]] = ..., policy_learning_rate: _Optional[float] = ..., target_option: _Optional[_Union[_common_pb2.QuantOption, _Mapping]] = ..., weight_granularity: _Optional[_Union[_common_pb2.Granularity, str]] = ..., plain_baseline: _Optional[bool] = ..., reward_holdout_fraction: _Optional[float] = ...) -> None: ...
 
 class CalibrationSpec(_message.Message):
-    __slots__ = ("config", "calibration_batches", "activation_range", "weight_granularity")
+    __slots__ = ("config", "calibration_batches", "activation_range", "weight_granularity", "default_option")
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_BATCHES_FIELD_NUMBER: _ClassVar[int]
     ACTIVATION_RANGE_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_GRANULARITY_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_OPTION_FIELD_NUMBER: _ClassVar[int]
     config: _common_pb2.QuantConfig
     calibration_batches: int
     activation_range: RangeEstimator
     weight_granularity: _common_pb2.Granularity
-    def __init__(self, config: _Optional[_Union[_common_pb2.QuantConfig, _Mapping]] = ..., calibration_batches: _Optional[int] = ..., activation_range: _Optional[_Union[RangeEstimator, str]] = ..., weight_granularity: _Optional[_Union[_common_pb2.Granularity, str]] = ...) -> None: ...
+    default_option: _common_pb2.QuantOption
+    def __init__(self, config: _Optional[_Union[_common_pb2.QuantConfig, _Mapping]] = ..., calibration_batches: _Optional[int] = ..., activation_range: _Optional[_Union[RangeEstimator, str]] = ..., weight_granularity: _Optional[_Union[_common_pb2.Granularity, str]] = ..., default_option: _Optional[_Union[_common_pb2.QuantOption, _Mapping]] = ...) -> None: ...
 
 class StartTrainingRequest(_message.Message):
     __slots__ = ("model", "dataset", "qat", "search", "calibration", "training", "request_id")
@@ -139,20 +151,24 @@ class StartTrainingRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., qat: _Optional[_Union[QatSpec, _Mapping]] = ..., search: _Optional[_Union[SearchSpec, _Mapping]] = ..., calibration: _Optional[_Union[CalibrationSpec, _Mapping]] = ..., training: _Optional[_Union[TrainingSettings, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class MetricPoint(_message.Message):
-    __slots__ = ("step", "loss", "accuracy", "entropy", "sampled_cost", "learning_rate")
+    __slots__ = ("step", "loss", "accuracy", "entropy", "sampled_cost", "learning_rate", "eval_accuracy", "eval_loss")
     STEP_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
     ENTROPY_FIELD_NUMBER: _ClassVar[int]
     SAMPLED_COST_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    EVAL_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    EVAL_LOSS_FIELD_NUMBER: _ClassVar[int]
     step: int
     loss: float
     accuracy: float
     entropy: float
     sampled_cost: float
     learning_rate: float
-    def __init__(self, step: _Optional[int] = ..., loss: _Optional[float] = ..., accuracy: _Optional[float] = ..., entropy: _Optional[float] = ..., sampled_cost: _Optional[float] = ..., learning_rate: _Optional[float] = ...) -> None: ...
+    eval_accuracy: float
+    eval_loss: float
+    def __init__(self, step: _Optional[int] = ..., loss: _Optional[float] = ..., accuracy: _Optional[float] = ..., entropy: _Optional[float] = ..., sampled_cost: _Optional[float] = ..., learning_rate: _Optional[float] = ..., eval_accuracy: _Optional[float] = ..., eval_loss: _Optional[float] = ...) -> None: ...
 
 class TrainingEvent(_message.Message):
     __slots__ = ("status", "latest", "total_steps")
@@ -177,7 +193,7 @@ class Evaluation(_message.Message):
     def __init__(self, accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., costs: _Optional[_Union[_common_pb2.LayerCosts, _Mapping]] = ..., samples: _Optional[int] = ...) -> None: ...
 
 class TrainingResult(_message.Message):
-    __slots__ = ("status", "config", "evaluation", "history", "weights", "config_artifact", "metrics", "final_entropy", "steps_done")
+    __slots__ = ("status", "config", "evaluation", "history", "weights", "config_artifact", "metrics", "final_entropy", "steps_done", "cost_target", "resumed_from")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +203,8 @@ class TrainingResult(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     FINAL_ENTROPY_FIELD_NUMBER: _ClassVar[int]
     STEPS_DONE_FIELD_NUMBER: _ClassVar[int]
+    COST_TARGET_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FROM_FIELD_NUMBER: _ClassVar[int]
     status: _common_pb2.JobStatus
     config: _common_pb2.QuantConfig
     evaluation: Evaluation
@@ -196,4 +214,6 @@ class TrainingResult(_message.Message):
     metrics: _common_pb2.ArtifactRef
     final_entropy: float
     steps_done: int
-    def __init__(self, status: _Optional[_Union[_common_pb2.JobStatus, _Mapping]] = ..., config: _Optional[_Union[_common_pb2.QuantConfig, _Mapping]] = ..., evaluation: _Optional[_Union[Evaluation, _Mapping]] = ..., history: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., weights: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., config_artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., metrics: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., final_entropy: _Optional[float] = ..., steps_done: _Optional[int] = ...) -> None: ...
+    cost_target: float
+    resumed_from: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, status: _Optional[_Union[_common_pb2.JobStatus, _Mapping]] = ..., config: _Optional[_Union[_common_pb2.QuantConfig, _Mapping]] = ..., evaluation: _Optional[_Union[Evaluation, _Mapping]] = ..., history: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., weights: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., config_artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., metrics: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., final_entropy: _Optional[float] = ..., steps_done: _Optional[int] = ..., cost_target: _Optional[float] = ..., resumed_from: _Optional[_Iterable[int]] = ...) -> None: ...

@@ -101,7 +101,7 @@ def test_frontier_then_what_if_answers_from_it(client: Client) -> None:
     omegas = [p.total_omega for p in points]
     assert bops == sorted(bops)
     assert all(
-        a >= b - 1e-12 for a, b in zip(omegas, omegas[1:], strict=False)
+        a >= b - 1e-12 for a, b in itertools.pairwise(omegas)
     )  # Pareto: more BOPs, less Omega
     answer = client.what_if(pid, common_pb2.Budgets(max_bops=points[-1].totals.bops))
     assert answer.answered_from == "frontier"
