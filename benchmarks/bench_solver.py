@@ -1,0 +1,346 @@
+"""Solver benchmark: bitmesh's exact engine against PuLP+CBC (and CP-SAT), in one process.
+
+Instances:
+
+- HAWQ-V3's own (ResNet18 and ResNet50; size, BOPs and latency limits at
+  ratios 0.25/0.5/0.75): one budget, two options per layer.
+- "ResNet50-sized": ResNet50's real 54 weight layers (parameter and MAC counts
+  from the HAWQ-V3 reference plus the first conv and the FC) x 6 options
+  (weight/activation bit pairs) x 3 budgets (size, BOPs, latency). Omega =
+  trace * P * quantization noise with random log-normal traces; latency is the
+  T4 roofline of ``solver_svc/profiles/nvidia-t4.json`` with a random
+  per-layer efficiency. Budgets at random ratios in [0.2, 0.6] of the way from
+  the least to the largest total of each axis.
+- "transformer-sized": 500 linear layers (83 blocks of q, k, v, o, fc1, fc2 at
+  width 768, 197 tokens) x 12 options x 3 budgets, drawn the same way.
+
+Reported: per family the median solve time of each engine and the ratio
+PuLP+CBC / bitmesh, with a check that bitmesh's optimum is at least as good as
+CBC's on every instance; the time of a 100-point frontier (BOPs axis, size and
+latency held); and the what-if latency (``bench_whatif_grpc``).
+
+Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_solver.py [--quick]``.
+The last line is ``RESULT speedup_vs_pulp=<x> frontier100_s=<s>
+whatif_p50_ms=<ms> whatif_qps=<q>`` (speedup on the ResNet50-sized family,
+frontier time for ResNet50-sized instances).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from solver_svc.frontier import frontier, what_if  # noqa: E402
+from solver_svc.hawq import AXIS_OF_KIND, hawq_limit, load_hawq  # noqa: E402
+from solver_svc.latency import RooflineProfile, load_profile  # noqa: E402
+from solver_svc.problem import LayerChoice, OptionCost, Problem  # noqa: E402
+from solver_svc.solve import ProblemSolver  # noqa: E402
+from solver_svc.spec import Budgets  # noqa: E402
+
+#: (weight bits, activation bits) of the options, in order.
+PAIRS_6 = ((2, 4), (4, 4), (4, 8), (8, 8), (6, 6), (8, 16))
+PAIRS_12 = (*PAIRS_6, (3, 8), (8, 4), (5, 8), (6, 8), (16, 16), (4, 16))
+
+
+@dataclass(frozen=True)
+class Case:
+    family: str
+    problem: Problem
+    budgets: Budgets
+
+
+# -- instances -----------------------------------------------------------------
+
+
+def _resnet50_layers() -> tuple[np.ndarray, np.ndarray]:
+    ref = load_hawq("resnet50").raw
+    params = [9408.0] + [p * 1e6 for p in ref["parameters"]["values_used_in_ilp"]] + [2048000.0]
+    macs = [118013952.0] + [m * 1e6 for m in ref["bops"]["values_used_in_ilp"]] + [2048000.0]
+    return np.array(params), np.array(macs)
+
+
+def _transformer_layers(num_layers: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    d, tokens = 768, 197
+    block = np.array([d * d, d * d, d * d, d * d, 4 * d * d, 4 * d * d], dtype=float)
+    params = np.resize(block, num_layers) * rng.lognormal(0, 0.05, num_layers)
+    return params, params * tokens
+
+
+def random_problem(
+    params: np.ndarray,
+    macs: np.ndarray,
+    pairs: tuple[tuple[int, int], ...],
+    rng: np.random.Generator,
+    device: RooflineProfile,
+    name: str,
+) -> Problem:
+    trace = rng.lognormal(-6, 1.5, len(params))
+    efficiency = rng.lognormal(0, 0.3, len(params))
+    layers = []
+    for i, (p, m) in enumerate(zip(params, macs, strict=True)):
+        options = []
+        for wb, ab in pairs:
+            noise = (2.0 ** (-2 * wb) + 0.5 * 2.0 ** (-2 * ab)) * rng.lognormal(0, 0.2)
+            size = p * wb / 8
+            wf, af = f"int{wb}", f"int{ab}"
+            latency = device.latency_ms(m, wf, af, size) * efficiency[i] * rng.lognormal(0, 0.1)
+            options.append(
+                OptionCost(
+                    key=f"w{wb}a{ab}",
+                    omega=float(trace[i] * p * noise),
+                    size_bytes=float(size),
+                    bops=float(m * wb * ab),
+                    latency_ms=float(latency),
+                    weight_bits=float(wb),
+                    weight_format=wf,
+                    act_format=af,
+                )
+            )
+        layers.append(
+            LayerChoice(name=f"{name}.layer{i}", parameters=int(p), options=tuple(options))
+        )
+    return Problem(layers=tuple(layers), name=name)
+
+
+def ratio_budgets(problem: Problem, ratios: dict[str, float]) -> Budgets:
+    limits = {}
+    for axis, r in ratios.items():
+        lo = sum(min(getattr(o, axis) for o in layer.options) for layer in problem.layers)
+        hi = sum(max(getattr(o, axis) for o in layer.options) for layer in problem.layers)
+        limits[axis] = lo + r * (hi - lo)
+    return Budgets(**limits)
+
+
+def random_cases(family: str, count: int, seed: int) -> list[Case]:
+    rng = np.random.default_rng(seed)
+    t4 = load_profile("nvidia-t4")
+    assert isinstance(t4, RooflineProfile)
+    cases = []
+    for i in range(count):
+        if family == "resnet50-sized":
+            params, macs = _resnet50_layers()
+            problem = random_problem(params, macs, PAIRS_6, rng, t4, f"r50s{i}")
+        else:
+            params, macs = _transformer_layers(500, rng)
+            problem = random_problem(params, macs, PAIRS_12, rng, t4, f"tfs{i}")
+        ratios = {a: float(rng.uniform(0.2, 0.6)) for a in ("size_bytes", "bops", "latency_ms")}
+        cases.append(Case(family, problem, ratio_budgets(problem, ratios)))
+    return cases
+
+
+def hawq_cases() -> list[Case]:
+    cases = []
+    for model in ("resnet18", "resnet50"):
+        ref = load_hawq(model)
+        for axis in AXIS_OF_KIND.values():
+            for ratio in (0.25, 0.5, 0.75):
+                limit = hawq_limit(ref, axis, ratio)
+                cases.append(Case(f"hawq-{model}", ref.problem, Budgets(**{axis: limit})))
+    return cases
+
+
+# -- engines -----------------------------------------------------------------------
+
+
+def pulp_solve(problem: Problem, budgets: Budgets) -> float:
+    """Total Omega of PuLP+CBC's answer (the model HAWQ-V3's notebook builds)."""
+    import pulp
+
+    prob = pulp.LpProblem("bitalloc", pulp.LpMinimize)
+    x = {
+        (i, k): pulp.LpVariable(f"x_{i}_{k}", cat="Binary")
+        for i, layer in enumerate(problem.layers)
+        for k in range(len(layer.options))
+    }
+    prob += pulp.lpSum(
+        o.omega * x[i, k]
+        for i, layer in enumerate(problem.layers)
+        for k, o in enumerate(layer.options)
+    )
+    for i, layer in enumerate(problem.layers):
+        prob += pulp.lpSum(x[i, k] for k in range(len(layer.options))) == 1
+    names = {layer.name: i for i, layer in enumerate(problem.layers)}
+    for tie in problem.ties:
+        a = names[tie[0]]
+        for other in tie[1:]:
+            b = names[other]
+            for k in range(len(problem.layers[a].options)):
+                prob += x[a, k] == x[b, k]
+    for axis, limit in budgets.items():
+        prob += (
+            pulp.lpSum(
+                getattr(o, axis) * x[i, k]
+                for i, layer in enumerate(problem.layers)
+                for k, o in enumerate(layer.options)
+            )
+            <= limit
+        )
+    prob.solve(pulp.PULP_CBC_CMD(msg=0))
+    return sum(
+        o.omega
+        for i, layer in enumerate(problem.layers)
+        for k, o in enumerate(layer.options)
+        if (x[i, k].value() or 0) > 0.5
+    )
+
+
+def timed(fn: Callable[[], float]) -> tuple[float, float]:
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def bench_family(cases: list[Case], with_cpsat: bool = True) -> dict[str, float]:
+    ours, cbc, cpsat = [], [], []
+    worse = 0
+    for case in cases:
+        # Each engine gets the problem as a request would: ours prepares it
+        # inside the timed call, as PuLP builds its model inside its own.
+        t_ours, v_ours = timed(lambda c=case: ProblemSolver(c.problem).solve(c.budgets).total_omega)
+        t_cbc, v_cbc = timed(lambda c=case: pulp_solve(c.problem, c.budgets))
+        ours.append(t_ours)
+        cbc.append(t_cbc)
+        if with_cpsat:
+            t_cp, _ = timed(
+                lambda c=case: ProblemSolver(c.problem).solve(c.budgets, engine="cpsat").total_omega
+            )
+            cpsat.append(t_cp)
+        if v_ours > v_cbc + 1e-9 * max(1.0, abs(v_cbc)):
+            worse += 1
+    out = {
+        "instances": len(cases),
+        "bitmesh_median_ms": 1e3 * statistics.median(ours),
+        "pulp_cbc_median_ms": 1e3 * statistics.median(cbc),
+        "speedup_median": statistics.median(cbc) / statistics.median(ours),
+        "bitmesh_worse_than_cbc": worse,
+    }
+    if cpsat:
+        out["cpsat_median_ms"] = 1e3 * statistics.median(cpsat)
+    return out
+
+
+def bench_frontier(cases: list[Case], points: int = 100, pulp_points: int = 0) -> dict[str, float]:
+    times = []
+    pulp_times = []
+    for case in cases:
+        solver = ProblemSolver(case.problem)
+        constraints = case.budgets.with_limit("bops", None)
+        start = time.perf_counter()
+        fr = frontier(solver, "bops", constraints, points=points, time_limit_s=300)
+        times.append(time.perf_counter() - start)
+        if pulp_points:
+            limits = np.linspace(fr.low, fr.high, pulp_points)
+            start = time.perf_counter()
+            for limit in limits:
+                pulp_solve(case.problem, constraints.with_limit("bops", float(limit)))
+            pulp_times.append((time.perf_counter() - start) * points / pulp_points)
+    out = {
+        "frontier_points": points,
+        "frontier_median_s": statistics.median(times),
+        "frontier_max_s": max(times),
+    }
+    if pulp_times:
+        out["pulp_frontier_median_s"] = statistics.median(pulp_times)
+    return out
+
+
+def bench_whatif_grpc(
+    case: Case, clients: int = 8, queries_per_client: int = 200, seed: int = 0
+) -> dict[str, float]:
+    """What-if latency and throughput with ``clients`` concurrent callers.
+
+    HOOK: measures the IN-PROCESS what-if path (a stored 100-point frontier on
+    the BOPs axis, then queries with random BOPs limits from ``clients``
+    threads); the lead replaces the call with a real gRPC stub on loopback
+    once the servicer exists. Its output says which path it measured.
+    """
+    solver = ProblemSolver(case.problem)
+    constraints = case.budgets.with_limit("bops", None)
+    stored = frontier(solver, "bops", constraints, points=100)
+    rng = np.random.default_rng(seed)
+    limits = rng.uniform(stored.low, stored.high, (clients, queries_per_client))
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    sources: list[dict[str, int]] = [{} for _ in range(clients)]
+
+    def client(index: int) -> None:
+        for limit in limits[index]:
+            start = time.perf_counter()
+            sol = what_if(solver, constraints.with_limit("bops", float(limit)), [stored])
+            latencies[index].append(time.perf_counter() - start)
+            sources[index][sol.answered_from] = sources[index].get(sol.answered_from, 0) + 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    flat = sorted(x for per in latencies for x in per)
+    answered: dict[str, int] = {}
+    for per in sources:
+        for key, n in per.items():
+            answered[key] = answered.get(key, 0) + n
+    return {
+        "path": "in-process (no gRPC servicer yet)",
+        "clients": clients,
+        "queries": len(flat),
+        "p50_ms": 1e3 * flat[len(flat) // 2],
+        "p99_ms": 1e3 * flat[min(len(flat) - 1, int(0.99 * len(flat)))],
+        "qps": len(flat) / wall,
+        "answered_from": answered,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer instances")
+    args = parser.parse_args(argv)
+    n50, ntf = (4, 2) if args.quick else (12, 4)
+    start = time.perf_counter()
+    report: dict[str, object] = {}
+    r50 = random_cases("resnet50-sized", n50, seed=1)
+    tfs = random_cases("transformer-sized", ntf, seed=2)
+    hawq = hawq_cases()
+    # Warm-up: first calls pay for imports (OR-Tools, PuLP).
+    ProblemSolver(r50[0].problem).solve(r50[0].budgets)
+    pulp_solve(r50[0].problem, r50[0].budgets)
+    report["hawq"] = bench_family(hawq)
+    print("hawq", json.dumps(report["hawq"]), flush=True)
+    report["resnet50_sized"] = bench_family(r50)
+    print("resnet50-sized", json.dumps(report["resnet50_sized"]), flush=True)
+    report["transformer_sized"] = bench_family(tfs, with_cpsat=False)
+    print("transformer-sized", json.dumps(report["transformer_sized"]), flush=True)
+    report["frontier_resnet50_sized"] = bench_frontier(r50[:3], pulp_points=10)
+    print("frontier resnet50-sized", json.dumps(report["frontier_resnet50_sized"]), flush=True)
+    report["frontier_transformer_sized"] = bench_frontier(tfs[:2])
+    print(
+        "frontier transformer-sized", json.dumps(report["frontier_transformer_sized"]), flush=True
+    )
+    report["whatif"] = bench_whatif_grpc(r50[0])
+    print("whatif", json.dumps(report["whatif"]), flush=True)
+    print(f"total {time.perf_counter() - start:.1f} s", flush=True)
+    speedup = report["resnet50_sized"]["speedup_median"]  # type: ignore[index]
+    frontier_s = report["frontier_resnet50_sized"]["frontier_median_s"]  # type: ignore[index]
+    whatif = report["whatif"]
+    print(
+        f"RESULT speedup_vs_pulp={speedup:.2f} frontier100_s={frontier_s:.3f} "
+        f"whatif_p50_ms={whatif['p50_ms']:.3f} whatif_qps={whatif['qps']:.0f}"  # type: ignore[index]
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""The LP (convex-hull) bound of the multiple-choice knapsack, as Lagrange multipliers.
+
+For multipliers ``lam >= 0`` on the budget rows,
+
+    L(lam) = sum_g min_k (obj[g, k] + lam . rows[:, g, k]) - lam . limits
+
+is a lower bound on every feasible configuration's objective (weak duality),
+whatever ``lam`` is: the engines' exactness never depends on how well ``lam``
+was found, only their speed does. Its maximum equals the LP relaxation's
+optimum, which for a multiple-choice knapsack is the bound of each group's
+convex hull; the LP optimum has at most one fractional group per budget row,
+which is why the bound is tight and the reduced costs
+``obj + lam . rows - min`` single out the few options worth branching on.
+
+How ``lam`` is found:
+
+1. ``smoothed_dual``: Newton's method on the entropy-smoothed dual (softmin
+   with temperature ``tau``, lowered in stages), cheap vectorised numpy; it
+   lands near the optimum.
+2. ``lp_dual``: column generation to the exact LP optimum. The master LP holds
+   only the options near the current minimum (a few per group near a tie;
+   groups with one column are constants), is solved by GLOP, and its duals
+   price all options; columns with a negative reduced cost enter, until none
+   does. The master is tiny, so each round costs well under a millisecond.
+
+Rows and objective are normalised (divided by their typical per-group range)
+before either step so both work at unit scale.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from solver_svc.presolve import Instance
+
+__all__ = ["DualResult", "lagrangian", "lp_dual", "smoothed_dual"]
+
+log = logging.getLogger(__name__)
+
+_BIG = 1e6  # cost of a unit of budget violation in the normalised master LP
+
+
+@dataclass(frozen=True)
+class DualResult:
+    """Multipliers (original units), their bound ``L(lam)`` and the master LP's
+    fractional solution (``fractional[g] = [(option, weight), ...]`` for the
+    groups it left fractional)."""
+
+    lam: np.ndarray
+    bound: float
+    lp_value: float
+    fractional: dict[int, list[tuple[int, float]]]
+    rounds: int
+
+
+def lagrangian(inst: Instance, lam: np.ndarray) -> tuple[float, np.ndarray]:
+    """``(L(lam), v)`` with ``v[g, k] = obj + lam . rows`` (see module doc)."""
+    v = inst.obj + np.tensordot(lam, inst.rows, axes=1) if len(lam) else inst.obj.copy()
+    bound = (
+        float(v.min(axis=1).sum() - float(lam @ inst.limits))
+        if len(lam)
+        else float(v.min(axis=1).sum())
+    )
+    return bound, v
+
+
+def _scales(inst: Instance) -> tuple[float, np.ndarray]:
+    valid = inst.valid
+    obj = np.where(valid, inst.obj, 0.0)
+    big = np.where(valid, obj, -np.inf).max(axis=1)
+    small = np.where(valid, obj, np.inf).min(axis=1)
+    so = float(np.mean(big - small))
+    if not np.isfinite(so) or so <= 0:
+        so = float(np.mean(np.abs(obj))) or 1.0
+    sa = np.ones(inst.rows.shape[0])
+    for i in range(inst.rows.shape[0]):
+        r = inst.rows[i]
+        rng = np.where(valid, r, -np.inf).max(axis=1) - np.where(valid, r, np.inf).min(axis=1)
+        s = float(np.mean(rng))
+        if not np.isfinite(s) or s <= 0:
+            s = float(np.mean(np.abs(r))) or 1.0
+        sa[i] = s
+    return so, sa
+
+
+def smoothed_dual(
+    inst: Instance,
+    lam0: np.ndarray | None = None,
+    taus: tuple[float, ...] = (0.1, 0.01, 1e-3),
+    iters: int = 2,
+) -> np.ndarray:
+    """Approximate dual maximiser by Newton steps on the softmin-smoothed dual.
+
+    Returns ``lam`` in original units (the best of the iterates by the exact
+    ``L``). Cheap and approximate on purpose: ``lp_dual`` finishes the job.
+    """
+    m = inst.rows.shape[0]
+    if m == 0:
+        return np.zeros(0)
+    so, sa = _scales(inst)
+    on = np.where(inst.valid, inst.obj / so, np.inf)
+    an = inst.rows / sa[:, None, None]
+    bn = inst.limits / sa
+    lam = np.zeros(m) if lam0 is None else np.maximum(np.asarray(lam0) * sa / so, 0.0)
+
+    def exact(lam_n: np.ndarray) -> float:
+        v = on + np.tensordot(lam_n, an, axes=1)
+        return float(v.min(axis=1).sum() - lam_n @ bn)
+
+    def smooth(lam_n: np.ndarray, tau: float) -> tuple[float, np.ndarray]:
+        v = on + np.tensordot(lam_n, an, axes=1)
+        vm = v.min(axis=1, keepdims=True)
+        e = np.exp(-(v - vm) / tau)
+        z = e.sum(axis=1, keepdims=True)
+        f = float((vm[:, 0] - tau * np.log(z[:, 0])).sum() - lam_n @ bn)
+        return f, e / z
+
+    best_lam, best_val = lam.copy(), exact(lam)
+    for tau in taus:
+        for _ in range(iters):
+            f, p = smooth(lam, tau)
+            ea = np.einsum("gk,mgk->mg", p, an)
+            grad = ea.sum(axis=1) - bn
+            dev = an - ea[:, :, None]
+            hess = -np.einsum("gk,mgk,ngk->mn", p, dev, dev) / tau
+            free = ~((lam <= 0) & (grad < 0))
+            step = np.zeros(m)
+            if free.any():
+                h = hess[np.ix_(free, free)] - 1e-12 * np.eye(int(free.sum()))
+                try:
+                    step[free] = -np.linalg.solve(h, grad[free])
+                except np.linalg.LinAlgError:
+                    step[free] = grad[free]
+            t = 1.0
+            new = np.maximum(lam + step, 0.0)
+            for _ in range(12):
+                new = np.maximum(lam + t * step, 0.0)
+                if smooth(new, tau)[0] >= f - 1e-12 * abs(f):
+                    break
+                t *= 0.5
+            lam = new
+            val = exact(lam)
+            if val > best_val:
+                best_lam, best_val = lam.copy(), val
+    return best_lam * so / sa
+
+
+def lp_dual(
+    inst: Instance, lam0: np.ndarray | None = None, max_rounds: int = 30, width: float = 1e-3
+) -> DualResult:
+    """Exact LP multipliers by column generation from ``lam0`` (see module doc).
+
+    ``lam0`` defaults to ``smoothed_dual``'s answer. If the rounds run out the
+    best multipliers so far are returned; the bound stays valid either way.
+    """
+    m = inst.rows.shape[0]
+    if m == 0:
+        bound, _ = lagrangian(inst, np.zeros(0))
+        return DualResult(np.zeros(0), bound, bound, {}, 0)
+    from ortools.linear_solver import pywraplp
+
+    so, sa = _scales(inst)
+    on = np.where(inst.valid, inst.obj / so, np.inf)
+    an = inst.rows / sa[:, None, None]
+    bn = inst.limits / sa
+    if lam0 is None:
+        lam0 = smoothed_dual(inst)
+    lam_n = np.maximum(np.asarray(lam0, dtype=np.float64) * sa / so, 0.0)
+    # Price of a unit of violation in the master: high enough not to bind at
+    # the optimum when lam0 is near it, low enough that an infeasible first
+    # master does not throw the multipliers (and every column) far away.
+    big = float(min(_BIG, 4.0 * lam_n.max(initial=0.0) + 1.0))
+    valid = inst.valid
+    v = on + np.tensordot(lam_n, an, axes=1)
+    vmin = v.min(axis=1, keepdims=True)
+    spread = np.where(valid, v, -np.inf).max(axis=1, keepdims=True) - vmin
+    columns = valid & ((v - vmin) <= width * spread)  # near-ties at lam0, per group
+    # The runner-up too: without a trade-off in every group the first
+    # master's duals are 0 or the violation price, and every column enters.
+    second = np.argsort(np.where(valid, v, np.inf), axis=1)[:, 1:2]
+    columns[np.arange(inst.num_groups)[:, None], second] |= np.take_along_axis(
+        valid, second, axis=1
+    )
+    best_lam = lam_n.copy()
+    best_val = float(vmin.sum() - lam_n @ bn)
+    fractional: dict[int, list[tuple[int, float]]] = {}
+    lp_value = -np.inf
+    rounds = 0
+    num_groups = inst.num_groups
+    # One master, grown column by column: GLOP re-solves from its last basis.
+    solver = pywraplp.Solver.CreateSolver("GLOP")
+    coupling = [solver.Constraint(-solver.infinity(), float(bn[i])) for i in range(m)]
+    objective = solver.Objective()
+    objective.SetMinimization()
+    for i in range(m):
+        s = solver.NumVar(0.0, solver.infinity(), "")
+        coupling[i].SetCoefficient(s, -1.0)  # violation, priced at `big`
+        objective.SetCoefficient(s, big)
+    convexity = [solver.Constraint(1.0, 1.0) for _ in range(num_groups)]
+    variables: list[list[tuple[int, pywraplp.Variable]]] = [[] for _ in range(num_groups)]
+
+    def add_column(g: int, k: int) -> None:
+        var = solver.NumVar(0.0, 1.0, "")
+        variables[g].append((k, var))
+        convexity[g].SetCoefficient(var, 1.0)
+        objective.SetCoefficient(var, float(on[g, k]))
+        for i in range(m):
+            coupling[i].SetCoefficient(var, float(an[i, g, k]))
+
+    for g, k in zip(*np.nonzero(columns), strict=True):
+        add_column(int(g), int(k))
+    for rounds in range(1, max_rounds + 1):
+        if solver.Solve() != pywraplp.Solver.OPTIMAL:
+            break
+        lam_n = np.maximum(np.array([-c.dual_value() for c in coupling]), 0.0)
+        lp_value = objective.Value()
+        v = on + np.tensordot(lam_n, an, axes=1)
+        val = float(v.min(axis=1).sum() - lam_n @ bn)
+        if val > best_val:
+            best_lam, best_val = lam_n.copy(), val
+        fractional = {}
+        for g in range(num_groups):
+            if len(variables[g]) > 1:
+                parts = [(k, w) for k, var in variables[g] if (w := var.solution_value()) > 1e-9]
+                if len(parts) > 1:
+                    fractional[g] = parts
+        # Pricing: the most negative reduced-cost column of each group enters.
+        mu = np.array([c.dual_value() for c in convexity])
+        reduced = np.where(valid & ~columns, v - mu[:, None], np.inf)
+        best_k = reduced.argmin(axis=1)
+        enter = np.flatnonzero(reduced[np.arange(num_groups), best_k] < -1e-9)
+        log.debug(
+            "lp_dual round %d: %d columns, %d entering", rounds, int(columns.sum()), len(enter)
+        )
+        if len(enter) == 0:
+            break
+        for g in enter.tolist():
+            columns[g, best_k[g]] = True
+            add_column(g, int(best_k[g]))
+    return DualResult(best_lam * so / sa, best_val * so, lp_value * so, fractional, rounds)

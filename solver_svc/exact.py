@@ -1,0 +1,216 @@
+"""Exact branch-and-bound for the multiple-choice knapsack with a few budgets.
+
+Why a special method: the problem is a multiple-choice knapsack whose LP
+relaxation leaves at most one group fractional per budget row, so the LP bound
+is within a hair of the optimum and a search around the LP solution is tiny.
+A general MIP/CP solver spends most of its time on model building and
+presolve that this structure makes unnecessary (``benchmarks/bench_solver.py``
+measures the difference).
+
+The steps, each exact:
+
+1. Options that break a budget on their own (given the cheapest choice in
+   every other group) are removed.
+2. ``dual.lp_dual`` gives LP multipliers ``lam`` and the bound ``LB = L(lam)``.
+3. ``heuristic`` gives an incumbent ``UB`` (LP rounding, warm-start hint).
+4. Reduced-cost fixing: any configuration's objective is at least
+   ``LB + sum_g rc[g, x_g]`` with ``rc = obj + lam . rows - min``, so an option
+   with ``rc > UB - LB`` cannot be in a better configuration and is dropped.
+   Groups left with one option are fixed; the rest form the core.
+5. ``core_search``: a depth-first search over the core (cheap when the gap is
+   small), then, if it runs out of nodes, dynamic programming with dominance
+   (robust when a large layer forces many small ones to make room).
+   Completing either proves optimality.
+6. If both exceed their work limits, CP-SAT (``cpsat.py``) solves the reduced
+   core, warm-started from the incumbent: still exact, just slower.
+
+All comparisons use the tolerances in ``tolerance.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from solver_svc.core_search import build_core, dfs, dp
+from solver_svc.cpsat import solve_cpsat
+from solver_svc.dual import lagrangian, lp_dual
+from solver_svc.heuristic import (
+    alpha_round,
+    feasible,
+    improve,
+    improve_pairs,
+    lp_branch_candidates,
+    objective_of,
+    round_lp,
+)
+from solver_svc.presolve import Instance
+from solver_svc.tolerance import feasibility_slack, objective_slack
+
+__all__ = ["InstanceResult", "solve_instance"]
+
+#: Depth-first nodes before the core goes to dynamic programming.
+DFS_NODE_LIMIT = 400
+#: Relative gap between incumbent and bound above which more incumbents are tried.
+_BRANCH_GAP = 1e-4
+#: Dynamic-programming states (summed over depths) before it goes to CP-SAT.
+DP_STATE_LIMIT = 150_000
+
+
+@dataclass(frozen=True)
+class InstanceResult:
+    """``choice[g]`` is the instance column chosen in group ``g`` (``None`` when
+    no feasible configuration was found); ``value`` excludes ``obj_offset``."""
+
+    choice: np.ndarray | None
+    value: float
+    bound: float
+    status: str  # "optimal" | "feasible" | "infeasible" | "unknown"
+    lam: np.ndarray
+    engine: str
+    nodes: int = 0
+    core_groups: int = 0
+
+
+def _restricted(inst: Instance, mask: np.ndarray) -> Instance:
+    return Instance(
+        obj=np.where(mask, inst.obj, np.inf),
+        rows=np.where(mask[None], inst.rows, 0.0),
+        limits=inst.limits,
+        row_axes=inst.row_axes,
+        option_index=inst.option_index,
+        valid=mask,
+        obj_offset=inst.obj_offset,
+        objective=inst.objective,
+    )
+
+
+def _row_minima(inst: Instance) -> np.ndarray:
+    return np.where(inst.valid[None], inst.rows, np.inf).min(axis=2)  # [m, G]
+
+
+def _budget_mask(inst: Instance, slack: np.ndarray) -> np.ndarray:
+    """Options that keep every row within reach of its limit (step 1)."""
+    mask = inst.valid.copy()
+    if inst.rows.shape[0] == 0:
+        return mask
+    mins = _row_minima(inst)
+    total = mins.sum(axis=1)
+    rest = total[:, None] - mins  # [m, G]
+    reach = rest[:, :, None] + inst.rows <= (inst.limits + slack)[:, None, None]
+    return mask & reach.all(axis=0)
+
+
+def _best(inst: Instance, candidates: list[np.ndarray]) -> tuple[np.ndarray | None, float]:
+    best: np.ndarray | None = None
+    upper = math.inf
+    for cand in candidates:
+        value = objective_of(inst, cand)
+        if value < upper:
+            best, upper = cand, value
+    return best, upper
+
+
+def solve_instance(
+    inst: Instance,
+    *,
+    time_limit_s: float = 10.0,
+    hint: np.ndarray | None = None,
+    lam0: np.ndarray | None = None,
+    dfs_node_limit: int = DFS_NODE_LIMIT,
+    dp_state_limit: int = DP_STATE_LIMIT,
+) -> InstanceResult:
+    """Solve one instance exactly (see the module doc)."""
+    start = time.perf_counter()
+    m = inst.rows.shape[0]
+    if m == 0:
+        choice = np.asarray(inst.obj.argmin(axis=1))
+        value = objective_of(inst, choice)
+        return InstanceResult(choice, value, value, "optimal", np.zeros(0), "bb")
+    slack = feasibility_slack(inst.limits, np.where(inst.valid[None], inst.rows, 0.0))
+    mask = _budget_mask(inst, slack)
+    if not mask.any(axis=1).all():
+        return InstanceResult(None, math.inf, math.inf, "infeasible", np.zeros(m), "bb")
+    work = _restricted(inst, mask)
+    tol = objective_slack(np.where(mask, work.obj, 0.0), mask)
+
+    dual = lp_dual(work, lam0)
+    lam = dual.lam
+    bound, v = lagrangian(work, lam)
+
+    candidates: list[np.ndarray] = []
+    if hint is not None and feasible(work, hint, slack):
+        candidates.append(improve(work, hint, slack))
+    rounded = round_lp(work, dual, v, slack)
+    if rounded is not None:
+        candidates.append(rounded)
+    incumbent, upper = _best(work, candidates)
+    if upper - bound > _BRANCH_GAP * max(abs(upper), abs(bound), 1e-300):
+        # Far from the bound: a large layer is probably fractional in the LP;
+        # try its options (heuristic.lp_branch_candidates).
+        candidates.extend(lp_branch_candidates(work, dual, v, slack))
+        if not candidates:
+            fallback = alpha_round(work, lam, slack)
+            if fallback is not None:
+                candidates.append(fallback)
+        incumbent, upper = _best(work, candidates)
+    if incumbent is not None:
+        incumbent = improve_pairs(work, incumbent, slack, lam)
+        upper = objective_of(work, incumbent)
+    if incumbent is not None and upper <= bound + tol:
+        return InstanceResult(incumbent, upper, bound, "optimal", lam, "bb")
+
+    vmin = v.min(axis=1)
+    rc = v - vmin[:, None]
+    keep = mask & (rc <= (upper - bound) + tol) if math.isfinite(upper) else mask
+    counts = keep.sum(axis=1)
+    if not counts.all():  # no option can beat the incumbent in some group: it is optimal
+        return InstanceResult(incumbent, upper, upper, "optimal", lam, "bb")
+    core_groups = np.flatnonzero(counts > 1)
+    fixed = np.flatnonzero(counts == 1)
+    fixed_choice = np.where(keep, rc, np.inf).argmin(axis=1)
+    base_rows = work.rows[:, fixed, fixed_choice[fixed]].sum(axis=1)
+    base_obj = float(work.obj[fixed, fixed_choice[fixed]].sum())
+    residual = work.limits + slack - base_rows
+    core = build_core(work, keep, rc, lam, core_groups, base_obj, residual, bound)
+    deadline = start + max(time_limit_s, 0.0)
+    nodes = 0
+    complete = False
+    for search, limit in ((dfs, dfs_node_limit), (dp, dp_state_limit)):
+        found, _, work_done, complete = search(core, upper, tol, limit, deadline)
+        nodes += work_done
+        if found is not None:
+            incumbent = fixed_choice.copy()
+            incumbent[core.groups] = found
+            upper = objective_of(work, incumbent)
+        if complete:
+            break
+    if complete:
+        if incumbent is None:
+            return InstanceResult(
+                None, math.inf, math.inf, "infeasible", lam, "bb", nodes, core.depth
+            )
+        return InstanceResult(incumbent, upper, upper, "optimal", lam, "bb", nodes, core.depth)
+
+    # Step 6: the core was too large for the depth-first search.
+    remaining = time_limit_s - (time.perf_counter() - start)
+    result = solve_cpsat(work, keep, hint=incumbent, time_limit_s=max(remaining, 0.05))
+    engine = "bb+cpsat"
+    if result.choice is not None:
+        value = objective_of(work, result.choice)
+        if feasible(work, result.choice, slack) and value < upper:
+            incumbent, upper = result.choice, value
+    if result.status == "infeasible" and incumbent is None:
+        return InstanceResult(
+            None, math.inf, math.inf, "infeasible", lam, engine, nodes, core.depth
+        )
+    if incumbent is None:
+        return InstanceResult(None, math.inf, bound, "unknown", lam, engine, nodes, core.depth)
+    if result.status == "optimal":
+        return InstanceResult(incumbent, upper, upper, "optimal", lam, engine, nodes, core.depth)
+    best_bound = max(bound, result.bound)
+    status = "optimal" if upper <= best_bound + tol else "feasible"
+    return InstanceResult(incumbent, upper, best_bound, status, lam, engine, nodes, core.depth)

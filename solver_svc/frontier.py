@@ -1,0 +1,313 @@
+"""Pareto frontiers of total Omega against one cost axis, and what-if answers.
+
+``frontier`` traces the frontier by the epsilon-constraint method: minimise
+Omega with the axis bounded by each of ``points`` limits spread evenly between
+the ends, every other budget held fixed. The ends are automatic unless given:
+the least achievable value of the axis under the other budgets, and the axis
+value of the unconstrained-on-this-axis optimum (past it nothing improves).
+The sweep goes from the tight end to the loose one so that each optimum is a
+feasible hint for the next limit, and it passes the Lagrange multipliers on
+(``ProblemSolver.solve(warm_start=...)``). Solved points that another point
+beats on both counts are dropped; ``exhaustive=True`` instead walks every
+Pareto point (each next limit just below the last point's cost), so the stored
+frontier is complete.
+
+What-if from a stored frontier (``what_if``). The stored points are optimal
+*at the limits they were solved at* (``probes``), not between them, so a query
+with limit ``q`` on the frontier's axis (other budgets equal) is answered from
+the frontier only when that is provably optimal:
+
+- ``opt(q)`` is non-increasing in ``q``, so the probe with the smallest limit
+  ``>= q`` gives a lower bound ``LB = opt(that limit)``;
+- any stored point whose cost is ``<= q`` is feasible at ``q``; the best of
+  them is an upper bound ``UB``;
+- if ``UB <= LB`` (within the tolerance) that point is optimal at ``q``.
+
+Otherwise (a query between probes where the frontier steps, another axis, or
+different other budgets) it is solved exactly, warm-started from the nearest
+stored point. An exhaustive frontier answers every query on its axis.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from bitmesh.errors import FailedPrecondition, InvalidArgument
+from solver_svc.solution import Solution, Totals
+from solver_svc.solve import BudgetsInfeasible, BudgetViolation, ProblemSolver
+from solver_svc.spec import Budgets, check_axis
+from solver_svc.tolerance import FEAS_RTOL, OBJ_RTOL
+
+__all__ = ["FRONTIER_AXES", "MAX_POINTS", "Frontier", "frontier", "what_if"]
+
+#: Axes a frontier can be traced along (Omega is the other axis).
+FRONTIER_AXES = ("size_bytes", "bops", "latency_ms", "avg_weight_bits")
+#: Most points one frontier request may ask for (exhaustive walks stop here).
+MAX_POINTS = 10_000
+
+
+@dataclass(frozen=True)
+class Frontier:
+    """A traced frontier: Pareto points sorted by the axis, ascending.
+
+    ``probes`` lists every solved limit with the index (into ``points``) of a
+    point optimal at it; ``complete`` is True when ``points`` holds every
+    Pareto point between ``low`` and ``high``. ``least_achievable`` is the
+    least value of the axis under the constraints (``None`` if not computed)
+    and ``free_omega`` the optimum with the axis unbounded: a lower bound on
+    the optimum at every limit.
+    """
+
+    axis: str
+    constraints: Budgets
+    points: tuple[Solution, ...]
+    probes: tuple[tuple[float, int], ...]
+    low: float
+    high: float
+    complete: bool
+    seconds: float
+    least_achievable: float | None = None
+    free_omega: float = -math.inf
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "axis": self.axis,
+            "constraints": self.constraints.to_json(),
+            "points": [_solution_to_json(p) for p in self.points],
+            "probes": [[limit, index] for limit, index in self.probes],
+            "low": self.low,
+            "high": self.high,
+            "complete": self.complete,
+            "seconds": self.seconds,
+            "least_achievable": self.least_achievable,
+            "free_omega": self.free_omega,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Frontier:
+        return cls(
+            axis=data["axis"],
+            constraints=Budgets.from_json(data["constraints"]),
+            points=tuple(_solution_from_json(p) for p in data["points"]),
+            probes=tuple((float(limit), int(index)) for limit, index in data["probes"]),
+            low=float(data["low"]),
+            high=float(data["high"]),
+            complete=bool(data["complete"]),
+            seconds=float(data["seconds"]),
+            least_achievable=data.get("least_achievable"),
+            free_omega=float(data.get("free_omega", -math.inf)),
+        )
+
+
+def _solution_to_json(sol: Solution) -> dict[str, Any]:
+    out = sol.to_json()
+    out["extra"] = {k: sol.extra[k] for k in ("lam", "lam_axes") if k in sol.extra}
+    return out
+
+
+def _solution_from_json(data: dict[str, Any]) -> Solution:
+    return Solution(
+        status=data["status"],
+        gap=float(data["gap"]),
+        assignment=dict(data["assignment"]),
+        total_omega=float(data["total_omega"]),
+        totals=Totals(**data["totals"]),
+        avg_weight_bits=float(data["avg_weight_bits"]),
+        seconds=float(data["seconds"]),
+        engine=data["engine"],
+        answered_from=data.get("answered_from", "solve"),
+        objective=data.get("objective", "omega"),
+        objective_value=float(data.get("objective_value", data["total_omega"])),
+        lower_bound=float(data.get("lower_bound", data["total_omega"])),
+        extra=dict(data.get("extra", {})),
+    )
+
+
+def _check_frontier_axis(axis: str, constraints: Budgets) -> None:
+    check_axis(axis)
+    if axis not in FRONTIER_AXES:
+        raise InvalidArgument(f"a frontier axis must be one of {list(FRONTIER_AXES)}, got {axis!r}")
+    if constraints.get(axis) is not None:
+        raise InvalidArgument(
+            f"the frontier's axis {axis!r} must not also be a constraint; give its ends instead"
+        )
+    if constraints.omega is not None:
+        raise InvalidArgument("a frontier traces Omega; do not bound it in the constraints")
+
+
+def _step(value: float) -> float:
+    """How far below a point's cost the next exhaustive limit goes: just past
+    the feasibility tolerance, so the next solve must find a cheaper point."""
+    return 4 * FEAS_RTOL * max(abs(value), 1e-300)
+
+
+def frontier(
+    solver: ProblemSolver,
+    axis: str,
+    constraints: Budgets | None = None,
+    *,
+    points: int = 20,
+    low: float | None = None,
+    high: float | None = None,
+    exhaustive: bool = False,
+    time_limit_s: float = 30.0,
+) -> Frontier:
+    """Trace the frontier of Omega against ``axis`` (see the module doc)."""
+    constraints = constraints or Budgets()
+    _check_frontier_axis(axis, constraints)
+    if not exhaustive and not 1 <= points <= MAX_POINTS:
+        raise InvalidArgument(f"points must be between 1 and {MAX_POINTS}, got {points}")
+    start = time.perf_counter()
+    deadline = start + time_limit_s
+    # The ends: the tightest limit any configuration meets, and the loosest
+    # that still matters.
+    least: float | None = None
+    if low is None:
+        least = solver.least_achievable(axis, constraints, time_limit_s)
+        if least is None:
+            solver.solve(constraints, time_limit_s=time_limit_s)  # raises with the reason
+            raise FailedPrecondition("the constraints cannot be met")  # pragma: no cover
+        low = least
+    loose = solver.solve(constraints, time_limit_s=time_limit_s)
+    if high is None:
+        high = loose.axis_value(axis)
+    if not (math.isfinite(low) and math.isfinite(high)) or high < low:
+        raise InvalidArgument(f"frontier ends must satisfy low <= high, got {low!r} and {high!r}")
+    solved: list[tuple[float, Solution]] = []
+    previous: Solution | None = None
+
+    def at(limit: float) -> Solution:
+        nonlocal previous
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            raise FailedPrecondition(
+                f"the frontier took longer than {time_limit_s:g} s; ask for fewer points"
+            )
+        if loose.axis_value(axis) <= limit:
+            sol = loose  # the loose end's optimum already meets this limit
+        else:
+            sol = solver.solve(
+                constraints.with_limit(axis, limit),
+                time_limit_s=remaining,
+                warm_start=previous,
+                explain=False,
+            )
+        previous = sol
+        return sol
+
+    complete = False
+    if exhaustive:
+        limit = high
+        while len(solved) < MAX_POINTS:
+            try:
+                sol = at(limit)
+            except BudgetsInfeasible:
+                complete = True
+                break
+            solved.append((limit, sol))
+            cost = sol.axis_value(axis)
+            if cost <= low:
+                complete = True
+                break
+            limit = cost - _step(cost)
+    else:
+        for limit in np.linspace(low, high, points) if points > 1 else [high]:
+            try:
+                solved.append((float(limit), at(float(limit))))
+            except BudgetsInfeasible:
+                continue  # below the least achievable by rounding only
+    fr = _assemble(axis, constraints, solved, low, high, complete, time.perf_counter() - start)
+    return replace(fr, least_achievable=least, free_omega=loose.total_omega)
+
+
+def _assemble(
+    axis: str,
+    constraints: Budgets,
+    solved: list[tuple[float, Solution]],
+    low: float,
+    high: float,
+    complete: bool,
+    seconds: float,
+) -> Frontier:
+    """Pareto-filter the solved points and map every probe to a kept point."""
+    by_cost = sorted((sol for _, sol in solved), key=lambda s: (s.axis_value(axis), s.total_omega))
+    kept: list[Solution] = []
+    for sol in by_cost:
+        if kept and sol.total_omega >= kept[-1].total_omega - _omega_tol(sol, kept[-1]):
+            continue  # costs more, not better
+        kept.append(sol)
+    probes = []
+    for limit, sol in solved:
+        # The kept point optimal at this limit: same Omega, cost within the limit.
+        best = min(
+            (i for i, p in enumerate(kept) if p.axis_value(axis) <= sol.axis_value(axis)),
+            key=lambda i: kept[i].total_omega,
+        )
+        probes.append((limit, best))
+    probes.sort()
+    points = tuple(replace(p, answered_from="solve") for p in kept)
+    return Frontier(axis, constraints, points, tuple(probes), low, high, complete, seconds)
+
+
+def _omega_tol(a: Solution, b: Solution) -> float:
+    return OBJ_RTOL * max(abs(a.total_omega), abs(b.total_omega), 1e-300) * 10
+
+
+def what_if(
+    solver: ProblemSolver,
+    budgets: Budgets,
+    frontiers: Sequence[Frontier] = (),
+    *,
+    time_limit_s: float = 30.0,
+) -> Solution:
+    """Answer ``budgets`` from a stored frontier when that is provably optimal,
+    else by an exact solve warm-started from the nearest stored point."""
+    start = time.perf_counter()
+    nearest: Solution | None = None
+    for fr in frontiers:
+        limit = budgets.get(fr.axis)
+        if limit is None or budgets.with_limit(fr.axis, None) != fr.constraints:
+            continue
+        least = fr.least_achievable
+        if least is not None and limit < least - 4 * FEAS_RTOL * max(abs(least), 1e-300):
+            raise BudgetsInfeasible(
+                f"no configuration meets the budgets: {fr.axis} <= {limit:.6g} cannot be met: "
+                f"the least achievable under the other budgets is {least:.6g}",
+                (BudgetViolation(fr.axis, limit, least),),
+            )
+        answer, near = _from_frontier(fr, limit)
+        if answer is not None:
+            return replace(
+                answer,
+                answered_from="frontier",
+                status="optimal",
+                gap=0.0,
+                seconds=time.perf_counter() - start,
+            )
+        nearest = nearest or near
+    sol = solver.solve(budgets, time_limit_s=time_limit_s, warm_start=nearest)
+    return replace(sol, seconds=time.perf_counter() - start)
+
+
+def _from_frontier(fr: Frontier, limit: float) -> tuple[Solution | None, Solution | None]:
+    """(provably optimal stored point at ``limit`` or None, nearest feasible point)."""
+    axis = fr.axis
+    feasible = [p for p in fr.points if p.axis_value(axis) <= limit]
+    if not feasible:
+        return None, fr.points[0] if fr.points else None
+    upper = min(feasible, key=lambda p: p.total_omega)
+    if fr.complete and limit <= fr.high:
+        return upper, upper
+    lower = fr.free_omega  # the optimum can never beat the axis-free optimum
+    above = [(lim, i) for lim, i in fr.probes if lim >= limit]
+    if above:
+        lower = max(lower, fr.points[min(above)[1]].total_omega)
+    if upper.total_omega <= lower + OBJ_RTOL * max(abs(lower), abs(upper.total_omega), 1e-300) * 10:
+        return upper, upper
+    return None, upper

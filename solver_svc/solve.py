@@ -1,0 +1,326 @@
+"""Solve a bit-allocation problem: engine choice, cross-check, infeasibility reasons.
+
+``ProblemSolver`` holds one prepared problem and the pruned instances built
+from it (one per objective and set of constrained axes), so that frontier
+sweeps and what-if queries only change limits. ``solve`` is the one-shot
+convenience.
+
+Engines:
+
+- ``"bb"`` (what ``"auto"`` picks): ``exact.solve_instance``, the specialised
+  exact method; ``benchmarks/bench_solver.py`` measures it against PuLP+CBC and
+  CP-SAT.
+- ``"cpsat"``: OR-Tools CP-SAT on the whole (dominance-pruned) instance, the
+  general engine.
+
+``cross_check=True`` runs both and records whether their optima agree (within
+the tolerance of ``tolerance.py``) in ``Solution.extra["cross_check"]``.
+
+Budgets no configuration meets raise ``BudgetsInfeasible`` (a
+``FailedPrecondition``) that names each unreachable budget and the least value
+of it achievable under the other budgets.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bitmesh.errors import FailedPrecondition, InvalidArgument
+from solver_svc.cpsat import solve_cpsat
+from solver_svc.exact import InstanceResult, solve_instance
+from solver_svc.presolve import (
+    ROWS,
+    Instance,
+    PreparedProblem,
+    build_instance,
+    limits_for,
+    prepare,
+)
+from solver_svc.problem import Problem
+from solver_svc.solution import Solution, Totals
+from solver_svc.spec import Budgets, check_objective
+from solver_svc.tolerance import OBJ_RTOL
+
+__all__ = [
+    "ENGINES",
+    "BudgetViolation",
+    "BudgetsInfeasible",
+    "ProblemSolver",
+    "solve",
+]
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "bb", "cpsat")
+_ROW = {name: i for i, name in enumerate(ROWS)}
+
+
+@dataclass(frozen=True)
+class BudgetViolation:
+    """One budget that cannot be met: its limit and the least value of its
+    axis achievable under the other budgets (``None`` when the other budgets
+    cannot be met together either)."""
+
+    axis: str
+    limit: float
+    least_achievable: float | None
+
+
+class BudgetsInfeasible(FailedPrecondition):
+    """No configuration meets the budgets; ``violations`` says which and why."""
+
+    def __init__(self, message: str, violations: tuple[BudgetViolation, ...]) -> None:
+        super().__init__(message)
+        self.violations = violations
+
+
+class ProblemSolver:
+    """Solves one problem under many budgets (see the module doc)."""
+
+    def __init__(self, problem: Problem | PreparedProblem) -> None:
+        self.prepared = problem if isinstance(problem, PreparedProblem) else prepare(problem)
+        self._instances: dict[tuple[str, tuple[str, ...]], Instance] = {}
+
+    @property
+    def problem(self) -> Problem:
+        return self.prepared.problem
+
+    def instance(self, objective: str, budgets: Budgets) -> Instance:
+        """The pruned instance for ``objective`` and ``budgets``' axes, cached
+        by axes (limits change without rebuilding)."""
+        check_objective(objective)
+        axes = tuple(axis for axis, _ in budgets.items())
+        key = (objective, axes)
+        cached = self._instances.get(key)
+        if cached is None:
+            cached = self._instances[key] = build_instance(self.prepared, objective, budgets)
+            return cached
+        return cached.with_limits(limits_for(self.prepared, budgets))
+
+    # -- solving -------------------------------------------------------------
+
+    def solve(
+        self,
+        budgets: Budgets | None = None,
+        *,
+        objective: str = "omega",
+        engine: str = "auto",
+        time_limit_s: float = 30.0,
+        cross_check: bool = False,
+        hint: Mapping[str, str] | None = None,
+        warm_start: Solution | None = None,
+        explain: bool = True,
+    ) -> Solution:
+        """Minimise ``objective`` under ``budgets``.
+
+        ``hint`` (layer -> option key) or ``warm_start`` (an earlier solution of
+        this problem, e.g. a neighbouring frontier point) seed the search; they
+        never change the answer, only how fast it comes.
+        """
+        budgets = budgets or Budgets()
+        if engine not in ENGINES:
+            raise InvalidArgument(f"unknown engine {engine!r}; known: {list(ENGINES)}")
+        if not (time_limit_s > 0 and math.isfinite(time_limit_s)):
+            raise InvalidArgument(f"time_limit_s must be a positive number, got {time_limit_s!r}")
+        start = time.perf_counter()
+        inst = self.instance(objective, budgets)
+        hint_choice = None
+        lam0 = None
+        if warm_start is not None:
+            hint = hint or warm_start.assignment
+            lam_axes = warm_start.extra.get("lam_axes")
+            if lam_axes == list(inst.row_axes):
+                lam0 = np.asarray(warm_start.extra.get("lam"), dtype=np.float64)
+        if hint is not None:
+            hint_choice = self._choice_from_assignment(inst, hint)
+        name = "cpsat" if engine == "cpsat" else "bb"
+        result = self._run(name, inst, time_limit_s, hint_choice, lam0)
+        extra: dict[str, Any] = {}
+        if cross_check:
+            other = self._run(
+                "cpsat" if name == "bb" else "bb", inst, time_limit_s, hint_choice, None
+            )
+            extra["cross_check"] = _compare(inst, result, other)
+            if not extra["cross_check"]["agree"]:
+                log.warning("engines disagree: %s", extra["cross_check"])
+        if result.choice is None:
+            if result.status == "infeasible":
+                if explain:
+                    raise self._explain(objective, budgets, time_limit_s)
+                raise BudgetsInfeasible("no configuration meets the budgets", ())
+            raise FailedPrecondition(
+                f"no configuration meeting the budgets was found within {time_limit_s:g} s, "
+                "and none was proven impossible; allow more time"
+            )
+        return self._solution(inst, result, time.perf_counter() - start, extra)
+
+    def _run(
+        self,
+        engine: str,
+        inst: Instance,
+        time_limit_s: float,
+        hint: np.ndarray | None,
+        lam0: np.ndarray | None,
+    ) -> InstanceResult:
+        if engine == "bb":
+            return solve_instance(inst, time_limit_s=time_limit_s, hint=hint, lam0=lam0)
+        res = solve_cpsat(inst, hint=hint, time_limit_s=time_limit_s)
+        if res.choice is None:
+            return InstanceResult(None, math.inf, res.bound, res.status, np.zeros(0), "cpsat")
+        value = float(inst.obj[np.arange(inst.num_groups), res.choice].sum())
+        return InstanceResult(
+            res.choice, value, min(res.bound, value), res.status, np.zeros(0), "cpsat"
+        )
+
+    # -- conversions ---------------------------------------------------------
+
+    def _choice_from_assignment(
+        self, inst: Instance, assignment: Mapping[str, str]
+    ) -> np.ndarray | None:
+        choice = np.zeros(inst.num_groups, dtype=np.int64)
+        for g, members in enumerate(self.prepared.members):
+            key = assignment.get(members[0])
+            if key is None or key not in self.prepared.keys[g]:
+                return None
+            original = self.prepared.keys[g].index(key)
+            cols = np.flatnonzero(inst.option_index[g] == original)
+            if len(cols) == 0:  # the hinted option was pruned as dominated
+                return None
+            choice[g] = int(cols[0])
+        return choice
+
+    def totals_of(self, original: np.ndarray) -> tuple[float, Totals, float]:
+        """(total omega, totals, average weight bits) of a choice of prepared
+        option indices per group, fixed layers included."""
+        groups = np.arange(self.prepared.num_groups)
+        sums = self.prepared.values[:, groups, original].sum(axis=1) + self.prepared.fixed
+        totals = Totals(
+            size_bytes=float(sums[_ROW["size_bytes"]]),
+            bops=float(sums[_ROW["bops"]]),
+            latency_ms=float(sums[_ROW["latency_ms"]]),
+            scale_bytes=float(sums[_ROW["scale_bytes"]]),
+        )
+        params = self.prepared.total_parameters
+        avg_bits = float(sums[_ROW["wbits"]]) / params if params > 0 else 0.0
+        return float(sums[_ROW["omega"]]), totals, avg_bits
+
+    def _solution(
+        self, inst: Instance, result: InstanceResult, seconds: float, extra: dict[str, Any]
+    ) -> Solution:
+        assert result.choice is not None
+        groups = np.arange(inst.num_groups)
+        original = inst.option_index[groups, result.choice]
+        assignment: dict[str, str] = {}
+        for g, members in enumerate(self.prepared.members):
+            key = self.prepared.keys[g][int(original[g])]
+            for name in members:
+                assignment[name] = key
+        omega, totals, avg_bits = self.totals_of(original)
+        value = result.value + inst.obj_offset
+        bound = result.bound + inst.obj_offset
+        gap = 0.0 if result.status == "optimal" else _relative_gap(value, bound)
+        extra = dict(extra)
+        extra.update(
+            lam=[float(x) for x in result.lam],
+            lam_axes=list(inst.row_axes),
+            nodes=result.nodes,
+            core_groups=result.core_groups,
+        )
+        return Solution(
+            status="optimal" if result.status == "optimal" else "feasible",
+            gap=gap,
+            assignment={layer.name: assignment[layer.name] for layer in self.problem.layers},
+            total_omega=omega,
+            totals=totals,
+            avg_weight_bits=avg_bits,
+            seconds=seconds,
+            engine=result.engine,
+            answered_from="solve",
+            objective=inst.objective,
+            objective_value=value,
+            lower_bound=bound,
+            extra=extra,
+        )
+
+    # -- infeasibility -------------------------------------------------------
+
+    def least_achievable(
+        self, axis: str, budgets: Budgets, time_limit_s: float = 30.0
+    ) -> float | None:
+        """Least total of ``axis`` under ``budgets`` (``None`` if they cannot be met)."""
+        try:
+            sol = self.solve(budgets, objective=axis, time_limit_s=time_limit_s, explain=False)
+        except FailedPrecondition:
+            return None
+        return sol.axis_value(axis)
+
+    def _explain(self, objective: str, budgets: Budgets, time_limit_s: float) -> BudgetsInfeasible:
+        violations: list[BudgetViolation] = []
+        for axis, limit in budgets.items():
+            others = budgets.with_limit(axis, None)
+            least = self.least_achievable(axis, others, time_limit_s)
+            if least is None or least > limit:
+                violations.append(BudgetViolation(axis, limit, least))
+        parts = []
+        for v in violations:
+            if v.least_achievable is None:
+                parts.append(f"{v.axis} <= {v.limit:.6g} (the other budgets cannot be met either)")
+            else:
+                parts.append(
+                    f"{v.axis} <= {v.limit:.6g} cannot be met: the least achievable under the "
+                    f"other budgets is {v.least_achievable:.6g}"
+                )
+        if not parts:  # pragma: no cover - only if numerics disagree between solves
+            parts.append("the budgets conflict only in combination")
+        return BudgetsInfeasible(
+            "no configuration meets the budgets: " + "; ".join(parts), tuple(violations)
+        )
+
+
+def _relative_gap(value: float, bound: float) -> float:
+    if not math.isfinite(bound):
+        return math.inf
+    return max(0.0, value - bound) / max(abs(value), 1e-12)
+
+
+def _compare(inst: Instance, a: InstanceResult, b: InstanceResult) -> dict[str, Any]:
+    scale = float(np.where(inst.valid, np.abs(inst.obj), 0.0).max(axis=1).sum()) or 1.0
+    tol = max(1e-6 * scale, OBJ_RTOL * scale)
+    if a.choice is None or b.choice is None:
+        agree = (a.choice is None) == (b.choice is None)
+    else:
+        agree = abs(a.value - b.value) <= tol
+    return {
+        "engine": b.engine,
+        "value": b.value + inst.obj_offset,
+        "status": b.status,
+        "agree": bool(agree),
+    }
+
+
+def solve(
+    problem: Problem | PreparedProblem,
+    budgets: Budgets | None = None,
+    *,
+    objective: str = "omega",
+    engine: str = "auto",
+    time_limit_s: float = 30.0,
+    cross_check: bool = False,
+    hint: Mapping[str, str] | None = None,
+) -> Solution:
+    """One-shot ``ProblemSolver(problem).solve(...)``."""
+    return ProblemSolver(problem).solve(
+        budgets,
+        objective=objective,
+        engine=engine,
+        time_limit_s=time_limit_s,
+        cross_check=cross_check,
+        hint=hint,
+    )

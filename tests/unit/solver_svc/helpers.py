@@ -1,0 +1,41 @@
+"""Small problem builders shared by the solver tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from solver_svc.problem import LayerChoice, OptionCost, Problem
+
+BITS = ((2, 4), (4, 4), (4, 8), (8, 8))
+
+
+def quant_problem(num_layers: int, seed: int) -> Problem:
+    """A quantization-shaped problem: options are (weight, activation) bit pairs,
+    Omega falls with bits, size and BOPs grow with them."""
+    rng = np.random.default_rng(seed)
+    layers = []
+    for i in range(num_layers):
+        params = int(rng.integers(1_000, 100_000))
+        macs = params * int(rng.integers(10, 200))
+        trace = float(rng.lognormal(-3, 1))
+        options = []
+        for wb, ab in BITS:
+            options.append(
+                OptionCost(
+                    key=f"w{wb}a{ab}",
+                    omega=trace * params * (2.0 ** (-2 * wb) + 0.5 * 2.0 ** (-2 * ab)),
+                    size_bytes=params * wb / 8,
+                    bops=float(macs * wb * ab),
+                    latency_ms=float(macs * max(wb, ab) * 1e-9 * rng.uniform(0.8, 1.2)),
+                    weight_bits=float(wb),
+                    weight_format=f"int{wb}",
+                    act_format=f"int{ab}",
+                )
+            )
+        layers.append(LayerChoice(name=f"layer{i}", parameters=params, options=tuple(options)))
+    return Problem(layers=tuple(layers), name=f"quant-{num_layers}-{seed}")
+
+
+def total(problem: Problem, assignment: dict[str, str], axis: str) -> float:
+    by = {layer.name: {o.key: o for o in layer.options} for layer in problem.layers}
+    return sum(getattr(by[name][key], axis) for name, key in assignment.items())
