@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,23 +26,27 @@ def proto_files() -> list[Path]:
 
 
 def generate(out_root: Path) -> list[Path]:
-    """Run grpcio-tools' protoc into ``out_root``; return the files written."""
-    import grpc_tools
-    from grpc_tools import protoc
+    """Run grpcio-tools' protoc into ``out_root``; return the files written.
 
-    include = Path(grpc_tools.__file__).parent / "_proto"
+    protoc runs in a child process: grpc_tools bundles its own libprotobuf,
+    which aborts the process when OR-Tools' copy is already loaded.
+    """
     out_root.mkdir(parents=True, exist_ok=True)
     args = [
-        "protoc",
+        sys.executable,
+        "-c",
+        "import sys, pathlib, grpc_tools; from grpc_tools import protoc; "
+        "inc = pathlib.Path(grpc_tools.__file__).parent / '_proto'; "
+        "sys.exit(protoc.main(['protoc', f'-I{inc}'] + sys.argv[1:]))",
         f"-I{PROTO_ROOT}",
-        f"-I{include}",
         f"--python_out={out_root}",
         f"--pyi_out={out_root}",
         f"--grpc_python_out={out_root}",
         *[str(p.relative_to(PROTO_ROOT)) for p in proto_files()],
     ]
-    if protoc.main(args) != 0:
-        raise RuntimeError(f"protoc failed: {' '.join(args)}")
+    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"protoc failed: {done.stderr}")
     return sorted((out_root / PACKAGE_DIR).glob("*_pb2*.py*"))
 
 
