@@ -26,10 +26,10 @@ means a work limit stopped them and nothing is proven.
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from bisect import bisect_left
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,8 +41,8 @@ __all__ = ["Core", "build_core", "dfs", "dp"]
 #: Cores deeper than this skip the recursive search (Python's recursion limit).
 MAX_DFS_DEPTH = 800
 #: States at one depth past which dynamic programming with dominance on two
-#: or more budget rows stops (it grows too fast there).
-MULTI_ROW_STATES = 1_500
+#: or more budget rows stops (it grows too fast there; CP-SAT takes over).
+MULTI_ROW_STATES = 4_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,8 +61,8 @@ class Core:
     obj: list[np.ndarray]
     rows: list[np.ndarray]  # [m, options] per depth
     ref_suffix: np.ndarray  # [n + 1, m]: rest's usage at its least-rc choices
-    down: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]  # [row][depth]
-    up: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]  # [row][depth]
+    down: list[Curves]  # per row
+    up: list[Curves]  # per row
     lam: np.ndarray  # [m] multipliers the reduced costs were priced with
     residual: np.ndarray  # [m] capacity left for the core (slack included)
     real_rows: int  # rows past this are implied ones added for the bound
@@ -74,48 +74,86 @@ class Core:
         return len(self.groups)
 
 
-def _hull_segments(d: np.ndarray, c: np.ndarray) -> list[tuple[float, float]]:
-    """Lower convex hull, from the origin, of points ``(d, c)`` with ``d > 0``:
-    the LP's cheapest way for one group to move ``d`` units of a row at reduced
-    cost ``c``. Returns segments ``(width, slope)`` of increasing slope."""
-    pts = sorted((float(x), float(y)) for x, y in zip(d, c, strict=True) if x > 0)
-    hull: list[tuple[float, float]] = [(0.0, 0.0)]
-    for x, y in pts:
-        if x == hull[-1][0]:
-            if y < hull[-1][1]:
-                hull.pop()
-            else:
-                continue
-        while len(hull) >= 2:
-            (x1, y1), (x2, y2) = hull[-2], hull[-1]
-            # Drop the middle point when it lies on or above the chord.
-            if (y2 - y1) * (x - x1) >= (y - y1) * (x2 - x1):
-                hull.pop()
-            else:
-                break
-        hull.append((x, y))
-    return [(x2 - x1, (y2 - y1) / (x2 - x1)) for (x1, y1), (x2, y2) in itertools.pairwise(hull)]
+def hull_chains(
+    d: np.ndarray, c: np.ndarray, ok: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of ``d``/``c`` (``[n, K]``): the lower convex hull, from the
+    origin, of the points ``(d, c)`` with ``d > 0`` and ``ok``: the LP's
+    cheapest way for one group to move ``d`` units of a budget row at reduced
+    cost ``c``. Gift wrapping, vectorised over the rows (at most ``K`` rounds).
+
+    Returns ``(row, width, slope, end)`` of every segment (``end`` is the
+    column the segment reaches); one row's segments come in increasing slope.
+    Collinear points are skipped (the farthest is taken).
+    """
+    n, width = d.shape
+    ok = ok & (d > 0)
+    cur_d = np.zeros(n)
+    cur_c = np.zeros(n)
+    out_g: list[np.ndarray] = []
+    out_w: list[np.ndarray] = []
+    out_s: list[np.ndarray] = []
+    out_e: list[np.ndarray] = []
+    active = np.flatnonzero(ok.any(axis=1))
+    for _ in range(width):
+        if len(active) == 0:
+            break
+        dd = d[active] - cur_d[active, None]
+        cand = ok[active] & (dd > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            slope = np.where(cand, (c[active] - cur_c[active, None]) / dd, np.inf)
+        best = slope.min(axis=1)
+        has = np.isfinite(best)
+        far = np.where(cand & (slope <= best[:, None]), d[active], -np.inf).argmax(axis=1)
+        active, far, best = active[has], far[has], best[has]
+        if len(active) == 0:
+            break
+        new_d = d[active, far]
+        out_g.append(active)
+        out_w.append(new_d - cur_d[active])
+        out_s.append(best)
+        out_e.append(far)
+        cur_d[active] = new_d
+        cur_c[active] = c[active, far]
+    if not out_g:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, np.zeros(0), np.zeros(0), empty
+    return (
+        np.concatenate(out_g),
+        np.concatenate(out_w),
+        np.concatenate(out_s),
+        np.concatenate(out_e),
+    )
 
 
-def _suffix_curves(
-    segments: list[list[tuple[float, float]]],
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """For each depth ``i``: the merged hull of groups ``i..n-1`` as cumulative
-    widths, cumulative costs and slopes (a single-row LP of the rest)."""
-    n = len(segments)
-    empty = (np.zeros(0), np.zeros(0), np.zeros(0))
-    out = [empty] * (n + 1)
-    widths = np.zeros(0)
-    slopes = np.zeros(0)
-    for i in range(n - 1, -1, -1):
-        if segments[i]:
-            w, sl = zip(*segments[i], strict=True)
-            widths = np.concatenate([widths, np.asarray(w)])
-            slopes = np.concatenate([slopes, np.asarray(sl)])
-            order = np.argsort(slopes, kind="stable")
-            widths, slopes = widths[order], slopes[order]
-        out[i] = (np.cumsum(widths), np.cumsum(widths * slopes), slopes)
-    return out
+@dataclass(frozen=True, eq=False)
+class Curves:
+    """For every depth ``i``: the merged hull of groups ``i..n-1`` as
+    cumulative widths and costs over all segments sorted by slope (segments
+    of groups before ``i`` count with width 0), i.e. a single-row LP of the
+    rest. ``curves[i]`` is ``(cum_w, cum_c, slopes)`` as 1-D arrays."""
+
+    cum_w: np.ndarray  # [n + 1, S]
+    cum_c: np.ndarray  # [n + 1, S]
+    slopes: np.ndarray  # [S]
+
+    def __getitem__(self, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.cum_w[depth], self.cum_c[depth], self.slopes
+
+    def __len__(self) -> int:
+        return int(self.cum_w.shape[0])
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        return (self[i] for i in range(len(self)))
+
+
+def suffix_curves(n: int, depth: np.ndarray, widths: np.ndarray, slopes: np.ndarray) -> Curves:
+    """``Curves`` of the segments ``(depth, width, slope)`` (see ``Curves``)."""
+    order = np.argsort(slopes, kind="stable")
+    depth, widths, slopes = depth[order], widths[order], slopes[order]
+    inside = depth[None, :] >= np.arange(n + 1)[:, None]  # [n + 1, S]
+    w = np.where(inside, widths[None, :], 0.0)
+    return Curves(np.cumsum(w, axis=1), np.cumsum(w * slopes[None, :], axis=1), slopes)
 
 
 def _free_cost(curve: tuple[np.ndarray, np.ndarray, np.ndarray], need: np.ndarray) -> np.ndarray:
@@ -196,36 +234,40 @@ def build_core(
         lam = np.concatenate([lam, [1.0]])
     m = all_rows.shape[0]
     scale = np.maximum(np.abs(residual[:real_rows]), 1e-300)
-    spread = np.zeros(len(core_groups))
-    for i, g in enumerate(core_groups):
-        block = inst.rows[:, g, keep[g]]
-        spread[i] = (
-            float(((block.max(axis=1) - block.min(axis=1)) / scale).max()) if block.size else 0.0
-        )
+    sub_keep = keep[core_groups]
+    block = inst.rows[:, core_groups]  # [real_rows, c, K]
+    hi = np.where(sub_keep[None], block, -np.inf).max(axis=2)
+    lo = np.where(sub_keep[None], block, np.inf).min(axis=2)
+    spread = ((hi - lo) / scale[:, None]).max(axis=0) if real_rows else np.zeros(len(core_groups))
     order = core_groups[np.argsort(-spread, kind="stable")]
     n = len(order)
-    ks_list, rc_list, obj_list, rows_list = [], [], [], []
-    down: list[list[list[tuple[float, float]]]] = [[] for _ in range(m)]
-    up: list[list[list[tuple[float, float]]]] = [[] for _ in range(m)]
-    ref = np.zeros((n, m))
-    first_rc = 0.0
-    for i, g in enumerate(order):
-        ks = np.flatnonzero(keep[g])
-        ks = ks[np.argsort(rc[g, ks], kind="stable")]
-        rel = rc[g, ks] - rc[g, ks[0]]
-        first_rc += float(rc[g, ks[0]])
-        rows = all_rows[:, g, ks]
-        ks_list.append(ks)
-        rc_list.append(rel)
-        obj_list.append(inst.obj[g, ks])
-        rows_list.append(rows)
-        ref[i] = rows[:, 0]
-        for r in range(m):
-            down[r].append(_hull_segments(rows[r, 0] - rows[r], rel))
-            up[r].append(_hull_segments(rows[r] - rows[r, 0], rel))
+    # Options of each depth in increasing reduced cost, padded with +inf.
+    sub_rc = np.where(keep[order], rc[order], np.inf)  # [n, K]
+    cols = np.argsort(sub_rc, axis=1, kind="stable")
+    counts = keep[order].sum(axis=1)
+    srt_rc = np.take_along_axis(sub_rc, cols, axis=1)
+    first = srt_rc[:, 0]
+    rel = srt_rc - first[:, None]  # [n, K], inf on padding
+    okp = np.arange(cols.shape[1])[None, :] < counts[:, None]
+    srt_rows = np.take_along_axis(
+        all_rows[:, order], np.broadcast_to(cols, (m, *cols.shape)), axis=2
+    )
+    srt_obj = np.take_along_axis(inst.obj[order], cols, axis=1)
+    ks_list = [cols[i, : counts[i]] for i in range(n)]
+    rc_list = [rel[i, : counts[i]] for i in range(n)]
+    obj_list = [srt_obj[i, : counts[i]] for i in range(n)]
+    rows_list = [srt_rows[:, i, : counts[i]] for i in range(n)]
+    ref = srt_rows[:, :, 0].T  # [n, m]
+    rel0 = np.where(okp, rel, 0.0)
+    down: list[Curves] = []
+    up: list[Curves] = []
+    for r in range(m):
+        base = srt_rows[r, :, :1]
+        for kind, delta in ((down, base - srt_rows[r]), (up, srt_rows[r] - base)):
+            g, w, sl, _ = hull_chains(delta, rel0, okp)
+            kind.append(suffix_curves(n, g, w, sl))
     ref_suffix = np.zeros((n + 1, m))
-    for i in range(n - 1, -1, -1):
-        ref_suffix[i] = ref_suffix[i + 1] + ref[i]
+    ref_suffix[:n] = np.cumsum(ref[::-1], axis=0)[::-1]
     return Core(
         groups=order,
         ks=ks_list,
@@ -233,13 +275,13 @@ def build_core(
         obj=obj_list,
         rows=rows_list,
         ref_suffix=ref_suffix,
-        down=[_suffix_curves(down[r]) for r in range(m)],
-        up=[_suffix_curves(up[r]) for r in range(m)],
+        down=down,
+        up=up,
         lam=lam,
         residual=residual,
         real_rows=real_rows,
         base_obj=base_obj,
-        bound=bound + first_rc,
+        bound=bound + float(first.sum()),
     )
 
 
@@ -352,11 +394,47 @@ def dfs(
     return best, float(state["upper"]), int(state["nodes"]), not bool(state["stopped"])
 
 
+def _staircase(u: np.ndarray, block: int = 128) -> np.ndarray:
+    """Positions of ``u`` (``[n, 2]``, in objective order) that no earlier
+    position beats on both columns (ties keep the first).
+
+    Blocks of positions are checked against the 2-D Pareto staircase of the
+    survivors so far (x ascending, y strictly descending: the earlier point
+    with the largest x not above a query's x has the least y among those) and
+    among themselves, so the work is about ``n log n + n * block``.
+    """
+    n = len(u)
+    stair_x = np.zeros(0)
+    stair_y = np.zeros(0)
+    kept: list[np.ndarray] = []
+    tri = np.tri(block, k=-1, dtype=bool)
+    for start in range(0, n, block):
+        blk = u[start : start + block]
+        b = len(blk)
+        if len(stair_x):
+            j = np.searchsorted(stair_x, blk[:, 0], side="right") - 1
+            dom = (j >= 0) & (stair_y[np.maximum(j, 0)] <= blk[:, 1])
+        else:
+            dom = np.zeros(b, dtype=bool)
+        inner = (blk[None, :, :] <= blk[:, None, :]).all(axis=2) & tri[:b, :b]
+        dom |= inner.any(axis=1)
+        alive = np.flatnonzero(~dom)
+        kept.append(start + alive)
+        xs = np.concatenate([stair_x, blk[alive, 0]])
+        ys = np.concatenate([stair_y, blk[alive, 1]])
+        o = np.lexsort((ys, xs))
+        xs, ys = xs[o], ys[o]
+        lower = np.ones(len(ys), dtype=bool)
+        lower[1:] = ys[1:] < np.minimum.accumulate(ys)[:-1]
+        stair_x, stair_y = xs[lower], ys[lower]
+    return np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+
+
 def _pareto(obj: np.ndarray, used: np.ndarray, max_pairs: int) -> np.ndarray:
     """Indices of states not dominated on (obj, used columns); ``used`` holds
-    only the rows that still matter. Ties keep the first. Filtering stops
-    (keeping the rest) past ``max_pairs`` comparisons: dropping fewer states
-    never loses the optimum."""
+    only the rows that still matter. Ties keep the first. With three or more
+    columns, filtering stops (keeping the rest) past ``max_pairs``
+    comparisons: dropping fewer states never loses the optimum."""
     n, m = used.shape
     order = np.lexsort((*used.T[::-1], obj)) if m else np.argsort(obj, kind="stable")
     if m == 0:
@@ -365,6 +443,8 @@ def _pareto(obj: np.ndarray, used: np.ndarray, max_pairs: int) -> np.ndarray:
     if m == 1:
         prev = np.minimum.accumulate(np.concatenate([[np.inf], u[:-1, 0]]))
         return order[u[:, 0] < prev]
+    if m == 2:
+        return order[_staircase(u)]
     kept: list[int] = []
     kept_u = np.zeros((0, m))
     chunk = 128
@@ -392,54 +472,85 @@ def _pareto(obj: np.ndarray, used: np.ndarray, max_pairs: int) -> np.ndarray:
 def dp(
     core: Core, upper: float, tol: float, state_limit: int, deadline: float
 ) -> tuple[list[int] | None, float, int, bool]:
-    """Dynamic programming with dominance (see module doc)."""
+    """Dynamic programming with dominance (see module doc).
+
+    At every depth each surviving partial configuration is also completed
+    with the rest's least-reduced-cost options; a feasible completion that
+    beats ``upper`` becomes the incumbent at once, so pruning tightens while
+    the search runs instead of only at its end.
+    """
     n = core.depth
     m = len(core.residual)
+    real = core.real_rows
     acc_obj = np.zeros(1)
     acc_rc = np.zeros(1)
     used = np.zeros((1, m))
     back: list[tuple[np.ndarray, np.ndarray]] = []
     work = 0
+    best_assignment: list[int] | None = None
     if not core.bound + float(rest_bound(core, 0, used)[0]) < upper - tol:
         return None, upper, 1, True  # the root is infeasible or cannot beat upper
+    first_obj = np.zeros(n + 1)
+    if n:
+        first_obj[:n] = np.cumsum(np.array([o[0] for o in core.obj])[::-1])[::-1]
+    limit_real = core.residual[:real]
+
+    def path(level: int, state: int, option: int) -> list[int]:
+        """Assignment of a completed state: its ancestry, then first options."""
+        out = [int(core.ks[j][0]) for j in range(n)]
+        out[level] = int(core.ks[level][option])
+        s = state
+        for j in range(level - 1, -1, -1):
+            parents, options = back[j]
+            out[j] = int(core.ks[j][options[s]])
+            s = int(parents[s])
+        return out
+
     for i in range(n):
         if time.perf_counter() > deadline:
-            return None, upper, work, False
+            return best_assignment, upper, work, False
         k_i = len(core.ks[i])
         c_obj = (acc_obj[:, None] + core.obj[i][None, :]).ravel()
         c_rc = (acc_rc[:, None] + core.rc[i][None, :]).ravel()
         c_used = (used[:, None, :] + core.rows[i].T[None, :, :]).reshape(-1, m)
-        parent = np.repeat(np.arange(len(acc_obj)), k_i)
-        option = np.tile(np.arange(k_i), len(acc_obj))
         extra = rest_bound(core, i + 1, c_used)
-        alive = core.bound + c_rc + extra < upper - tol
-        idx = np.flatnonzero(alive)
+        lower = core.bound + c_rc + extra
+        idx = np.flatnonzero(lower < upper - tol)
         if len(idx) == 0:
-            return None, upper, work, True
+            return best_assignment, upper, work, True
+        # Incumbents from completing every survivor greedily.
+        fits = (c_used[idx, :real] + core.ref_suffix[i + 1, :real] <= limit_real).all(axis=1)
+        if fits.any():
+            values = np.where(fits, core.base_obj + c_obj[idx] + first_obj[i + 1], np.inf)
+            j = int(np.argmin(values))
+            if values[j] < upper - tol:
+                upper = float(values[j])
+                flat = int(idx[j])
+                best_assignment = path(i, flat // k_i, flat % k_i)
+                idx = idx[lower[idx] < upper - tol]
+                if len(idx) == 0:
+                    return best_assignment, upper, work, True
         c_used_a = c_used[idx]
         budget = upper - tol - core.bound - c_rc[idx]
         relevant = np.zeros(m, dtype=bool)  # implied rows never count
-        for r in range(core.real_rows):
+        for r in range(real):
             room = core.residual[r] - core.ref_suffix[i + 1, r] - c_used_a[:, r]
             relevant[r] = bool((_max_growth(core.up[r][i + 1], budget) > room).any())
         if int(relevant.sum()) > 1 and len(idx) > MULTI_ROW_STATES:
             # Dominance on two or more rows keeps too many states: give up
             # and let the caller use CP-SAT.
-            return None, upper, work, False
+            return best_assignment, upper, work, False
         keep = idx[_pareto(c_obj[idx], c_used_a[:, relevant], max_pairs=5_000_000)]
         acc_obj, acc_rc, used = c_obj[keep], c_rc[keep], c_used[keep]
-        back.append((parent[keep], option[keep]))
+        back.append((keep // k_i, keep % k_i))
         work += len(keep)
-        if len(keep) > state_limit:
-            return None, upper, work, False
+        if work > state_limit:
+            return best_assignment, upper, work, False
     best = int(np.argmin(acc_obj))
     value = core.base_obj + float(acc_obj[best])
     if not value < upper - tol:
-        return None, upper, work, True
-    assignment = [0] * n
-    s = best
-    for i in range(n - 1, -1, -1):
-        parents, options = back[i]
-        assignment[i] = int(core.ks[i][options[s]])
-        s = int(parents[s])
-    return assignment, value, work, True
+        return best_assignment, upper, work, True
+    if n == 0:
+        return [], value, work, True  # nothing to choose; the root check proved it fits
+    parents, options = back[n - 1]
+    return path(n - 1, int(parents[best]), int(options[best])), value, work, True

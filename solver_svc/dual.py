@@ -36,7 +36,7 @@ import numpy as np
 
 from solver_svc.presolve import Instance
 
-__all__ = ["DualResult", "lagrangian", "lp_dual", "smoothed_dual"]
+__all__ = ["DualResult", "lagrangian", "lp_dual", "single_row_lp", "smoothed_dual"]
 
 log = logging.getLogger(__name__)
 
@@ -148,18 +148,93 @@ def smoothed_dual(
     return best_lam * so / sa
 
 
+def single_row_lp(inst: Instance, row: int) -> tuple[DualResult, bool] | None:
+    """The LP relaxation with only budget row ``row``, solved exactly.
+
+    With one row the LP is the greedy walk along each group's convex hull:
+    start every group at its cheapest option (least usage among ties), then
+    take the hull segments in increasing price (objective added per unit of
+    usage freed) until the row fits; the segment that crosses the limit is
+    the (single) fractional group and its price is the multiplier.
+
+    Returns ``(dual, covers_all)`` where ``covers_all`` says the LP solution
+    meets every other row too, which makes it the optimum of the full LP
+    (it relaxes the full LP and is feasible for it): no LP solver is needed
+    then. ``None`` when the row alone cannot be met.
+    """
+    from solver_svc.core_search import hull_chains
+
+    m = inst.rows.shape[0]
+    num_groups = inst.num_groups
+    groups = np.arange(num_groups)
+    valid = inst.valid
+    a = np.where(valid, inst.rows[row], np.inf)
+    obj = inst.obj
+    best = obj.min(axis=1)
+    # The cheapest option of each group, least usage among ties.
+    start = np.where(obj <= best[:, None], a, np.inf).argmin(axis=1)
+    a0 = inst.rows[row, groups, start]
+    need = float(a0.sum() - inst.limits[row])
+    lam = np.zeros(m)
+    choice = start.copy()
+    fractional: dict[int, list[tuple[int, float]]] = {}
+    if need > 0:
+        d = a0[:, None] - np.where(valid, inst.rows[row], 0.0)
+        e = np.where(valid, obj - best[:, None], 0.0)
+        seg_g, seg_w, seg_s, seg_end = hull_chains(d, e, valid)
+        order = np.argsort(seg_s, kind="stable")
+        cum = np.cumsum(seg_w[order])
+        j = int(np.searchsorted(cum, need, side="left"))
+        if j >= len(cum):
+            return None
+        full = order[:j]
+        # Segments of one group come in increasing slope: the last applied wins.
+        choice[seg_g[full]] = seg_end[full]
+        g = int(seg_g[order[j]])
+        t = (need - (float(cum[j - 1]) if j else 0.0)) / float(seg_w[order[j]])
+        t = min(max(t, 0.0), 1.0)
+        lam[row] = float(seg_s[order[j]])
+        k_from, k_to = int(choice[g]), int(seg_end[order[j]])
+        fractional[g] = [(k_from, 1.0 - t), (k_to, t)]
+    usage = inst.rows[:, groups, choice].sum(axis=1)
+    value = float(obj[groups, choice].sum())
+    for g, parts in fractional.items():
+        (k_from, _), (k_to, t) = parts
+        usage += t * (inst.rows[:, g, k_to] - inst.rows[:, g, k_from])
+        value += t * float(obj[g, k_to] - obj[g, k_from])
+    others = np.arange(m) != row
+    scale = np.abs(np.where(valid[None], inst.rows, 0.0)).max(axis=2).sum(axis=1)
+    covers = bool((usage[others] <= inst.limits[others] - 1e-12 * scale[others]).all())
+    bound, _ = lagrangian(inst, lam)
+    return DualResult(lam, bound, value, fractional, 0), covers
+
+
 def lp_dual(
     inst: Instance, lam0: np.ndarray | None = None, max_rounds: int = 30, width: float = 1e-3
 ) -> DualResult:
     """Exact LP multipliers by column generation from ``lam0`` (see module doc).
 
-    ``lam0`` defaults to ``smoothed_dual``'s answer. If the rounds run out the
-    best multipliers so far are returned; the bound stays valid either way.
+    First each row alone is solved exactly (``single_row_lp``): when one row's
+    LP solution meets the others it is the LP optimum and no LP solver runs
+    (the usual case: one budget binds in the LP). Otherwise ``lam0`` (default:
+    ``smoothed_dual``'s answer) starts the column generation. If the
+    rounds run out the best multipliers so far are returned; the bound stays
+    valid either way.
     """
     m = inst.rows.shape[0]
     if m == 0:
         bound, _ = lagrangian(inst, np.zeros(0))
         return DualResult(np.zeros(0), bound, bound, {}, 0)
+    best_single: DualResult | None = None
+    for row in range(m):
+        single = single_row_lp(inst, row)
+        if single is None:
+            continue
+        dual, covers = single
+        if covers:
+            return dual
+        if best_single is None or dual.bound > best_single.bound:
+            best_single = dual
     from ortools.linear_solver import pywraplp
 
     so, sa = _scales(inst)

@@ -5,12 +5,16 @@ Omega with the axis bounded by each of ``points`` limits spread evenly between
 the ends, every other budget held fixed. The ends are automatic unless given:
 the least achievable value of the axis under the other budgets, and the axis
 value of the unconstrained-on-this-axis optimum (past it nothing improves).
-The sweep goes from the tight end to the loose one so that each optimum is a
-feasible hint for the next limit, and it passes the Lagrange multipliers on
-(``ProblemSolver.solve(warm_start=...)``). Solved points that another point
-beats on both counts are dropped; ``exhaustive=True`` instead walks every
-Pareto point (each next limit just below the last point's cost), so the stored
-frontier is complete.
+The sweep goes from the loose end to the tight one: the optimum at a limit
+``L`` with cost ``c`` is also optimal at every limit in ``[c, L]`` (the optimum
+can only get worse as the limit tightens, and it stays feasible), so limits in
+that range cost no solve at all; the others are solved warm-started from the
+previous point (its Lagrange multipliers, ``ProblemSolver.solve(warm_start=...)``).
+Solved points that another point beats on both counts are dropped;
+``exhaustive=True`` instead walks every Pareto point (each next limit just
+below the last point's cost, past the feasibility tolerance), so the stored
+frontier is complete; ``progress`` then receives the partial frontier as it
+grows (already exact on ``[last cost, high]``).
 
 What-if from a stored frontier (``what_if``). The stored points are optimal
 *at the limits they were solved at* (``probes``), not between them, so a query
@@ -32,8 +36,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -44,7 +50,7 @@ from solver_svc.solve import BudgetsInfeasible, BudgetViolation, ProblemSolver
 from solver_svc.spec import Budgets, check_axis
 from solver_svc.tolerance import FEAS_RTOL, OBJ_RTOL
 
-__all__ = ["FRONTIER_AXES", "MAX_POINTS", "Frontier", "frontier", "what_if"]
+__all__ = ["FRONTIER_AXES", "MAX_POINTS", "Frontier", "frontier", "lookup", "what_if"]
 
 #: Axes a frontier can be traced along (Omega is the other axis).
 FRONTIER_AXES = ("size_bytes", "bops", "latency_ms", "avg_weight_bits")
@@ -74,6 +80,14 @@ class Frontier:
     seconds: float
     least_achievable: float | None = None
     free_omega: float = -math.inf
+
+    @cached_property
+    def _index(self) -> tuple[list[float], list[float], list[int]]:
+        """Point costs (ascending), probe limits (ascending) and the point of
+        each probe: the lookups of ``_from_frontier`` by bisection."""
+        costs = [p.axis_value(self.axis) for p in self.points]
+        probes = sorted(self.probes)
+        return costs, [limit for limit, _ in probes], [index for _, index in probes]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -141,12 +155,6 @@ def _check_frontier_axis(axis: str, constraints: Budgets) -> None:
         raise InvalidArgument("a frontier traces Omega; do not bound it in the constraints")
 
 
-def _step(value: float) -> float:
-    """How far below a point's cost the next exhaustive limit goes: just past
-    the feasibility tolerance, so the next solve must find a cheaper point."""
-    return 4 * FEAS_RTOL * max(abs(value), 1e-300)
-
-
 def frontier(
     solver: ProblemSolver,
     axis: str,
@@ -157,8 +165,14 @@ def frontier(
     high: float | None = None,
     exhaustive: bool = False,
     time_limit_s: float = 30.0,
+    progress: Callable[[Frontier], None] | None = None,
+    progress_every: int = 16,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Frontier:
-    """Trace the frontier of Omega against ``axis`` (see the module doc)."""
+    """Trace the frontier of Omega against ``axis`` (see the module doc).
+
+    ``should_stop`` is asked before every exhaustive step; when it says yes
+    the walk ends there and the (incomplete) frontier so far is returned."""
     constraints = constraints or Budgets()
     _check_frontier_axis(axis, constraints)
     if not exhaustive and not 1 <= points <= MAX_POINTS:
@@ -180,31 +194,38 @@ def frontier(
     if not (math.isfinite(low) and math.isfinite(high)) or high < low:
         raise InvalidArgument(f"frontier ends must satisfy low <= high, got {low!r} and {high!r}")
     solved: list[tuple[float, Solution]] = []
-    previous: Solution | None = None
+    # The optimum at the last (looser) limit: optimal at every limit down to its cost.
+    previous = loose
 
     def at(limit: float) -> Solution:
         nonlocal previous
+        if previous.axis_value(axis) <= limit:
+            return previous  # optimal at a looser limit and feasible here
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
             raise FailedPrecondition(
                 f"the frontier took longer than {time_limit_s:g} s; ask for fewer points"
             )
-        if loose.axis_value(axis) <= limit:
-            sol = loose  # the loose end's optimum already meets this limit
-        else:
-            sol = solver.solve(
-                constraints.with_limit(axis, limit),
-                time_limit_s=remaining,
-                warm_start=previous,
-                explain=False,
-            )
-        previous = sol
-        return sol
+        previous = solver.solve(
+            constraints.with_limit(axis, limit),
+            time_limit_s=remaining,
+            warm_start=previous,
+            explain=False,
+        )
+        return previous
+
+    def partial(complete: bool) -> Frontier:
+        fr = _assemble(axis, constraints, solved, low, high, complete, time.perf_counter() - start)
+        return replace(fr, least_achievable=least, free_omega=loose.total_omega)
 
     complete = False
     if exhaustive:
+        # Past the feasibility tolerance, so the last point no longer fits.
+        step = 4.0 * solver.axis_slack(axis, constraints.with_limit(axis, high))
         limit = high
         while len(solved) < MAX_POINTS:
+            if should_stop is not None and should_stop():
+                break
             try:
                 sol = at(limit)
             except BudgetsInfeasible:
@@ -215,15 +236,17 @@ def frontier(
             if cost <= low:
                 complete = True
                 break
-            limit = cost - _step(cost)
+            limit = cost - step
+            if progress is not None and len(solved) % progress_every == 0:
+                progress(partial(False))
     else:
-        for limit in np.linspace(low, high, points) if points > 1 else [high]:
+        limits = np.linspace(low, high, points) if points > 1 else np.array([high])
+        for limit in limits[::-1]:
             try:
                 solved.append((float(limit), at(float(limit))))
             except BudgetsInfeasible:
                 continue  # below the least achievable by rounding only
-    fr = _assemble(axis, constraints, solved, low, high, complete, time.perf_counter() - start)
-    return replace(fr, least_achievable=least, free_omega=loose.total_omega)
+    return partial(complete)
 
 
 def _assemble(
@@ -242,14 +265,12 @@ def _assemble(
         if kept and sol.total_omega >= kept[-1].total_omega - _omega_tol(sol, kept[-1]):
             continue  # costs more, not better
         kept.append(sol)
+    costs = [p.axis_value(axis) for p in kept]
     probes = []
     for limit, sol in solved:
-        # The kept point optimal at this limit: same Omega, cost within the limit.
-        best = min(
-            (i for i, p in enumerate(kept) if p.axis_value(axis) <= sol.axis_value(axis)),
-            key=lambda i: kept[i].total_omega,
-        )
-        probes.append((limit, best))
+        # The kept point optimal at this limit: the last one (least Omega)
+        # whose cost is within the solved point's cost.
+        probes.append((limit, bisect_right(costs, sol.axis_value(axis)) - 1))
     probes.sort()
     points = tuple(replace(p, answered_from="solve") for p in kept)
     return Frontier(axis, constraints, points, tuple(probes), low, high, complete, seconds)
@@ -259,16 +280,12 @@ def _omega_tol(a: Solution, b: Solution) -> float:
     return OBJ_RTOL * max(abs(a.total_omega), abs(b.total_omega), 1e-300) * 10
 
 
-def what_if(
-    solver: ProblemSolver,
-    budgets: Budgets,
-    frontiers: Sequence[Frontier] = (),
-    *,
-    time_limit_s: float = 30.0,
-) -> Solution:
-    """Answer ``budgets`` from a stored frontier when that is provably optimal,
-    else by an exact solve warm-started from the nearest stored point."""
-    start = time.perf_counter()
+def lookup(
+    budgets: Budgets, frontiers: Sequence[Frontier]
+) -> tuple[Solution | None, Solution | None]:
+    """``(stored point provably optimal under budgets or None, nearest stored
+    point for a warm start)``; raises ``BudgetsInfeasible`` when a frontier
+    shows the budgets cannot be met. Pure memory: no solve."""
     nearest: Solution | None = None
     for fr in frontiers:
         limit = budgets.get(fr.axis)
@@ -283,31 +300,47 @@ def what_if(
             )
         answer, near = _from_frontier(fr, limit)
         if answer is not None:
-            return replace(
-                answer,
-                answered_from="frontier",
-                status="optimal",
-                gap=0.0,
-                seconds=time.perf_counter() - start,
-            )
+            return answer, answer
         nearest = nearest or near
+    return None, nearest
+
+
+def what_if(
+    solver: ProblemSolver,
+    budgets: Budgets,
+    frontiers: Sequence[Frontier] = (),
+    *,
+    time_limit_s: float = 30.0,
+) -> Solution:
+    """Answer ``budgets`` from a stored frontier when that is provably optimal,
+    else by an exact solve warm-started from the nearest stored point."""
+    start = time.perf_counter()
+    answer, nearest = lookup(budgets, frontiers)
+    if answer is not None:
+        return replace(
+            answer,
+            answered_from="frontier",
+            status="optimal",
+            gap=0.0,
+            seconds=time.perf_counter() - start,
+        )
     sol = solver.solve(budgets, time_limit_s=time_limit_s, warm_start=nearest)
     return replace(sol, seconds=time.perf_counter() - start)
 
 
 def _from_frontier(fr: Frontier, limit: float) -> tuple[Solution | None, Solution | None]:
     """(provably optimal stored point at ``limit`` or None, nearest feasible point)."""
-    axis = fr.axis
-    feasible = [p for p in fr.points if p.axis_value(axis) <= limit]
-    if not feasible:
+    costs, probe_limits, probe_points = fr._index
+    j = bisect_right(costs, limit) - 1
+    if j < 0:
         return None, fr.points[0] if fr.points else None
-    upper = min(feasible, key=lambda p: p.total_omega)
+    upper = fr.points[j]  # the least Omega among the points within the limit
     if fr.complete and limit <= fr.high:
         return upper, upper
     lower = fr.free_omega  # the optimum can never beat the axis-free optimum
-    above = [(lim, i) for lim, i in fr.probes if lim >= limit]
-    if above:
-        lower = max(lower, fr.points[min(above)[1]].total_omega)
+    p = bisect_left(probe_limits, limit)
+    if p < len(probe_limits):
+        lower = max(lower, fr.points[probe_points[p]].total_omega)
     if upper.total_omega <= lower + OBJ_RTOL * max(abs(lower), abs(upper.total_omega), 1e-300) * 10:
         return upper, upper
     return None, upper

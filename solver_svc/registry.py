@@ -5,24 +5,46 @@ gives the same id and any replica (or a restarted service) can load it from
 the artifact store. Each loaded problem keeps one ``ProblemSolver`` (its
 presolve and instances are reused across queries) and the frontiers traced
 for it, which what-if queries answer from where that is provably optimal.
+
+Exhaustive frontiers in the background. A what-if client usually moves one
+limit and keeps the others (a slider). When two what-if queries of a problem
+share every budget but one axis's limit, or a sampled frontier is traced,
+that axis is traced exhaustively (every Pareto point, ``frontier(...,
+exhaustive=True)``) on one background thread; each partial result is
+published as it grows (exact from the loose end down to its last point), so
+later queries on that axis are answered from memory, provably optimal, with
+no solve. Everything else is a warm-started exact solve.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from bitmesh.artifacts import ArtifactStore
 from bitmesh.errors import InvalidArgument, NotFound
-from solver_svc.frontier import Frontier
+from solver_svc.frontier import FRONTIER_AXES, Frontier, frontier
 from solver_svc.problem import Problem
 from solver_svc.solve import ProblemSolver
+from solver_svc.spec import Budgets
 
 NAMESPACE = "solver-problems"
 FRONTIERS = "solver-frontiers"
 MAX_LOADED = 64
 MAX_FRONTIERS_PER_PROBLEM = 16
+#: Exhaustive traces one problem may start (each is one axis under fixed other budgets).
+MAX_TRACES_PER_PROBLEM = 8
+#: Time one exhaustive trace may take before it stops (its partial result stays).
+TRACE_TIME_LIMIT_S = 300.0
+#: What-if query patterns remembered per problem (to spot a one-limit sweep).
+SEEN_PATTERNS = 64
+
+log = logging.getLogger(__name__)
+
+TraceKey = tuple[str, Budgets]
 
 
 @dataclass
@@ -31,16 +53,31 @@ class LoadedProblem:
     solver: ProblemSolver
     frontiers: list[Frontier] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Exhaustive frontiers by (axis, other budgets), partial while tracing.
+    traced: dict[TraceKey, Frontier] = field(default_factory=dict)
+    #: State of each trace: "running", "done", "stopped" or "failed".
+    tracing: dict[TraceKey, str] = field(default_factory=dict)
+    #: The last limit queried per pattern (to spot a one-limit sweep).
+    seen: OrderedDict[TraceKey, float] = field(default_factory=OrderedDict)
+
+    def all_frontiers(self) -> list[Frontier]:
+        """Exhaustive traces first (they answer every limit they cover)."""
+        return [*self.traced.values(), *self.frontiers]
 
 
 class ProblemRegistry:
     """Problems by id: memory first, then the artifact store."""
 
-    def __init__(self, artifacts: ArtifactStore, max_loaded: int = MAX_LOADED) -> None:
+    def __init__(
+        self, artifacts: ArtifactStore, max_loaded: int = MAX_LOADED, background: bool = True
+    ) -> None:
         self.artifacts = artifacts
         self.max_loaded = max_loaded
+        self.background = background
         self._loaded: OrderedDict[str, LoadedProblem] = OrderedDict()
         self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._stopping = threading.Event()
 
     @staticmethod
     def id_of(problem: Problem) -> str:
@@ -71,6 +108,10 @@ class ProblemRegistry:
         loaded = self._remember(problem_id, Problem.from_json(data))
         stored = self.artifacts.get_ref(FRONTIERS, problem_id) or {}
         loaded.frontiers = [Frontier.from_json(f) for f in stored.get("frontiers", [])]
+        for fr in loaded.frontiers:
+            if fr.complete:
+                loaded.traced.setdefault((fr.axis, fr.constraints), fr)
+                loaded.tracing[(fr.axis, fr.constraints)] = "done"
         return loaded
 
     def add_frontier(self, loaded: LoadedProblem, traced: Frontier) -> None:
@@ -80,6 +121,94 @@ class ProblemRegistry:
             del loaded.frontiers[MAX_FRONTIERS_PER_PROBLEM:]
             payload = {"frontiers": [f.to_json() for f in loaded.frontiers]}
         self.artifacts.set_ref(FRONTIERS, loaded.problem_id, payload)
+
+    # -- exhaustive traces ---------------------------------------------------
+
+    def note_what_if(self, loaded: LoadedProblem, budgets: Budgets) -> None:
+        """Remember a what-if's pattern; a query that differs from an earlier
+        one only in one axis's limit starts that axis's trace."""
+        for axis, limit in budgets.items():
+            if axis not in FRONTIER_AXES:
+                continue
+            others = budgets.with_limit(axis, None)
+            if others.omega is not None:
+                continue
+            key = (axis, others)
+            with self._lock:
+                before = loaded.seen.pop(key, None)
+                loaded.seen[key] = limit
+                while len(loaded.seen) > SEEN_PATTERNS:
+                    loaded.seen.popitem(last=False)
+            if before is not None and before != limit:
+                self.trace_exhaustive(loaded, axis, others)
+
+    def trace_exhaustive(self, loaded: LoadedProblem, axis: str, constraints: Budgets) -> bool:
+        """Start tracing every Pareto point of ``axis`` under ``constraints`` in
+        the background (once per key); False when it was not started."""
+        key = (axis, constraints)
+        with self._lock:
+            if key in loaded.tracing or len(loaded.tracing) >= MAX_TRACES_PER_PROBLEM:
+                return False
+            loaded.tracing[key] = "running"
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="solver-frontier-trace"
+                )
+            executor = self._executor
+        if self.background:
+            executor.submit(self._trace, loaded, key)
+        else:
+            self._trace(loaded, key)
+        return True
+
+    def _trace(self, loaded: LoadedProblem, key: TraceKey) -> None:
+        axis, constraints = key
+
+        def publish(partial: Frontier) -> None:
+            loaded.traced[key] = partial
+
+        try:
+            traced = frontier(
+                loaded.solver,
+                axis,
+                constraints,
+                exhaustive=True,
+                time_limit_s=TRACE_TIME_LIMIT_S,
+                progress=publish,
+                progress_every=4,
+                should_stop=self._stopping.is_set,
+            )
+        except Exception as exc:  # a failed trace only means no shortcut
+            log.warning("exhaustive %s frontier of %s failed: %s", axis, loaded.problem_id, exc)
+            loaded.tracing[key] = "failed"
+            return
+        publish(traced)
+        loaded.tracing[key] = "done" if traced.complete else "stopped"
+        if traced.complete:
+            self.add_frontier(loaded, traced)
+        log.info(
+            "exhaustive %s frontier of %s: %d points in %.2f s",
+            axis,
+            loaded.problem_id,
+            len(traced.points),
+            traced.seconds,
+        )
+
+    def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Block until queued traces have finished (tests and benchmarks)."""
+        with self._lock:
+            executor = self._executor
+        if executor is None:
+            return True
+        return executor.submit(lambda: None).exception(timeout=timeout_s) is None
+
+    def close(self) -> None:
+        """Stop tracing (a running trace ends at its next step)."""
+        self._stopping.set()
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
 
     def _remember(self, problem_id: str, problem: Problem) -> LoadedProblem:
         with self._lock:

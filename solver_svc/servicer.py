@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -22,9 +23,10 @@ from solver_svc.convert import (
     problem_from_pb,
     solution_to_pb,
 )
-from solver_svc.frontier import frontier, what_if
+from solver_svc.frontier import frontier, lookup
 from solver_svc.latency import list_profiles, load_profile, with_latency
 from solver_svc.registry import LoadedProblem, ProblemRegistry
+from solver_svc.solution import Solution
 from solver_svc.solve import ProblemSolver
 
 SERVICE_NAME = solver_pb2.DESCRIPTOR.services_by_name["SolverService"].full_name
@@ -42,6 +44,25 @@ def _time_limit(value: float) -> float:
 class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
     def __init__(self, registry: ProblemRegistry) -> None:
         self.registry = registry
+        # Stored frontier points as messages, converted once: a what-if
+        # answered from memory only copies one. Keyed by id, checked by identity.
+        self._point_pb: dict[int, tuple[Solution, solver_pb2.Solution]] = {}
+        self._point_lock = threading.Lock()
+
+    def _stored_point_pb(self, point: Solution, loaded: LoadedProblem) -> solver_pb2.Solution:
+        key = id(point)
+        with self._point_lock:
+            cached = self._point_pb.get(key)
+        if cached is None or cached[0] is not point:
+            message = solution_to_pb(point, loaded.solver.problem, loaded.problem_id)
+            with self._point_lock:
+                if len(self._point_pb) > 100_000:
+                    self._point_pb.clear()
+                self._point_pb[key] = (point, message)
+            cached = (point, message)
+        out = solver_pb2.Solution()
+        out.CopyFrom(cached[1])
+        return out
 
     def _resolve(
         self, request: solver_pb2.SolveRequest | solver_pb2.FrontierRequest, profile: str
@@ -111,6 +132,9 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
             )
         if loaded is not None:
             self.registry.add_frontier(loaded, traced)
+            if not traced.complete:
+                # Later what-if queries on this axis will come from memory.
+                self.registry.trace_exhaustive(loaded, axis, traced.constraints)
         problem_id = loaded.problem_id if loaded else ""
         return solver_pb2.FrontierResponse(
             points=[solution_to_pb(p, solver.problem, problem_id) for p in traced.points],
@@ -128,12 +152,21 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
                 "what-if answers from the registered problem's own latency costs; register the "
                 "problem with latencies from the profile, or call Solve with latency_profile"
             )
+        budgets = budgets_from_pb(request.budgets)
+        self.registry.note_what_if(loaded, budgets)
+        # Memory first, without the problem's lock: stored frontiers are
+        # immutable and replaced whole.
+        answer, nearest = lookup(budgets, loaded.all_frontiers())
+        if answer is not None:
+            message = self._stored_point_pb(answer, loaded)
+            message.answered_from = "frontier"
+            message.status = solver_pb2.SOLVE_STATUS_OPTIMAL
+            message.gap = 0.0
+            message.seconds = time.perf_counter() - start
+            return message
         with loaded.lock:
-            solution = what_if(
-                loaded.solver,
-                budgets_from_pb(request.budgets),
-                loaded.frontiers,
-                time_limit_s=DEFAULT_TIME_LIMIT_S,
+            solution = loaded.solver.solve(
+                budgets, time_limit_s=DEFAULT_TIME_LIMIT_S, warm_start=nearest
             )
         solution = replace(solution, seconds=time.perf_counter() - start)
         return solution_to_pb(solution, loaded.solver.problem, loaded.problem_id)
@@ -152,9 +185,10 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
 def build(
     settings: Settings,
 ) -> tuple[Sequence[Registrar], Sequence[str], list[Callable[[float], None]]]:
-    servicer = SolverServicer(ProblemRegistry(ArtifactStore(settings.artifact_root)))
+    registry = ProblemRegistry(ArtifactStore(settings.artifact_root))
+    servicer = SolverServicer(registry)
     return (
         [lambda s: solver_pb2_grpc.add_SolverServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],
-        [],
+        [lambda grace: registry.close()],
     )

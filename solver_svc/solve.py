@@ -46,7 +46,7 @@ from solver_svc.presolve import (
 from solver_svc.problem import Problem
 from solver_svc.solution import Solution, Totals
 from solver_svc.spec import Budgets, check_objective
-from solver_svc.tolerance import OBJ_RTOL
+from solver_svc.tolerance import OBJ_RTOL, feasibility_slack
 
 __all__ = [
     "ENGINES",
@@ -103,6 +103,18 @@ class ProblemSolver:
             cached = self._instances[key] = build_instance(self.prepared, objective, budgets)
             return cached
         return cached.with_limits(limits_for(self.prepared, budgets))
+
+    def axis_slack(self, axis: str, budgets: Budgets) -> float:
+        """The feasibility tolerance (``tolerance.feasibility_slack``) of
+        ``axis``'s budget row under ``budgets``, in the axis's own units: how
+        far over its limit a total may be and still count as meeting it."""
+        inst = self.instance("omega", budgets)
+        row = inst.row_axes.index(axis)
+        slack = feasibility_slack(
+            inst.limits[row : row + 1], np.where(inst.valid[None], inst.rows[row : row + 1], 0.0)
+        )
+        divisor = self.prepared.total_parameters if axis == "avg_weight_bits" else 1.0
+        return float(slack[0]) / divisor
 
     # -- solving -------------------------------------------------------------
 

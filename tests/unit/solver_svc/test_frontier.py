@@ -98,3 +98,41 @@ def test_frontier_json_round_trip() -> None:
     assert what_if(solver, Budgets(latency_ms=limit), [back]).total_omega == pytest.approx(
         what_if(solver, Budgets(latency_ms=limit), [fr]).total_omega
     )
+
+
+def test_exhaustive_frontier_steps_past_the_feasibility_tolerance() -> None:
+    """BOPs totals of the Pareto points are far below the sum of every layer's
+    largest BOPs, which sets the feasibility tolerance: each next limit must
+    step past that tolerance, else the walk finds the same point again."""
+    problem = quant_problem(5, seed=21)
+    solver = ProblemSolver(problem)
+    constraints = Budgets(size_bytes=optimum(problem, {}, "size_bytes") * 1.5)  # type: ignore[operator]
+    fr = frontier(solver, "bops", constraints, exhaustive=True, time_limit_s=60)
+    assert fr.complete
+    _, totals = enumerate_all(problem)
+    ok = totals["size_bytes"] <= constraints.size_bytes * (1 + 1e-9)  # type: ignore[operator]
+    expected = _pareto(totals["omega"][ok], totals["bops"][ok])
+    got = [(p.totals.bops, p.total_omega) for p in fr.points]
+    assert len(got) == len(expected)
+    np.testing.assert_allclose(np.array(got), np.array(expected), rtol=1e-9)
+
+
+def test_sweep_skips_limits_a_looser_optimum_already_meets() -> None:
+    problem = quant_problem(3, seed=22)  # 64 configurations: few Pareto points
+    solver = ProblemSolver(problem)
+    calls = []
+    original = solver.solve
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    solver.solve = counting  # type: ignore[method-assign]
+    fr = frontier(solver, "bops", points=60)
+    _, totals = enumerate_all(problem)
+    pareto = _pareto(totals["omega"], totals["bops"])
+    assert len(calls) <= len(pareto) + 2  # ends + at most one solve per Pareto step
+    for limit, index in fr.probes:
+        assert fr.points[index].total_omega == pytest.approx(
+            optimum(problem, {"bops": limit}), rel=1e-9
+        )

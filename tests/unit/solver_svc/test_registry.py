@@ -1,0 +1,107 @@
+"""Registered problems: background exhaustive traces and what-if from memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bitmesh.artifacts import ArtifactStore
+from bitmesh.v1 import common_pb2, solver_pb2
+from solver_svc.frontier import lookup
+from solver_svc.registry import ProblemRegistry
+from solver_svc.servicer import SolverServicer
+from solver_svc.spec import Budgets
+from tests.unit.solver_svc.brute import optimum
+from tests.unit.solver_svc.helpers import quant_problem
+
+pytestmark = pytest.mark.unit
+
+
+def _registry(tmp_path: Path) -> ProblemRegistry:
+    return ProblemRegistry(ArtifactStore(str(tmp_path)), background=False)
+
+
+def test_a_one_limit_sweep_starts_an_exhaustive_trace(tmp_path: Path) -> None:
+    problem = quant_problem(6, seed=31)
+    registry = _registry(tmp_path)
+    loaded = registry.register(problem)
+    held = Budgets(size_bytes=optimum(problem, {}, "size_bytes") * 1.4)  # type: ignore[operator]
+    bops_low = optimum(problem, held.to_json(), "bops")
+    assert bops_low is not None
+    registry.note_what_if(loaded, held.with_limit("bops", bops_low * 2))
+    registry.note_what_if(loaded, held.with_limit("bops", bops_low * 2))  # same query again
+    assert loaded.tracing == {}
+    registry.note_what_if(loaded, held.with_limit("bops", bops_low * 3))
+    assert loaded.tracing == {("bops", held): "done"}
+    traced = loaded.traced[("bops", held)]
+    assert traced.complete
+    rng = np.random.default_rng(0)
+    for limit in rng.uniform(bops_low, traced.high * 1.1, 40):
+        budgets = held.with_limit("bops", float(limit))
+        answer, _ = lookup(budgets, loaded.all_frontiers())
+        assert answer is not None  # from memory
+        assert answer.total_omega == pytest.approx(optimum(problem, budgets.to_json()), rel=1e-9)
+    # A restarted service loads the stored complete frontier.
+    again = ProblemRegistry(ArtifactStore(str(tmp_path)), background=False).get(loaded.problem_id)
+    assert ("bops", held) in again.traced
+
+
+def test_close_stops_a_running_trace(tmp_path: Path) -> None:
+    registry = _registry(tmp_path)
+    loaded = registry.register(quant_problem(6, seed=32))
+    registry.close()
+    assert registry.trace_exhaustive(loaded, "bops", Budgets())
+    assert loaded.tracing[("bops", Budgets())] == "stopped"
+    assert not loaded.traced[("bops", Budgets())].complete
+
+
+def _problem_pb(seed: int) -> solver_pb2.Problem:
+    problem = quant_problem(5, seed=seed)
+    return solver_pb2.Problem(
+        layers=[
+            solver_pb2.ProblemLayer(
+                name=layer.name,
+                parameters=layer.parameters,
+                options=[
+                    solver_pb2.ProblemOption(
+                        key=o.key,
+                        omega=o.omega,
+                        weight_bits=int(o.weight_bits),
+                        costs=common_pb2.LayerCosts(size_bytes=o.size_bytes, bops=o.bops),
+                    )
+                    for o in layer.options
+                ],
+            )
+            for layer in problem.layers
+        ]
+    )
+
+
+def test_servicer_what_if_answers_from_memory_after_a_sweep(tmp_path: Path) -> None:
+    servicer = SolverServicer(_registry(tmp_path))
+    message = _problem_pb(33)
+    pid = servicer.RegisterProblem(
+        solver_pb2.RegisterProblemRequest(problem=message),
+        None,  # type: ignore[arg-type]
+    ).problem_id
+    problem = servicer.registry.get(pid).solver.problem
+    low = optimum(problem, {}, "size_bytes")
+    assert low is not None
+    sources = []
+    for factor in (1.1, 1.3, 1.2, 1.7, 1.05, 2.5):
+        limit = low * factor
+        answer = servicer.WhatIf(
+            solver_pb2.WhatIfRequest(
+                problem_id=pid, budgets=common_pb2.Budgets(max_size_bytes=limit)
+            ),
+            None,  # type: ignore[arg-type]
+        )
+        sources.append(answer.answered_from)
+        assert answer.status == solver_pb2.SOLVE_STATUS_OPTIMAL
+        assert answer.total_omega == pytest.approx(
+            optimum(problem, {"size_bytes": limit}), rel=1e-9
+        )
+        assert answer.totals.size_bytes <= limit * (1 + 1e-9)
+    assert sources[0] == "solve" and set(sources[2:]) == {"frontier"}
