@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import grpc
+from google.protobuf.json_format import MessageToDict
 
+from bitmesh.artifacts import ArtifactStore
+from bitmesh.jobs.records import JobRecord
 from bitmesh.jobs.runner import ThreadJobRunner
 from bitmesh.jobs.store import JobStore, open_job_store
 from bitmesh.rpc.convert import (
@@ -15,13 +19,16 @@ from bitmesh.rpc.convert import (
     option_to_pb,
     options_from_pb,
 )
-from bitmesh.rpc.convert_ml import model_spec_from_pb
-from bitmesh.rpc.job_servicer import list_jobs, not_landed
+from bitmesh.rpc.convert_ml import dataset_spec_from_pb, model_spec_from_pb
+from bitmesh.rpc.job_servicer import list_jobs
 from bitmesh.rpc.jobs import watch_events
 from bitmesh.rpc.server import Registrar
 from bitmesh.settings import Settings
 from bitmesh.v1 import common_pb2, sensitivity_pb2, sensitivity_pb2_grpc
+from sensitivity_svc.convert import report_to_pb, settings_from_pb
+from sensitivity_svc.jobs import prepare, run
 from sensitivity_svc.layer_table import layer_table
+from sensitivity_svc.report import SensitivityReport
 
 SERVICE_NAME = sensitivity_pb2.DESCRIPTOR.services_by_name["SensitivityService"].full_name
 KIND = "sensitivity"
@@ -39,9 +46,10 @@ def layer_info_pb(layer: object) -> common_pb2.LayerInfo:
 
 
 class SensitivityServicer(sensitivity_pb2_grpc.SensitivityServiceServicer):
-    def __init__(self, store: JobStore, runner: ThreadJobRunner) -> None:
+    def __init__(self, store: JobStore, runner: ThreadJobRunner, artifacts: ArtifactStore) -> None:
         self.store = store
         self.runner = runner
+        self.artifacts = artifacts
 
     def ListLayers(
         self, request: sensitivity_pb2.ListLayersRequest, context: grpc.ServicerContext
@@ -71,26 +79,52 @@ class SensitivityServicer(sensitivity_pb2_grpc.SensitivityServiceServicer):
     def StartAnalysis(
         self, request: sensitivity_pb2.StartAnalysisRequest, context: grpc.ServicerContext
     ) -> common_pb2.JobRef:
-        raise not_landed("Hessian-trace sensitivity analysis", "Sensitivity service")
+        estimator = settings_from_pb(request.settings)
+        prepared = prepare(
+            model_spec_from_pb(request.model),
+            dataset_spec_from_pb(request.dataset),
+            options_from_pb(request.options),
+            estimator,
+            request.dataset.batch_size,
+            request.activation_sensitivity,
+        )
+        record = self.runner.submit(
+            {
+                "request": MessageToDict(request, preserving_proto_field_name=True),
+                "estimator": estimator,
+            },
+            lambda ctx: {**run(prepared, self.artifacts, ctx), "estimator": estimator},
+        )
+        return common_pb2.JobRef(job_id=record.job_id)
 
     def WatchAnalysis(
         self, request: common_pb2.JobRef, context: grpc.ServicerContext
     ) -> Iterator[sensitivity_pb2.SensitivityEvent]:
-        yield from watch_events(
-            self.store,
-            request.job_id,
-            context,
-            lambda record, event: sensitivity_pb2.SensitivityEvent(
-                status=job_event_status_to_pb(record, event)
-            ),
-        )
+        def to_event(record: JobRecord, event: dict[str, Any]) -> sensitivity_pb2.SensitivityEvent:
+            return sensitivity_pb2.SensitivityEvent(
+                status=job_event_status_to_pb(record, event),
+                layers=[sensitivity_pb2.LayerEstimate(**item) for item in event.get("layers", [])],
+            )
+
+        yield from watch_events(self.store, request.job_id, context, to_event)
 
     def GetAnalysis(
         self, request: common_pb2.JobRef, context: grpc.ServicerContext
     ) -> sensitivity_pb2.AnalysisResult:
-        return sensitivity_pb2.AnalysisResult(
-            status=job_status_to_pb(self.store.get(request.job_id))
-        )
+        record = self.store.get(request.job_id)
+        result = sensitivity_pb2.AnalysisResult(status=job_status_to_pb(record))
+        if record.result is not None:
+            report = SensitivityReport.from_dict(record.result["report"])
+            result.report.CopyFrom(
+                report_to_pb(
+                    report,
+                    record.result["estimator"],
+                    record.result["cached"],
+                    record.result["artifact"],
+                )
+            )
+            result.report.seconds = float(record.result.get("seconds", report.seconds))
+        return result
 
     def CancelAnalysis(
         self, request: common_pb2.JobRef, context: grpc.ServicerContext
@@ -108,7 +142,7 @@ def build(
 ) -> tuple[Sequence[Registrar], Sequence[str], list[Callable[[float], None]]]:
     store = open_job_store(settings.redis_url, settings.artifact_root, KIND)
     runner = ThreadJobRunner(store, KIND, settings.max_concurrent_jobs)
-    servicer = SensitivityServicer(store, runner)
+    servicer = SensitivityServicer(store, runner, ArtifactStore(settings.artifact_root))
     return (
         [lambda s: sensitivity_pb2_grpc.add_SensitivityServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],

@@ -1,0 +1,1 @@
+"""Sensitivity service: per-layer Hessian traces and the perturbation (Omega) table."""

@@ -1,0 +1,212 @@
+"""A sensitivity analysis as a job: prepare (validate) at once, run in a thread, cache.
+
+``prepare`` does everything that can fail because of the request (loading
+the model and data, finding layers, checking labels and the loss) before a
+job exists, so bad input is a gRPC status, not a failed job. ``run`` then
+either answers from the artifact store (same model, data and estimator
+settings: the traces are reused and only options not priced before get their
+Omega computed) or estimates the traces and stores the report.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bitmesh.artifacts import ArtifactStore, cache_key
+from bitmesh.data.datasets import DatasetSpec, dataset_hash, load_dataset, make_loader
+from bitmesh.errors import InvalidArgument
+from bitmesh.formats import QuantOption
+from bitmesh.jobs.runner import JobContext
+from bitmesh.models.hashing import model_hash
+from bitmesh.models.layers import LayerProfile, discover_layers
+from bitmesh.models.loading import ModelSpec, load_model
+from sensitivity_svc.analysis import SensitivitySettings, _validate_data, analyse, check_batches
+from sensitivity_svc.hutchinson import LayerTrace
+from sensitivity_svc.report import SensitivityReport, layer_sensitivity
+
+NAMESPACE = "sensitivity"
+DEFAULT_BATCH_SIZE = 32
+EVENT_INTERVAL_S = 0.5
+
+
+@dataclass
+class PreparedAnalysis:
+    model: nn.Module
+    layers: list[LayerProfile]
+    batches: list[tuple[Tensor, Tensor]]
+    options: list[QuantOption]
+    settings: SensitivitySettings
+    key: str
+    model_hash: str
+    dataset_hash: str
+
+
+def _batches(
+    spec: DatasetSpec, batch_size: int, count: int, seed: int
+) -> list[tuple[Tensor, Tensor]]:
+    dataset = load_dataset(spec)
+    loader = make_loader(dataset, batch_size, shuffle=True, seed=seed)
+    out: list[tuple[Tensor, Tensor]] = []
+    for inputs, targets in loader:
+        out.append((inputs, targets))
+        if len(out) == count:
+            break
+    if len(out) < count:
+        raise InvalidArgument(
+            f"the dataset gives {len(out)} batches of {batch_size}, {count} were requested; "
+            "ask for fewer batches or a smaller batch size"
+        )
+    return out
+
+
+def prepare(
+    model_spec: ModelSpec,
+    dataset_spec: DatasetSpec,
+    options: Sequence[QuantOption],
+    estimator: dict[str, Any],
+    batch_size: int,
+    activation_sensitivity: bool,
+) -> PreparedAnalysis:
+    if not options:
+        raise InvalidArgument("no quantization options: give at least one, e.g. int4, int8, e4m3")
+    if batch_size < 0 or batch_size > 4096:
+        raise InvalidArgument(
+            f"batch_size must be in [0, 4096] (0 = {DEFAULT_BATCH_SIZE}), got {batch_size}"
+        )
+    torch.manual_seed(int(estimator["seed"]))
+    model = load_model(model_spec)
+    layers = discover_layers(model, model_spec.input_shape)
+    size = batch_size or DEFAULT_BATCH_SIZE
+    batches = _batches(dataset_spec, size, int(estimator["num_batches"]), int(estimator["seed"]))
+    sample_shape = tuple(batches[0][0].shape[1:])
+    if sample_shape != tuple(model_spec.input_shape):
+        raise InvalidArgument(
+            f"the dataset's samples have shape {sample_shape} but the model expects "
+            f"{tuple(model_spec.input_shape)}; set the model's input_shape or the dataset's shape"
+        )
+    # Labels that do not fit the outputs, or a NaN/inf loss, are the request's
+    # fault: refuse them now rather than fail the job later.
+    check_batches(batches)
+    _validate_data(model, torch.nn.functional.cross_entropy, batches)
+    settings = SensitivitySettings(
+        target_relative_se=float(estimator["target_relative_se"]),
+        max_samples=int(estimator["max_samples"]),
+        seed=int(estimator["seed"]),
+        activation_sensitivity=activation_sensitivity,
+    )
+    m_hash = model_hash(model)
+    d_hash = dataset_hash(dataset_spec)
+    key = cache_key(
+        m_hash, d_hash, size, estimator, activation_sensitivity, [layer.name for layer in layers]
+    )
+    return PreparedAnalysis(model, layers, batches, list(options), settings, key, m_hash, d_hash)
+
+
+def _weights(model: nn.Module) -> dict[str, Tensor]:
+    return {
+        name: module.weight for name, module in model.named_modules() if hasattr(module, "weight")
+    }
+
+
+def _add_options(
+    report: SensitivityReport, job: PreparedAnalysis, missing: list[QuantOption]
+) -> SensitivityReport:
+    """Price only the options the stored report lacks, from its stored traces."""
+    weights = _weights(job.model)
+    profiles = {p.name: p for p in job.layers}
+    layers = []
+    for layer in report.layers:
+        extra = layer_sensitivity(
+            profiles[layer.name],
+            weights[layer.name],
+            layer.trace,
+            layer.standard_error,
+            layer.samples,
+            missing,
+        )
+        layers.append(replace(layer, perturbations=layer.perturbations + extra.perturbations))
+    return replace(
+        report, layers=tuple(layers), options=report.options + tuple(o.key for o in missing)
+    )
+
+
+def _only(report: SensitivityReport, options: Sequence[QuantOption]) -> SensitivityReport:
+    keys = [o.key for o in options]
+    layers = tuple(
+        replace(layer, perturbations=tuple(layer.perturbation(k) for k in keys))
+        for layer in report.layers
+    )
+    return replace(report, layers=layers, options=tuple(keys))
+
+
+def run(job: PreparedAnalysis, artifacts: ArtifactStore, ctx: JobContext) -> dict[str, Any]:
+    started = time.perf_counter()
+    stored = artifacts.get_ref(NAMESPACE, job.key)
+    if stored is not None:
+        report = SensitivityReport.from_dict(stored)
+        missing = [o for o in job.options if o.key not in report.options]
+        if missing:
+            ctx.report(
+                0.5,
+                "pricing new options",
+                f"reusing stored traces; pricing {len(missing)} new options",
+            )
+            report = _add_options(report, job, missing)
+            artifacts.set_ref(NAMESPACE, job.key, report.to_dict())
+        artifact = artifacts.put_json(report.to_dict())
+        answer = _only(report, job.options)
+        return {
+            "report": answer.to_dict(),
+            "cached": True,
+            "artifact": artifact.__dict__,
+            "seconds": time.perf_counter() - started,
+        }
+
+    estimates: dict[str, LayerTrace] = {}
+    last_event = [0.0]
+    total = len(job.layers)
+
+    def progress(stage: str, estimate: LayerTrace) -> None:
+        estimates[f"{stage}:{estimate.name}"] = estimate
+        now = time.monotonic()
+        if now - last_event[0] < EVENT_INTERVAL_S and not estimate.done:
+            return
+        last_event[0] = now
+        done = sum(1 for e in estimates.values() if e.done)
+        ctx.report(
+            min(0.99, done / max(1, total * (2 if job.settings.activation_sensitivity else 1))),
+            f"estimating {stage} traces",
+            f"{done} of {total} layers done",
+            event={
+                "layers": [
+                    {
+                        "layer": e.name,
+                        "trace": e.trace,
+                        "standard_error": e.standard_error
+                        if math.isfinite(e.standard_error)
+                        else 0.0,
+                        "samples": e.samples,
+                        "done": e.done,
+                    }
+                    for key, e in estimates.items()
+                    if key.startswith(stage)
+                ]
+            },
+        )
+
+    report = analyse(job.model, job.batches, job.layers, job.options, job.settings, progress, ctx)
+    report = replace(report, model_hash=job.model_hash, dataset_hash=job.dataset_hash)
+    artifact = artifacts.set_ref(NAMESPACE, job.key, report.to_dict())
+    return {
+        "report": report.to_dict(),
+        "cached": False,
+        "artifact": artifact.__dict__,
+        "seconds": time.perf_counter() - started,
+    }
