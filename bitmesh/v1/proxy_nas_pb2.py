@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from bitmesh.v1 import common_pb2 as bitmesh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62itmesh/v1/proxy_nas.proto\x12\nbitmesh.v1\x1a\x17\x62itmesh/v1/common.proto\"\x1e\n\x0b\x43\x61tegorical\x12\x0f\n\x07\x63hoices\x18\x01 \x03(\t\"4\n\nFloatRange\x12\x0b\n\x03low\x18\x01 \x01(\x01\x12\x0c\n\x04high\x18\x02 \x01(\x01\x12\x0b\n\x03log\x18\x03 \x01(\x08\"%\n\x08IntRange\x12\x0b\n\x03low\x18\x01 \x01(\x03\x12\x0c\n\x04high\x18\x02 \x01(\x03\"\xb2\x01\n\x0eHyperparameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x0b\x63\x61tegorical\x18\x02 \x01(\x0b\x32\x17.bitmesh.v1.CategoricalH\x00\x12-\n\x0b\x66loat_range\x18\x03 \x01(\x0b\x32\x16.bitmesh.v1.FloatRangeH\x00\x12)\n\tint_range\x18\x04 \x01(\x0b\x32\x14.bitmesh.v1.IntRangeH\x00\x42\x08\n\x06\x64omain\",\n\x04Rung\x12\x15\n\rdata_fraction\x18\x01 \x01(\x01\x12\r\n\x05steps\x18\x02 \x01(\x05\"\xde\x02\n\x12StartSearchRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.bitmesh.v1.ModelRef\x12\'\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x16.bitmesh.v1.DatasetRef\x12)\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x17.bitmesh.v1.QuantConfigH\x00\x12&\n\x07\x62udgets\x18\x04 \x01(\x0b\x32\x13.bitmesh.v1.BudgetsH\x00\x12)\n\x05space\x18\x05 \x03(\x0b\x32\x1a.bitmesh.v1.Hyperparameter\x12\x0e\n\x06trials\x18\x06 \x01(\x05\x12\"\n\x08\x66idelity\x18\x07 \x03(\x0b\x32\x10.bitmesh.v1.Rung\x12\x1c\n\x14\x66ull_fidelity_checks\x18\x08 \x01(\x05\x12\x0c\n\x04seed\x18\t \x01(\x04\x12\x12\n\nrequest_id\x18\n \x01(\tB\x08\n\x06target\"\xed\x01\n\x0bTrialRecord\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12\x33\n\x06params\x18\x02 \x03(\x0b\x32#.bitmesh.v1.TrialRecord.ParamsEntry\x12\x0c\n\x04rung\x18\x03 \x01(\x05\x12\r\n\x05score\x18\x04 \x01(\x01\x12%\n\x05state\x18\x05 \x01(\x0e\x32\x16.bitmesh.v1.TrialState\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x16\n\x0etraining_steps\x18\x07 \x01(\x03\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x01\n\x0bSearchEvent\x12%\n\x06status\x18\x01 \x01(\x0b\x32\x15.bitmesh.v1.JobStatus\x12&\n\x05trial\x18\x02 \x01(\x0b\x32\x17.bitmesh.v1.TrialRecord\x12%\n\x04\x62\x65st\x18\x03 \x01(\x0b\x32\x17.bitmesh.v1.TrialRecord\"\x89\x01\n\x0cProxyQuality\x12\x13\n\x0bkendall_tau\x18\x01 \x01(\x01\x12\x1c\n\x14\x66ull_fidelity_trials\x18\x02 \x01(\x05\x12\x14\n\x0csearch_steps\x18\x03 \x01(\x03\x12\x19\n\x11\x66ull_search_steps\x18\x04 \x01(\x03\x12\x15\n\rcompute_ratio\x18\x05 \x01(\x01\"\x8f\x02\n\x0cSearchResult\x12%\n\x06status\x18\x01 \x01(\x0b\x32\x15.bitmesh.v1.JobStatus\x12=\n\x0b\x62\x65st_params\x18\x02 \x03(\x0b\x32(.bitmesh.v1.SearchResult.BestParamsEntry\x12\x12\n\nbest_score\x18\x03 \x01(\x01\x12\'\n\x06trials\x18\x04 \x03(\x0b\x32\x17.bitmesh.v1.TrialRecord\x12)\n\x07quality\x18\x05 \x01(\x0b\x32\x18.bitmesh.v1.ProxyQuality\x1a\x31\n\x0f\x42\x65stParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xa6\x01\n\nTrialState\x12\x1b\n\x17TRIAL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13TRIAL_STATE_RUNNING\x10\x01\x12\x18\n\x14TRIAL_STATE_PROMOTED\x10\x02\x12\x16\n\x12TRIAL_STATE_PRUNED\x10\x03\x12\x18\n\x14TRIAL_STATE_COMPLETE\x10\x04\x12\x16\n\x12TRIAL_STATE_FAILED\x10\x05\x32\xd3\x02\n\x0fProxyNasService\x12\x41\n\x0bStartSearch\x12\x1e.bitmesh.v1.StartSearchRequest\x1a\x12.bitmesh.v1.JobRef\x12<\n\x0bWatchSearch\x12\x12.bitmesh.v1.JobRef\x1a\x17.bitmesh.v1.SearchEvent0\x01\x12\x39\n\tGetSearch\x12\x12.bitmesh.v1.JobRef\x1a\x18.bitmesh.v1.SearchResult\x12\x39\n\x0c\x43\x61ncelSearch\x12\x12.bitmesh.v1.JobRef\x1a\x15.bitmesh.v1.JobStatus\x12I\n\x0cListSearches\x12\x1b.bitmesh.v1.ListJobsRequest\x1a\x1c.bitmesh.v1.ListJobsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62itmesh/v1/proxy_nas.proto\x12\nbitmesh.v1\x1a\x17\x62itmesh/v1/common.proto\"\x1e\n\x0b\x43\x61tegorical\x12\x0f\n\x07\x63hoices\x18\x01 \x03(\t\"4\n\nFloatRange\x12\x0b\n\x03low\x18\x01 \x01(\x01\x12\x0c\n\x04high\x18\x02 \x01(\x01\x12\x0b\n\x03log\x18\x03 \x01(\x08\"%\n\x08IntRange\x12\x0b\n\x03low\x18\x01 \x01(\x03\x12\x0c\n\x04high\x18\x02 \x01(\x03\"\xb2\x01\n\x0eHyperparameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x0b\x63\x61tegorical\x18\x02 \x01(\x0b\x32\x17.bitmesh.v1.CategoricalH\x00\x12-\n\x0b\x66loat_range\x18\x03 \x01(\x0b\x32\x16.bitmesh.v1.FloatRangeH\x00\x12)\n\tint_range\x18\x04 \x01(\x0b\x32\x14.bitmesh.v1.IntRangeH\x00\x42\x08\n\x06\x64omain\",\n\x04Rung\x12\x15\n\rdata_fraction\x18\x01 \x01(\x01\x12\r\n\x05steps\x18\x02 \x01(\x05\"\xbd\x04\n\x12StartSearchRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.bitmesh.v1.ModelRef\x12\'\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x16.bitmesh.v1.DatasetRef\x12)\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x17.bitmesh.v1.QuantConfigH\x00\x12&\n\x07\x62udgets\x18\x04 \x01(\x0b\x32\x13.bitmesh.v1.BudgetsH\x00\x12)\n\x05space\x18\x05 \x03(\x0b\x32\x1a.bitmesh.v1.Hyperparameter\x12\x0e\n\x06trials\x18\x06 \x01(\x05\x12\"\n\x08\x66idelity\x18\x07 \x03(\x0b\x32\x10.bitmesh.v1.Rung\x12\x1c\n\x14\x66ull_fidelity_checks\x18\x08 \x01(\x05\x12\x0c\n\x04seed\x18\t \x01(\x04\x12\x12\n\nrequest_id\x18\n \x01(\t\x12\'\n\rfull_fidelity\x18\x0b \x01(\x0b\x32\x10.bitmesh.v1.Rung\x12\x18\n\x10reduction_factor\x18\x0c \x01(\x05\x12\x0f\n\x07sampler\x18\r \x01(\t\x12\x17\n\x0fparallel_trials\x18\x0e \x01(\x05\x12+\n\ncandidates\x18\x0f \x03(\x0b\x32\x17.bitmesh.v1.QuantOption\x12\x12\n\nbatch_size\x18\x10 \x01(\x05\x12/\n\x0e\x64\x65\x66\x61ult_option\x18\x11 \x01(\x0b\x32\x17.bitmesh.v1.QuantOptionB\x08\n\x06target\"\xaa\x02\n\x0bTrialRecord\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12\x33\n\x06params\x18\x02 \x03(\x0b\x32#.bitmesh.v1.TrialRecord.ParamsEntry\x12\x0c\n\x04rung\x18\x03 \x01(\x05\x12\r\n\x05score\x18\x04 \x01(\x01\x12%\n\x05state\x18\x05 \x01(\x0e\x32\x16.bitmesh.v1.TrialState\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x16\n\x0etraining_steps\x18\x07 \x01(\x03\x12\x13\n\x0brung_scores\x18\x08 \x03(\x01\x12\x17\n\nfull_score\x18\t \x01(\x01H\x00\x88\x01\x01\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\r\n\x0b_full_score\"\x83\x01\n\x0bSearchEvent\x12%\n\x06status\x18\x01 \x01(\x0b\x32\x15.bitmesh.v1.JobStatus\x12&\n\x05trial\x18\x02 \x01(\x0b\x32\x17.bitmesh.v1.TrialRecord\x12%\n\x04\x62\x65st\x18\x03 \x01(\x0b\x32\x17.bitmesh.v1.TrialRecord\"\x9e\x01\n\x0cProxyQuality\x12\x13\n\x0bkendall_tau\x18\x01 \x01(\x01\x12\x1c\n\x14\x66ull_fidelity_trials\x18\x02 \x01(\x05\x12\x14\n\x0csearch_steps\x18\x03 \x01(\x03\x12\x19\n\x11\x66ull_search_steps\x18\x04 \x01(\x03\x12\x15\n\rcompute_ratio\x18\x05 \x01(\x01\x12\x13\n\x0b\x63heck_steps\x18\x06 \x01(\x03\"\x88\x03\n\x0cSearchResult\x12%\n\x06status\x18\x01 \x01(\x0b\x32\x15.bitmesh.v1.JobStatus\x12=\n\x0b\x62\x65st_params\x18\x02 \x03(\x0b\x32(.bitmesh.v1.SearchResult.BestParamsEntry\x12\x12\n\nbest_score\x18\x03 \x01(\x01\x12\'\n\x06trials\x18\x04 \x03(\x0b\x32\x17.bitmesh.v1.TrialRecord\x12)\n\x07quality\x18\x05 \x01(\x0b\x32\x18.bitmesh.v1.ProxyQuality\x12\x12\n\nbest_trial\x18\x06 \x01(\x05\x12\x34\n\x06\x63onfig\x18\x07 \x03(\x0b\x32$.bitmesh.v1.SearchResult.ConfigEntry\x1a\x31\n\x0f\x42\x65stParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xa6\x01\n\nTrialState\x12\x1b\n\x17TRIAL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13TRIAL_STATE_RUNNING\x10\x01\x12\x18\n\x14TRIAL_STATE_PROMOTED\x10\x02\x12\x16\n\x12TRIAL_STATE_PRUNED\x10\x03\x12\x18\n\x14TRIAL_STATE_COMPLETE\x10\x04\x12\x16\n\x12TRIAL_STATE_FAILED\x10\x05\x32\xd3\x02\n\x0fProxyNasService\x12\x41\n\x0bStartSearch\x12\x1e.bitmesh.v1.StartSearchRequest\x1a\x12.bitmesh.v1.JobRef\x12<\n\x0bWatchSearch\x12\x12.bitmesh.v1.JobRef\x1a\x17.bitmesh.v1.SearchEvent0\x01\x12\x39\n\tGetSearch\x12\x12.bitmesh.v1.JobRef\x1a\x18.bitmesh.v1.SearchResult\x12\x39\n\x0c\x43\x61ncelSearch\x12\x12.bitmesh.v1.JobRef\x1a\x15.bitmesh.v1.JobStatus\x12I\n\x0cListSearches\x12\x1b.bitmesh.v1.ListJobsRequest\x1a\x1c.bitmesh.v1.ListJobsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRIALRECORD_PARAMSENTRY']._serialized_options = b'8\001'
   _globals['_SEARCHRESULT_BESTPARAMSENTRY']._loaded_options = None
   _globals['_SEARCHRESULT_BESTPARAMSENTRY']._serialized_options = b'8\001'
-  _globals['_TRIALSTATE']._serialized_start=1561
-  _globals['_TRIALSTATE']._serialized_end=1727
+  _globals['_SEARCHRESULT_CONFIGENTRY']._loaded_options = None
+  _globals['_SEARCHRESULT_CONFIGENTRY']._serialized_options = b'8\001'
+  _globals['_TRIALSTATE']._serialized_start=1987
+  _globals['_TRIALSTATE']._serialized_end=2153
   _globals['_CATEGORICAL']._serialized_start=67
   _globals['_CATEGORICAL']._serialized_end=97
   _globals['_FLOATRANGE']._serialized_start=99
@@ -49,19 +51,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNG']._serialized_start=373
   _globals['_RUNG']._serialized_end=417
   _globals['_STARTSEARCHREQUEST']._serialized_start=420
-  _globals['_STARTSEARCHREQUEST']._serialized_end=770
-  _globals['_TRIALRECORD']._serialized_start=773
-  _globals['_TRIALRECORD']._serialized_end=1010
-  _globals['_TRIALRECORD_PARAMSENTRY']._serialized_start=965
-  _globals['_TRIALRECORD_PARAMSENTRY']._serialized_end=1010
-  _globals['_SEARCHEVENT']._serialized_start=1013
-  _globals['_SEARCHEVENT']._serialized_end=1144
-  _globals['_PROXYQUALITY']._serialized_start=1147
-  _globals['_PROXYQUALITY']._serialized_end=1284
-  _globals['_SEARCHRESULT']._serialized_start=1287
-  _globals['_SEARCHRESULT']._serialized_end=1558
-  _globals['_SEARCHRESULT_BESTPARAMSENTRY']._serialized_start=1509
-  _globals['_SEARCHRESULT_BESTPARAMSENTRY']._serialized_end=1558
-  _globals['_PROXYNASSERVICE']._serialized_start=1730
-  _globals['_PROXYNASSERVICE']._serialized_end=2069
+  _globals['_STARTSEARCHREQUEST']._serialized_end=993
+  _globals['_TRIALRECORD']._serialized_start=996
+  _globals['_TRIALRECORD']._serialized_end=1294
+  _globals['_TRIALRECORD_PARAMSENTRY']._serialized_start=1234
+  _globals['_TRIALRECORD_PARAMSENTRY']._serialized_end=1279
+  _globals['_SEARCHEVENT']._serialized_start=1297
+  _globals['_SEARCHEVENT']._serialized_end=1428
+  _globals['_PROXYQUALITY']._serialized_start=1431
+  _globals['_PROXYQUALITY']._serialized_end=1589
+  _globals['_SEARCHRESULT']._serialized_start=1592
+  _globals['_SEARCHRESULT']._serialized_end=1984
+  _globals['_SEARCHRESULT_BESTPARAMSENTRY']._serialized_start=1888
+  _globals['_SEARCHRESULT_BESTPARAMSENTRY']._serialized_end=1937
+  _globals['_SEARCHRESULT_CONFIGENTRY']._serialized_start=1939
+  _globals['_SEARCHRESULT_CONFIGENTRY']._serialized_end=1984
+  _globals['_PROXYNASSERVICE']._serialized_start=2156
+  _globals['_PROXYNASSERVICE']._serialized_end=2495
 # @@protoc_insertion_point(module_scope)

@@ -68,7 +68,7 @@ class Rung(_message.Message):
     def __init__(self, data_fraction: _Optional[float] = ..., steps: _Optional[int] = ...) -> None: ...
 
 class StartSearchRequest(_message.Message):
-    __slots__ = ("model", "dataset", "config", "budgets", "space", "trials", "fidelity", "full_fidelity_checks", "seed", "request_id")
+    __slots__ = ("model", "dataset", "config", "budgets", "space", "trials", "fidelity", "full_fidelity_checks", "seed", "request_id", "full_fidelity", "reduction_factor", "sampler", "parallel_trials", "candidates", "batch_size", "default_option")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,13 @@ class StartSearchRequest(_message.Message):
     FULL_FIDELITY_CHECKS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FULL_FIDELITY_FIELD_NUMBER: _ClassVar[int]
+    REDUCTION_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    SAMPLER_FIELD_NUMBER: _ClassVar[int]
+    PARALLEL_TRIALS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_OPTION_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     dataset: _common_pb2.DatasetRef
     config: _common_pb2.QuantConfig
@@ -89,10 +96,17 @@ class StartSearchRequest(_message.Message):
     full_fidelity_checks: int
     seed: int
     request_id: str
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., config: _Optional[_Union[_common_pb2.QuantConfig, _Mapping]] = ..., budgets: _Optional[_Union[_common_pb2.Budgets, _Mapping]] = ..., space: _Optional[_Iterable[_Union[Hyperparameter, _Mapping]]] = ..., trials: _Optional[int] = ..., fidelity: _Optional[_Iterable[_Union[Rung, _Mapping]]] = ..., full_fidelity_checks: _Optional[int] = ..., seed: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    full_fidelity: Rung
+    reduction_factor: int
+    sampler: str
+    parallel_trials: int
+    candidates: _containers.RepeatedCompositeFieldContainer[_common_pb2.QuantOption]
+    batch_size: int
+    default_option: _common_pb2.QuantOption
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., config: _Optional[_Union[_common_pb2.QuantConfig, _Mapping]] = ..., budgets: _Optional[_Union[_common_pb2.Budgets, _Mapping]] = ..., space: _Optional[_Iterable[_Union[Hyperparameter, _Mapping]]] = ..., trials: _Optional[int] = ..., fidelity: _Optional[_Iterable[_Union[Rung, _Mapping]]] = ..., full_fidelity_checks: _Optional[int] = ..., seed: _Optional[int] = ..., request_id: _Optional[str] = ..., full_fidelity: _Optional[_Union[Rung, _Mapping]] = ..., reduction_factor: _Optional[int] = ..., sampler: _Optional[str] = ..., parallel_trials: _Optional[int] = ..., candidates: _Optional[_Iterable[_Union[_common_pb2.QuantOption, _Mapping]]] = ..., batch_size: _Optional[int] = ..., default_option: _Optional[_Union[_common_pb2.QuantOption, _Mapping]] = ...) -> None: ...
 
 class TrialRecord(_message.Message):
-    __slots__ = ("number", "params", "rung", "score", "state", "reason", "training_steps")
+    __slots__ = ("number", "params", "rung", "score", "state", "reason", "training_steps", "rung_scores", "full_score")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +121,8 @@ class TrialRecord(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     TRAINING_STEPS_FIELD_NUMBER: _ClassVar[int]
+    RUNG_SCORES_FIELD_NUMBER: _ClassVar[int]
+    FULL_SCORE_FIELD_NUMBER: _ClassVar[int]
     number: int
     params: _containers.ScalarMap[str, str]
     rung: int
@@ -114,7 +130,9 @@ class TrialRecord(_message.Message):
     state: TrialState
     reason: str
     training_steps: int
-    def __init__(self, number: _Optional[int] = ..., params: _Optional[_Mapping[str, str]] = ..., rung: _Optional[int] = ..., score: _Optional[float] = ..., state: _Optional[_Union[TrialState, str]] = ..., reason: _Optional[str] = ..., training_steps: _Optional[int] = ...) -> None: ...
+    rung_scores: _containers.RepeatedScalarFieldContainer[float]
+    full_score: float
+    def __init__(self, number: _Optional[int] = ..., params: _Optional[_Mapping[str, str]] = ..., rung: _Optional[int] = ..., score: _Optional[float] = ..., state: _Optional[_Union[TrialState, str]] = ..., reason: _Optional[str] = ..., training_steps: _Optional[int] = ..., rung_scores: _Optional[_Iterable[float]] = ..., full_score: _Optional[float] = ...) -> None: ...
 
 class SearchEvent(_message.Message):
     __slots__ = ("status", "trial", "best")
@@ -127,22 +145,31 @@ class SearchEvent(_message.Message):
     def __init__(self, status: _Optional[_Union[_common_pb2.JobStatus, _Mapping]] = ..., trial: _Optional[_Union[TrialRecord, _Mapping]] = ..., best: _Optional[_Union[TrialRecord, _Mapping]] = ...) -> None: ...
 
 class ProxyQuality(_message.Message):
-    __slots__ = ("kendall_tau", "full_fidelity_trials", "search_steps", "full_search_steps", "compute_ratio")
+    __slots__ = ("kendall_tau", "full_fidelity_trials", "search_steps", "full_search_steps", "compute_ratio", "check_steps")
     KENDALL_TAU_FIELD_NUMBER: _ClassVar[int]
     FULL_FIDELITY_TRIALS_FIELD_NUMBER: _ClassVar[int]
     SEARCH_STEPS_FIELD_NUMBER: _ClassVar[int]
     FULL_SEARCH_STEPS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    CHECK_STEPS_FIELD_NUMBER: _ClassVar[int]
     kendall_tau: float
     full_fidelity_trials: int
     search_steps: int
     full_search_steps: int
     compute_ratio: float
-    def __init__(self, kendall_tau: _Optional[float] = ..., full_fidelity_trials: _Optional[int] = ..., search_steps: _Optional[int] = ..., full_search_steps: _Optional[int] = ..., compute_ratio: _Optional[float] = ...) -> None: ...
+    check_steps: int
+    def __init__(self, kendall_tau: _Optional[float] = ..., full_fidelity_trials: _Optional[int] = ..., search_steps: _Optional[int] = ..., full_search_steps: _Optional[int] = ..., compute_ratio: _Optional[float] = ..., check_steps: _Optional[int] = ...) -> None: ...
 
 class SearchResult(_message.Message):
-    __slots__ = ("status", "best_params", "best_score", "trials", "quality")
+    __slots__ = ("status", "best_params", "best_score", "trials", "quality", "best_trial", "config")
     class BestParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -154,9 +181,13 @@ class SearchResult(_message.Message):
     BEST_SCORE_FIELD_NUMBER: _ClassVar[int]
     TRIALS_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
+    BEST_TRIAL_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
     status: _common_pb2.JobStatus
     best_params: _containers.ScalarMap[str, str]
     best_score: float
     trials: _containers.RepeatedCompositeFieldContainer[TrialRecord]
     quality: ProxyQuality
-    def __init__(self, status: _Optional[_Union[_common_pb2.JobStatus, _Mapping]] = ..., best_params: _Optional[_Mapping[str, str]] = ..., best_score: _Optional[float] = ..., trials: _Optional[_Iterable[_Union[TrialRecord, _Mapping]]] = ..., quality: _Optional[_Union[ProxyQuality, _Mapping]] = ...) -> None: ...
+    best_trial: int
+    config: _containers.ScalarMap[str, str]
+    def __init__(self, status: _Optional[_Union[_common_pb2.JobStatus, _Mapping]] = ..., best_params: _Optional[_Mapping[str, str]] = ..., best_score: _Optional[float] = ..., trials: _Optional[_Iterable[_Union[TrialRecord, _Mapping]]] = ..., quality: _Optional[_Union[ProxyQuality, _Mapping]] = ..., best_trial: _Optional[int] = ..., config: _Optional[_Mapping[str, str]] = ...) -> None: ...

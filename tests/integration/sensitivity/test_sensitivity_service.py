@@ -153,5 +153,5 @@ def test_bad_input_gets_clear_statuses(client: Client, tmp_path: Path) -> None:
     nan_model = sensitivity_pb2.StartAnalysisRequest()
     nan_model.CopyFrom(base)
     nan_model.model.weights = str(weights)
-    with pytest.raises(FailedPrecondition, match="(?i)nan|finite"):
+    with pytest.raises(FailedPrecondition, match=r"(?i)nan|finite"):
         client.start_analysis(nan_model)
