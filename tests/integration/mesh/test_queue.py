@@ -17,11 +17,16 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize("queue", ["embedded", "redis"])
-def test_worker_round_trip(tmp_path: Path, queue: str, redis_url: str) -> None:
+def test_worker_round_trip(
+    tmp_path: Path, queue: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env.update({"BITMESH_ARTIFACT_ROOT": str(tmp_path), "PYTHONPATH": str(REPO_ROOT)})
     if queue == "redis":
         env["REDIS_URL"] = redis_url
+        monkeypatch.setenv("REDIS_URL", redis_url)
+    else:
+        monkeypatch.delenv("REDIS_URL", raising=False)
     worker = subprocess.Popen(
         [
             sys.executable,

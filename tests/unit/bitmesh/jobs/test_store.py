@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 
 import pytest
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.unit
 def store(request, tmp_path, redis_url):
     if request.param == "sqlite":
         return SqliteJobStore(tmp_path / "jobs.sqlite3")
-    return RedisJobStore(redis_url, prefix=f"test:{tmp_path.name}")
+    return RedisJobStore(redis_url, prefix=f"test:{uuid.uuid4().hex}")
 
 
 def test_create_get_update_events(store) -> None:

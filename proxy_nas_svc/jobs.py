@@ -1,0 +1,132 @@
+"""A search's life in the job store: the coordinator thread of the service.
+
+The coordinator only waits and decides (Optuna asks, halving, tells); the
+training happens in Celery workers, so it runs as a thread of the service
+process that accepted the search, not as a task holding a worker slot. Its
+state is the job record, the Optuna journal and the run results, all in the
+shared stores. Every way out ends in a terminal state with a reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from bitmesh.errors import BitmeshError, Cancelled
+from bitmesh.jobs.records import JobState
+from bitmesh.jobs.runner import JobContext
+from bitmesh.jobs.store import JobStore, transition
+from proxy_nas_svc.coordinator import Coordinator, CoordinatorOptions, RunBackend
+from proxy_nas_svc.spec import SearchRequest
+from proxy_nas_svc.study import create_study
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
+
+log = logging.getLogger(__name__)
+
+JOB_KIND = "tune"
+
+
+class SearchRunner:
+    """Starts one coordinator thread per search and stops them on shutdown."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        backend_for: Callable[[str], RunBackend],
+        storage_factory: Callable[[], BaseStorage | None],
+        options: CoordinatorOptions | None = None,
+    ) -> None:
+        self.store = store
+        self.backend_for = backend_for
+        self.storage_factory = storage_factory
+        self.options = options or CoordinatorOptions()
+        # Import Optuna once, here: two coordinator threads importing it for the
+        # first time at once trip over its circular imports (seen: ImportError
+        # of BaseStorage, KeyError 'optuna.study').
+        import optuna
+        import optuna.storages.journal
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self._stopping = threading.Event()
+        self._threads: dict[str, threading.Thread] = {}
+
+    def start(self, job_id: str) -> None:
+        thread = threading.Thread(
+            target=self._run, args=(job_id,), name=f"search-{job_id}", daemon=True
+        )
+        self._threads = {k: t for k, t in self._threads.items() if t.is_alive()}
+        self._threads[job_id] = thread
+        thread.start()
+
+    def _fail(self, job_id: str, reason: str) -> None:
+        self.store.update(job_id, lambda r: transition(r, state=JobState.FAILED, error=reason))
+
+    def _run(self, job_id: str) -> None:
+        store = self.store
+        record = store.update(job_id, lambda r: transition(r, state=JobState.RUNNING))
+        if record.state is not JobState.RUNNING:
+            return  # cancelled while queued
+        ctx = JobContext(store, job_id, threading.Event())
+        try:
+            result = self.search(job_id, record.request, ctx)
+        except Cancelled:
+            if self._stopping.is_set() and not store.get(job_id).cancel_requested:
+                self._fail(
+                    job_id, "the proxy NAS service stopped during the search; start it again"
+                )
+            else:
+                store.update(
+                    job_id, lambda r: transition(r, state=JobState.CANCELLED, message="cancelled")
+                )
+        except BitmeshError as exc:
+            self._fail(job_id, exc.message)
+        except Exception as exc:
+            log.exception("search %s failed", job_id)
+            self._fail(
+                job_id, f"internal error in search {job_id} ({type(exc).__name__}); see the log"
+            )
+        else:
+            store.update(
+                job_id,
+                lambda r: transition(r, state=JobState.SUCCEEDED, progress=1.0, result=result),
+            )
+        final = store.get(job_id)
+        store.append_event(
+            job_id,
+            {
+                "state": final.state.value,
+                "progress": final.progress,
+                "stage": final.stage,
+                "message": final.error or final.message,
+            },
+        )
+
+    def search(self, job_id: str, request: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+        search = SearchRequest.from_dict(request["search"])
+        study = create_study(
+            job_id, search.sampler, search.seed, search.trials, self.storage_factory()
+        )
+        coordinator = Coordinator(
+            search,
+            study,
+            self.backend_for(job_id),
+            key_prefix=job_id,
+            sink=lambda progress, stage, message, event: ctx.report(
+                progress, stage, message, event
+            ),
+            is_cancelled=lambda: self._stopping.is_set() or ctx.is_set(),
+            options=self.options,
+        )
+        result = coordinator.run()
+        result["config"] = dict(request.get("config_labels", {}))
+        return result
+
+    def shutdown(self, grace: float) -> None:
+        """Stop coordinators (their searches end FAILED with the reason)."""
+        self._stopping.set()
+        for thread in list(self._threads.values()):
+            thread.join(timeout=max(0.1, grace))

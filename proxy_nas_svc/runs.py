@@ -1,0 +1,103 @@
+"""Trial runs through the queue: specs and results in the artifact store.
+
+A run's message carries only its key. The coordinator writes the run's
+trainer request under ``proxy-nas-runs/<key>`` before sending it; the worker
+writes the result under ``proxy-nas-results/<key>``. Both live under the
+artifact root every process of the mesh shares, so any worker can run any
+run, and a run whose result exists is not trained again (a redelivered or
+re-sent message costs one lookup).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from bitmesh.artifacts import ArtifactStore
+from bitmesh.errors import Cancelled
+from bitmesh.jobs.store import JobStore
+from proxy_nas_svc.trial import RunResult, run_trial
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from trainer_svc.specs import TrainingRequest
+
+log = logging.getLogger(__name__)
+
+RUNS_NAMESPACE = "proxy-nas-runs"
+RESULTS_NAMESPACE = "proxy-nas-results"
+RUN_TRIAL_TASK = "bitmesh.proxy_nas.run_trial"
+CANCEL_POLL_S = 1.0
+
+
+class CeleryBackend:
+    """Runs as Celery tasks on the workers (the default queue)."""
+
+    def __init__(self, celery: Celery, artifacts: ArtifactStore, job_id: str) -> None:
+        self.celery = celery
+        self.artifacts = artifacts
+        self.job_id = job_id
+
+    def submit(self, key: str, request: TrainingRequest) -> None:
+        self.artifacts.set_ref(
+            RUNS_NAMESPACE, key, {"job_id": self.job_id, "request": request.to_dict()}
+        )
+        self.celery.send_task(RUN_TRIAL_TASK, args=[key])
+
+    def result(self, key: str) -> RunResult | None:
+        data = self.artifacts.get_ref(RESULTS_NAMESPACE, key)
+        return RunResult.from_dict(data) if data is not None else None
+
+
+class TrialIO:
+    """The trainer loop's hooks for one run: it stops when its search is cancelled."""
+
+    def __init__(self, store: JobStore, job_id: str) -> None:
+        self.store = store
+        self.job_id = job_id
+        self._checked = 0.0
+
+    def report(self, progress: float, point: dict[str, float], stage: str) -> None:
+        pass
+
+    def check_cancelled(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < CANCEL_POLL_S:
+            return
+        self._checked = now
+        record = self.store.get(self.job_id)
+        if record.cancel_requested or record.state.terminal:
+            raise Cancelled(f"search {self.job_id} ended; run stopped")
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        return None
+
+    def save_checkpoint(self, state: dict[str, Any], step: int) -> None:
+        pass
+
+
+def execute_run(key: str, artifacts: ArtifactStore, store: JobStore) -> str:
+    """Run the run ``key`` once: skip it if its result exists or its search ended.
+
+    Returns what happened: "done" (already had a result), "skipped", "ok",
+    "failed" or "cancelled"."""
+    from trainer_svc.specs import TrainingRequest
+
+    if artifacts.get_ref(RESULTS_NAMESPACE, key) is not None:
+        return "done"
+    spec = artifacts.get_ref(RUNS_NAMESPACE, key)
+    if spec is None:
+        log.warning("run %s has no spec; dropping its message", key)
+        return "skipped"
+    job_id = str(spec["job_id"])
+    if store.get(job_id).state.terminal:
+        return "skipped"
+    request = TrainingRequest.from_dict(spec["request"])
+    try:
+        result = run_trial(request, TrialIO(store, job_id))
+    except Cancelled:
+        return "cancelled"
+    artifacts.set_ref(RESULTS_NAMESPACE, key, result.to_dict())
+    return "ok" if result.ok else "failed"

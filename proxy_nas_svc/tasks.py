@@ -1,0 +1,49 @@
+"""Celery tasks of the proxy NAS service: one trial run per message.
+
+Registered with the trainer's app (``trainer_svc.celery_app`` discovers
+``proxy_nas_svc.tasks``), on the default queue, so every worker of the mesh
+runs trials. Thin: a run key in, :func:`proxy_nas_svc.runs.execute_run` does
+the work. While a run trains, its Redis delivery is kept fresh, so Redis
+redelivers it only when its worker is gone (after the visibility timeout).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from celery import Task
+
+from bitmesh.artifacts import ArtifactStore
+from bitmesh.jobs.store import JobStore, open_job_store
+from bitmesh.settings import load_settings
+from proxy_nas_svc.runs import RUN_TRIAL_TASK, execute_run
+from trainer_svc.celery_app import app
+from trainer_svc.config import TrainerSettings
+from trainer_svc.keepalive import Action, keep_alive, redis_delivery_toucher
+
+SERVICE = "proxy_nas"
+
+
+@cache
+def _stores() -> tuple[JobStore, ArtifactStore]:
+    settings = load_settings()
+    return (
+        open_job_store(settings.redis_url, settings.artifact_root, SERVICE),
+        ArtifactStore(settings.artifact_root),
+    )
+
+
+@app.task(
+    name=RUN_TRIAL_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True
+)
+def run_trial_task(self: Task, key: str) -> str:  # type: ignore[type-arg]
+    """Train one (configuration, fidelity) run of a search; idempotent per key."""
+    store, artifacts = _stores()
+    settings = load_settings()
+    actions: list[Action] = []
+    tag = (self.request.properties or {}).get("delivery_tag")
+    if settings.redis_url and tag:
+        actions.append(redis_delivery_toucher(settings.redis_url, str(tag)))
+    interval = max(0.2, min(30.0, TrainerSettings().visibility_timeout_s / 3))
+    with keep_alive(interval, actions):
+        return execute_run(key, artifacts, store)

@@ -1,0 +1,151 @@
+"""One runner per job: a lease with a time-to-live, renewed while the job runs.
+
+Redelivery (a worker lost, a visibility timeout) can hand the same job to a
+second worker while the first is still alive. The lease makes the second wait
+until the first ends (the job is terminal: nothing to do) or dies (its lease
+lapses: resume from the checkpoint). Redis with a URL (``SET NX PX`` and
+owner-checked scripts), else SQLite beside the job store (one machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Protocol
+
+from bitmesh.errors import Unavailable
+
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+class Lease(Protocol):
+    def acquire(self, job_id: str, owner: str, ttl: float) -> bool: ...
+    def renew(self, job_id: str, owner: str, ttl: float) -> bool: ...
+    def release(self, job_id: str, owner: str) -> None: ...
+
+
+class RedisLease:
+    def __init__(self, url: str, prefix: str = "bitmesh:trainer") -> None:
+        import redis
+
+        self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        self.client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        self.prefix = prefix
+
+    def _key(self, job_id: str) -> str:
+        return f"{self.prefix}:lease:{job_id}"
+
+    def acquire(self, job_id: str, owner: str, ttl: float) -> bool:
+        try:
+            return bool(self.client.set(self._key(job_id), owner, nx=True, px=int(ttl * 1000)))
+        except self._errors as exc:
+            raise Unavailable(f"Redis is not reachable: {exc}") from exc
+
+    def renew(self, job_id: str, owner: str, ttl: float) -> bool:
+        try:
+            return bool(self.client.eval(_RENEW, 1, self._key(job_id), owner, int(ttl * 1000)))
+        except self._errors:
+            return False
+
+    def release(self, job_id: str, owner: str) -> None:
+        with contextlib.suppress(*self._errors):  # else it lapses on its own
+            self.client.eval(_RELEASE, 1, self._key(job_id), owner)
+
+
+class SqliteLease:
+    """Leases in a SQLite file: safe across the processes of one machine."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._conn().execute(
+            "CREATE TABLE IF NOT EXISTS leases (job_id TEXT PRIMARY KEY, owner TEXT, expires REAL)"
+        )
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    def acquire(self, job_id: str, owner: str, ttl: float) -> bool:
+        conn = self._conn()
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(
+                "SELECT owner, expires FROM leases WHERE job_id=?", (job_id,)
+            ).fetchone()
+            free = row is None or row[1] < now or row[0] == owner
+            if free:
+                conn.execute(
+                    "INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (job_id, owner, now + ttl)
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return free
+
+    def renew(self, job_id: str, owner: str, ttl: float) -> bool:
+        cursor = self._conn().execute(
+            "UPDATE leases SET expires=? WHERE job_id=? AND owner=?",
+            (time.time() + ttl, job_id, owner),
+        )
+        return cursor.rowcount == 1
+
+    def release(self, job_id: str, owner: str) -> None:
+        self._conn().execute("DELETE FROM leases WHERE job_id=? AND owner=?", (job_id, owner))
+
+
+class LocalLease:
+    """In-process leases (tests and direct calls of run_job)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, tuple[str, float]] = {}
+
+    def acquire(self, job_id: str, owner: str, ttl: float) -> bool:
+        with self._lock:
+            held = self._held.get(job_id)
+            if held is None or held[1] < time.monotonic() or held[0] == owner:
+                self._held[job_id] = (owner, time.monotonic() + ttl)
+                return True
+            return False
+
+    def renew(self, job_id: str, owner: str, ttl: float) -> bool:
+        with self._lock:
+            if self._held.get(job_id, ("", 0.0))[0] != owner:
+                return False
+            self._held[job_id] = (owner, time.monotonic() + ttl)
+            return True
+
+    def release(self, job_id: str, owner: str) -> None:
+        with self._lock:
+            if self._held.get(job_id, ("", 0.0))[0] == owner:
+                del self._held[job_id]
+
+
+def open_lease(redis_url: str | None, artifact_root: str) -> Lease:
+    """Redis when a URL is configured, else SQLite beside the job store."""
+    if redis_url:
+        return RedisLease(redis_url)
+    root = artifact_root.removeprefix("file://")
+    return SqliteLease(Path(root) / "jobs" / "trainer-leases.sqlite3")

@@ -1,0 +1,48 @@
+"""What a finished job produced, before it is published to the artifact store."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from bitmesh.formats import QuantOption
+from bitmesh.quant.qmodel import QuantLayer, plain_state_dict, quantizer_state
+from trainer_svc.evaluate import Evaluation
+
+WEIGHTS_MEDIA_TYPE = "application/vnd.bitmesh.weights+torch"
+
+
+@dataclass
+class Outcome:
+    config: dict[str, QuantOption]
+    evaluation: Evaluation
+    history: list[dict[str, float]]
+    steps_done: int
+    weights: bytes
+    resumed_from: list[int] = field(default_factory=list)
+    final_entropy: float | None = None
+    policy: dict[str, dict[str, float]] | None = None
+    target: float | None = None
+    seconds: float = 0.0
+
+
+def weights_bytes(
+    model: nn.Module, layers: Mapping[str, QuantLayer], config: Mapping[str, QuantOption]
+) -> bytes:
+    """``torch.save({"state_dict", "quantizers", "config"})``: the state_dict has
+    the original model's keys (loadable as ``ModelRef.weights``), the
+    quantizers the activation clips of the chosen formats, the config the
+    option keys. All tensors and strings: readable with ``weights_only=True``."""
+    payload: dict[str, Any] = {
+        "state_dict": {k: v.cpu() for k, v in plain_state_dict(model, layers).items()},
+        "quantizers": quantizer_state(layers),
+        "config": {name: option.key for name, option in config.items()},
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
