@@ -88,3 +88,30 @@ def human_bytes(value: float) -> str:
         if abs(value) >= scale:
             return f"{value / scale:.2f} {unit}"
     return f"{value:.0f} B"
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="digits", help="digits, synthetic or folder:PATH")
+    parser.add_argument("--data-shape", default="", help="C,H,W of synthetic or folder samples")
+    parser.add_argument("--data-classes", type=int, default=0, help="synthetic classes")
+    parser.add_argument("--subset", type=int, default=0, help="use N training samples (0 = all)")
+    parser.add_argument("--data-seed", type=int, default=0, help="seed of the subset")
+
+
+def dataset_ref_from(args: argparse.Namespace) -> common_pb2.DatasetRef:
+    """``digits``, ``synthetic`` (with --data-shape) or ``folder:PATH``."""
+    text: str = args.dataset
+    ref = common_pb2.DatasetRef(subset_size=args.subset, seed=args.data_seed)
+    if text == "digits":
+        ref.kind = common_pb2.DATASET_KIND_DIGITS
+    elif text == "synthetic":
+        ref.kind = common_pb2.DATASET_KIND_SYNTHETIC
+        ref.shape.extend(parse_shape(args.data_shape))
+        ref.num_classes = args.data_classes
+    elif text.startswith("folder:"):
+        ref.kind = common_pb2.DATASET_KIND_IMAGE_FOLDER
+        ref.path = text.removeprefix("folder:")
+        ref.shape.extend(parse_shape(args.data_shape))
+    else:
+        raise InvalidArgument(f"dataset {text!r}: use digits, synthetic or folder:PATH")
+    return ref

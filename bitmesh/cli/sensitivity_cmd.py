@@ -9,13 +9,14 @@ from rich.table import Table
 
 from bitmesh.cli.common import (
     add_client_args,
+    add_data_args,
     add_model_args,
     client_from,
     console,
+    dataset_ref_from,
     dump_json,
     model_ref_from,
 )
-from bitmesh.cli.train_cmds import _add_data_args, dataset_ref_from
 from bitmesh.errors import FailedPrecondition
 from bitmesh.formats import parse_options
 from bitmesh.rpc.convert import option_to_pb
@@ -93,7 +94,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser("sensitivity", help="per-layer Hessian traces and perturbation table")
     add_model_args(parser)
-    _add_data_args(parser)
+    add_data_args(parser)
     parser.add_argument(
         "--formats", default="int4,int8,e4m3", help="options to price, e.g. int4,int8,e4m3"
     )

@@ -19,14 +19,15 @@ from rich.table import Table
 
 from bitmesh.cli.common import (
     add_client_args,
+    add_data_args,
     add_model_args,
     client_from,
     console,
+    dataset_ref_from,
     dump_json,
     human_bytes,
     human_count,
     model_ref_from,
-    parse_shape,
 )
 from bitmesh.client import Client
 from bitmesh.errors import InvalidArgument
@@ -52,25 +53,6 @@ _ESTIMATORS = {
 
 
 # -- request building -----------------------------------------------------------
-
-
-def dataset_ref_from(args: argparse.Namespace) -> common_pb2.DatasetRef:
-    """``digits``, ``synthetic`` (with --data-shape) or ``folder:PATH``."""
-    text: str = args.dataset
-    ref = common_pb2.DatasetRef(subset_size=args.subset, seed=args.data_seed)
-    if text == "digits":
-        ref.kind = common_pb2.DATASET_KIND_DIGITS
-    elif text == "synthetic":
-        ref.kind = common_pb2.DATASET_KIND_SYNTHETIC
-        ref.shape.extend(parse_shape(args.data_shape))
-        ref.num_classes = args.data_classes
-    elif text.startswith("folder:"):
-        ref.kind = common_pb2.DATASET_KIND_IMAGE_FOLDER
-        ref.path = text.removeprefix("folder:")
-        ref.shape.extend(parse_shape(args.data_shape))
-    else:
-        raise InvalidArgument(f"dataset {text!r}: use digits, synthetic or folder:PATH")
-    return ref
 
 
 def parse_config(text: str) -> common_pb2.QuantConfig:
@@ -380,14 +362,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 # -- flags --------------------------------------------------------------------------
 
 
-def _add_data_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="digits", help="digits, synthetic or folder:PATH")
-    parser.add_argument("--data-shape", default="", help="C,H,W of synthetic or folder samples")
-    parser.add_argument("--data-classes", type=int, default=0, help="synthetic classes")
-    parser.add_argument("--subset", type=int, default=0, help="use N training samples (0 = all)")
-    parser.add_argument("--data-seed", type=int, default=0, help="seed of the subset")
-
-
 def _add_training_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training loop (0 = service default)")
     group.add_argument("--steps", type=int, default=0, help="optimiser steps (default 300)")
@@ -425,7 +399,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     train = sub.add_parser("train", help="quantization-aware training at a configuration")
     add_model_args(train)
-    _add_data_args(train)
+    add_data_args(train)
     _add_config_args(train)
     train.add_argument("--distill", action="store_true", help="distil from the FP32 model")
     train.add_argument("--alpha", type=float, default=0.0, help="distillation weight (0.95)")
@@ -439,7 +413,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     calibrate = sub.add_parser("calibrate", help="post-training calibration (no training)")
     add_model_args(calibrate)
-    _add_data_args(calibrate)
+    add_data_args(calibrate)
     _add_config_args(calibrate)
     calibrate.add_argument("--batches", type=int, default=0, help="calibration batches (8)")
     _add_training_args(calibrate)
@@ -448,7 +422,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     search = sub.add_parser("search", help="FLIQS one-shot mixed int/fp format search")
     add_model_args(search)
-    _add_data_args(search)
+    add_data_args(search)
     search.add_argument(
         "--formats",
         default="int4,int8,e2m1,e4m3",

@@ -14,10 +14,18 @@ import argparse
 from rich.live import Live
 from rich.table import Table
 
-from bitmesh.cli.common import add_client_args, add_model_args, client_from, console, dump_json
+from bitmesh.cli.common import (
+    add_client_args,
+    add_data_args,
+    add_model_args,
+    client_from,
+    console,
+    dataset_ref_from,
+    dump_json,
+)
 from bitmesh.cli.common import model_ref_from as _model_ref_from
 from bitmesh.cli.solver_cmds import add_budget_args, budgets_from
-from bitmesh.cli.train_cmds import _add_data_args, dataset_ref_from, parse_config
+from bitmesh.cli.train_cmds import parse_config
 from bitmesh.client import Client
 from bitmesh.errors import InvalidArgument
 from bitmesh.formats import parse_option
@@ -234,7 +242,7 @@ def cmd_job(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     tune = sub.add_parser("tune", help="proxy search of quantization hyperparameters")
     add_model_args(tune)
-    _add_data_args(tune)
+    add_data_args(tune)
     target = tune.add_argument_group("quantization configuration (or budgets, solved)")
     target.add_argument("--config", default="", help="layer=option,... or @file.json")
     target.add_argument("--uniform", default="", help="option of every other layer, e.g. int4")
