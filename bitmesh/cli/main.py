@@ -6,11 +6,27 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from bitmesh.cli import layers_cmd, mesh_cmds, sensitivity_cmd, solver_cmds, train_cmds, tune_cmd
+from bitmesh.cli import (
+    layers_cmd,
+    mesh_cmds,
+    run_cmd,
+    sensitivity_cmd,
+    solver_cmds,
+    train_cmds,
+    tune_cmd,
+)
 from bitmesh.cli.common import err_console
 from bitmesh.errors import BitmeshError
 
-COMMAND_MODULES = (mesh_cmds, layers_cmd, sensitivity_cmd, solver_cmds, train_cmds, tune_cmd)
+COMMAND_MODULES = (
+    mesh_cmds,
+    layers_cmd,
+    sensitivity_cmd,
+    solver_cmds,
+    train_cmds,
+    tune_cmd,
+    run_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
