@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main job: set up, start the mesh on loopback (embedded queue unless
-# REDIS_URL is set), show a model's layers and costs through it, and measure
-# the digits CNN's per-layer sensitivity (Hessian traces with error bars and
-# the Omega table) through the sensitivity service.
+# REDIS_URL is set; a running `bitmesh up` mesh is reused), then run the whole
+# pipeline on the digits data and its small CNN under a BOPs budget:
+# FP32 training -> Hessian sensitivity -> ILP at the budget -> proxy search of
+# the QAT learning rate -> QAT with distillation -> ONNX export verified in
+# onnxruntime. Prints where the report is (default ./bitmesh-report, or $1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
@@ -11,5 +13,4 @@ $BM up --detach
 trap '[ "${BITMESH_KEEP_UP:-0}" = 1 ] || $BM down' EXIT
 $BM status
 $BM layers --model digits_cnn --options int4,int8,e4m3
-$BM layers --model resnet18 --options int4,int8
-$BM sensitivity --model digits_cnn --dataset digits --formats int4,int8,e4m3
+$BM run --model digits_cnn --dataset digits --max-bops 16M --method lcpaq --out "${1:-bitmesh-report}"

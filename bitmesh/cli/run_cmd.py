@@ -83,6 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cached = report.get("cached_stages") or []
     if cached:
         console.print(f"reused from {args.out}: {', '.join(cached)}")
+    console.print(f"[bold]report:[/] {Path(args.out).resolve()}")
     return 0
 
 
