@@ -48,6 +48,8 @@ from solver_svc.heuristic import (
     round_lp,
 )
 from solver_svc.presolve import Instance
+from solver_svc.surrogate import build_tables
+from solver_svc.surrogate import search as surrogate_search
 from solver_svc.tolerance import feasibility_slack, objective_slack
 
 __all__ = ["InstanceResult", "solve_instance"]
@@ -59,6 +61,9 @@ _BRANCH_GAP = 1e-4
 #: Dynamic-programming states (summed over depths) before it goes to CP-SAT:
 #: past this CP-SAT on the reduced core is faster than going on.
 DP_STATE_LIMIT = 30_000
+#: Nodes of the surrogate-bounded search (``surrogate.py``) before the core
+#: goes to the searches above.
+SURROGATE_NODE_LIMIT = 20_000
 
 
 @dataclass(frozen=True)
@@ -180,7 +185,20 @@ def solve_instance(
     deadline = start + max(time_limit_s, 0.0)
     nodes = 0
     complete = False
+    # Step 5a: the integer surrogate bound (surrogate.py).
+    tables = build_tables(core, upper, tol, float(lam @ slack), deadline=deadline)
+    if tables is not None:
+        found, _, work_done, complete = surrogate_search(
+            core, tables, upper, tol, SURROGATE_NODE_LIMIT, deadline
+        )
+        nodes += work_done
+        if found is not None:
+            incumbent = fixed_choice.copy()
+            incumbent[core.groups] = found
+            upper = objective_of(work, incumbent)
     for search, limit in ((dfs, dfs_node_limit), (dp, dp_state_limit)):
+        if complete:
+            break
         found, _, work_done, complete = search(core, upper, tol, limit, deadline)
         nodes += work_done
         if found is not None:
