@@ -5,11 +5,11 @@ block of the Hessian of the loss with respect to the layer's *weight* (bias
 excluded, HAWQ's convention), with the model in eval mode (BN uses its running
 statistics). With several batches the Hessian is the average of the batches'
 Hessians of their mean loss, i.e. the Hessian over the requested data. Every
-sample is an unbiased estimate; the standard error is the sample standard
-deviation of the samples over sqrt(n) (stratified by batch), never a guess.
+sample is an unbiased estimate of it; runs are seeded and reproducible, and a
+layer's probes do not depend on the other layers.
 
 How, and why this way. Measured on torchvision resnet18 (random init, batch
-32 x 3x32x32, 10 classes, eval, 2-core CPU; times as multiples of one
+32 x 3x32x32, 10 classes, eval, 2 shared CPU cores; costs as multiples of one
 forward+backward pass):
 
 1. One gradient graph per batch (``create_graph=True``, about 1.7 fwd+bwd),
@@ -17,48 +17,70 @@ forward+backward pass):
    (``retain_graph=True``). A PyHessian-style loop rebuilds it per sample.
 2. Probes restricted to one layer: ``grad(g_l, W_l, grad_outputs=v_l)`` is
    exactly H_ll v_l, and autograd walks only the part of the double-backward
-   graph between the loss and W_l, so a late layer costs 0.2x and an early one
-   about 1x (all 21 layers: about 20x per sample). Splitting one all-parameter
-   HVP by layer costs 2x for all layers at once, but its cross-layer terms gave
-   per-sample coefficients of variation of 1.4-19 against 0.1-0.6 here, i.e.
-   10-1000x more samples: never cheaper, so it is not offered.
-3. A running Nystrom control variate. Every earlier probe s_j of a layer and
-   its product y_j = H s_j are kept (up to ``sketch_size``); with
-   M = S^T H S (symmetrised) they define the low-rank matrix
-   H_hat = Y^T M^+ Y. Sample i then reports
-   ``v^T H v - (v^T H_hat v - Tr(H_hat))`` where v is a fresh probe and
-   H_hat is built from earlier probes only, so the correction has
-   conditional mean zero: each sample is still unbiased, the samples form a
-   martingale-difference sequence, and sum((x - mean)^2)/(n(n-1)) is still an
-   unbiased estimate of the mean's variance. H_hat costs no extra HVP (the
-   products were computed as samples anyway), only O(k P) arithmetic. Layer
-   Hessian blocks here are dominated by a few directions (the output-space
-   curvature of 10 classes), so the residual variance drops 5-10x: samples
-   to reach 5 % fell from about 980 to about 300 over the 21 layers. If the
-   correction ever makes things worse (an indefinite block whose Nystrom
-   approximation is poor), the layer goes back to plain samples; that choice
-   uses past samples only, so unbiasedness is kept.
-4. Per-layer adaptive stopping: a layer stops once it has ``min_samples``
-   samples and its relative standard error is at most the target, or when it
-   reaches ``max_samples``; the others carry on.
-5. Several batches: samples go round-robin over the batches (one per layer
-   per batch per round) and layers stop only at the end of a round, so each
-   batch gets the same number of samples; the estimate is the mean of the
-   batches' means and the standard error uses the pooled within-batch
-   variance (the target is the Hessian over *these* batches, so the spread
-   between batches is not noise).
+   graph between the loss and W_l, so a late layer costs 0.1-0.5x and an
+   early one about 1x (all 21 layers: about 18-20x per sample). Splitting
+   one all-parameter HVP by layer costs 2x for every layer at once, but its
+   cross-layer terms gave per-sample coefficients of variation of 1.4-19
+   against 0.1-0.6 with per-layer probes, i.e. 10-1000x more samples: never
+   cheaper, so it is not offered.
+3. A running Nystrom control variate. The products y_j = H s_j of earlier
+   probes are kept (up to ``sketch_size`` per layer and batch, within
+   ``sketch_budget``); with M_ij = s_i . y_j they define the low-rank
+   H_hat = Y^T M^+ Y, and a sample reports
+   ``v^T H v - (v^T H_hat v - Tr(H_hat))`` for a fresh probe v. H_hat comes
+   from earlier probes only, so the correction has conditional mean zero:
+   every sample stays unbiased and the samples form a martingale-difference
+   sequence. It costs no extra HVP (the products are the samples' own), only
+   one pass over the stored products per sample. Layer blocks here are
+   dominated by a few directions (the output curvature of 10 classes), so
+   the residual variance drops 5-10x. Since early samples see a small
+   sketch, the j-th sample of a batch weighs min(j, rank + 1): fixed in
+   advance, so still exactly unbiased. Samples to 5 % over the 21 layers:
+   1150 plain, 446 corrected, 376 corrected and weighted (a trained digits
+   CNN, one batch: 692 and 71). A layer falls back to plain samples when
+   the correction stops paying (decided from past samples only). With
+   several batches each batch has its own sketch: one shared by all mixes
+   their Hessians and did worse than no correction on the digits CNN.
+4. Honest error bars. The standard error is the largest of (a) the spread
+   of the samples (pooled within batches), (b) the Rademacher variance
+   bound Var(v^T A v) = 2 (||A||_F^2 - sum_i A_ii^2) <= 2 E||A v||^2,
+   estimated from every sample's own ||A v||^2 (A = H, or H - H_hat when
+   corrected), and (c) the rounding error of a dot product over P terms.
+   (a) alone is unreliable at 10-30 samples of a skewed distribution: on
+   small exact-Hessian models it let layers stop early at 4-8 standard
+   errors from the truth (95 % intervals held the truth 80-90 % of the
+   time); ||Av||^2 fluctuates far less than (x - mean)^2, and with (b) the
+   intervals held it 95-100 % of the time, never missing by 3 SE.
+5. Per-layer adaptive stopping: a layer stops once it has ``min_samples``
+   samples and its relative standard error is at most the target, or at
+   ``max_samples``; the others carry on.
+6. Two Hessian-vector products at a time (``workers``, threads sharing the
+   retained graph; each layer keeps its own generator and state, so results
+   do not depend on it). Autograd leaves much of a 2-core CPU idle on one
+   HVP (small late-layer kernels, engine overhead): a round of all 21 layers
+   took 0.69-0.84 s with two concurrent HVPs against 1.17-1.58 s one at a
+   time. Under load from other processes the gap grew to 5-10x (one
+   thread's OpenMP team waiting on a descheduled helper).
+7. Several batches: samples go round-robin (one per layer per batch per
+   round) and layers stop only at the end of a round, so each batch gets the
+   same number of samples; the estimate is the mean of the batches' means and
+   the standard error is stratified (pooled within-batch spread): the target
+   is the Hessian over *these* batches, so their differences are not noise.
 
 Not used, measured: ``torch.autograd.grad(..., is_grads_batched=True)`` (vmap
-over 8 probes) was 1-10x slower per probe than a loop on this CPU except on
-two layers; forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``)
+over 8 probes) was up to 10x slower per probe than a loop on this CPU on most
+layers; forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``)
 costs about a fresh-graph double backward (METHODS.md section 9) and cannot
-reuse one gradient graph across probes.
+reuse one gradient graph across probes; a Nystrom correction of all-parameter
+probes (one sketch of the whole Hessian, whose cross-layer blocks make it
+strongly indefinite) raised the split samples' variation from 1.4-26 to 7-156;
+routing conv2d through a custom Function so that the double backward skips
+``_convolution_double_backward``'s unused weight term was 30 % slower.
 
 Activation sensitivity (optional, stated as such): the same estimator on each
 layer's *input* activation, scaled by the batch size, gives the mean over
 samples of the trace of the per-sample loss's Hessian with respect to that
-sample's layer input. Input shapes change with the batch, so it runs without
-the control variate.
+sample's layer input.
 """
 
 from __future__ import annotations
@@ -66,6 +88,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -84,11 +107,13 @@ __all__ = [
     "LossFn",
     "NystromControlVariate",
     "ProgressFn",
+    "Samples",
     "estimate_activation_traces",
     "estimate_weight_traces",
     "eval_mode",
+    "rademacher_",
     "sketch_rank",
-    "stratified_mean_se",
+    "weighted_mean_se",
 ]
 
 logger = logging.getLogger(__name__)
@@ -114,6 +139,7 @@ class CancelFlag(Protocol):
 class HutchinsonSettings:
     """How long to sample and what to reuse.
 
+    ``workers`` is how many Hessian-vector products run at once (threads).
     ``sketch_size`` caps the rank of the control variate (0: plain
     Hutchinson) and ``sketch_budget`` the elements it stores per layer: a
     layer of P weights keeps ``min(sketch_size, sketch_budget // P)``
@@ -128,6 +154,7 @@ class HutchinsonSettings:
     sketch_size: int = 16
     sketch_budget: int = 16_000_000
     seed: int = 0
+    workers: int = 2
 
     def __post_init__(self) -> None:
         if not (self.target_relative_se > 0 and math.isfinite(self.target_relative_se)):
@@ -151,6 +178,8 @@ class HutchinsonSettings:
             )
         if self.seed < 0:
             raise InvalidArgument(f"seed must be >= 0, got {self.seed}")
+        if self.workers < 1:
+            raise InvalidArgument(f"workers must be >= 1, got {self.workers}")
 
 
 @dataclass(frozen=True)
@@ -174,36 +203,58 @@ class LayerTrace:
 ProgressFn = Callable[[LayerTrace], None]
 
 
-def sketch_rank(numel: int, settings: HutchinsonSettings) -> int:
-    """How many products the control variate keeps for a layer of ``numel`` weights."""
-    return min(settings.sketch_size, settings.sketch_budget // max(numel, 1))
+def sketch_rank(numel: int, settings: HutchinsonSettings, batches: int = 1) -> int:
+    """How many products each batch's control variate keeps for a layer of
+    ``numel`` weights (the budget is shared by the batches' sketches)."""
+    return min(settings.sketch_size, settings.sketch_budget // max(numel * batches, 1))
 
 
-def stratified_mean_se(values_by_batch: Sequence[Sequence[float]]) -> tuple[float, float]:
-    """Mean of the per-batch means and its standard error.
+@dataclass(frozen=True)
+class Samples:
+    """One layer's samples by batch: values, their fixed weights, and each
+    sample's variance bound (2 ||A v||^2)."""
 
-    The within-batch variance is pooled over batches (each batch's samples
-    scatter around that batch's own trace); with one sample per batch there
-    is no within-batch spread to measure and the total spread, which also
-    holds the between-batch differences, is used instead (conservative).
+    values: Sequence[Sequence[float]]
+    weights: Sequence[Sequence[float]]
+    bounds: Sequence[Sequence[float]]
+
+
+def weighted_mean_se(samples: Samples) -> tuple[float, float, float]:
+    """(estimate, sample-spread SE, variance-bound SE) of the mean over batches
+    of each batch's weighted mean.
+
+    The weights are fixed in advance (they depend on a sample's position
+    only), so the estimate is exactly unbiased. The spread-based SE pools the
+    within-batch residuals with the n / (n - B) correction (with equal
+    weights it is the usual stratified formula); with one sample per batch
+    there is no within-batch spread and the spread around the overall
+    estimate, which also holds the between-batch differences, is used
+    (conservative).
     """
-    counts = [len(v) for v in values_by_batch]
+    batches = len(samples.values)
+    counts = [len(v) for v in samples.values]
     if not counts or min(counts) == 0:
         raise ValueError("every batch needs at least one sample")
     n = sum(counts)
     if n < 2:
         raise ValueError("a standard error needs at least two samples")
-    arrays = [np.asarray(v, dtype=np.float64) for v in values_by_batch]
-    means = np.array([a.mean() for a in arrays])
-    estimate = float(means.mean())
-    batches = len(arrays)
+    means, spread, bound = [], 0.0, 0.0
+    for values, weights, bounds in zip(
+        samples.values, samples.weights, samples.bounds, strict=True
+    ):
+        x, w, b = np.asarray(values), np.asarray(weights), np.asarray(bounds)
+        share = w / w.sum()
+        mean = float(share @ x)
+        means.append(mean)
+        spread += float(share**2 @ (x - mean) ** 2)
+        bound += float(share**2 @ b)
+    estimate = float(np.mean(means))
     if n > batches:
-        variance = sum(float(((a - m) ** 2).sum()) for a, m in zip(arrays, means, strict=True))
-        variance /= n - batches
+        spread *= n / (n - batches)
     else:
-        variance = float(np.concatenate(arrays).var(ddof=1))
-    se = math.sqrt(variance * sum(1.0 / c for c in counts)) / batches
-    return estimate, se
+        spread = float(np.var(np.concatenate([np.asarray(v) for v in samples.values]), ddof=1))
+        spread *= sum(1.0 / c for c in counts)
+    return estimate, math.sqrt(spread) / batches, math.sqrt(bound) / batches
 
 
 class NystromControlVariate:
@@ -242,33 +293,32 @@ class NystromControlVariate:
         """Tr(H_hat), exact for the stored products."""
         return self._trace
 
-    def observe(self, probe: Tensor, product: Tensor) -> tuple[float, float]:
+    def observe(self, pair: Tensor, probe_product: float, product_sq: float) -> tuple[float, float]:
         """``(v^T H_hat v - Tr(H_hat), ||H v - H_hat v||^2)`` with H_hat from the
-        earlier probes, then keep ``product`` (flat tensors, rank 0: ``(0, ||H v||^2)``)."""
-        product_sq = float(torch.dot(product, product))
+        earlier probes, then keep H v. ``pair`` is (2, P): the flat probe v and
+        H v; ``probe_product`` = v . Hv and ``product_sq`` = ||Hv||^2 (the caller
+        has them). With nothing stored yet the result is ``(0, ||H v||^2)``."""
         k = self._count
         correction, residual_sq = 0.0, product_sq
-        cross = np.zeros(0)
+        z = cross = np.zeros(0)
         if k:
             assert self._products is not None
-            both = (self._products[:k] @ torch.stack((probe, product), dim=1)).double()
-            z, cross = both[:, 0].cpu().numpy(), both[:, 1].cpu().numpy()
+            both = (self._products[:k] @ pair.T).double().cpu().numpy()
+            z, cross = both[:, 0], both[:, 1]
             weights = self._pinv @ z
             correction = float(z @ weights) - self._trace
             approx_sq = float(weights @ self._gram[:k, :k] @ weights)
             residual_sq = max(product_sq - 2.0 * float(weights @ cross) + approx_sq, 0.0)
-        else:
-            z = np.zeros(0)
         if k < self.capacity:
             if self._products is None:
                 self._products = torch.empty(
-                    (self.capacity, product.numel()), dtype=product.dtype, device=product.device
+                    (self.capacity, pair.shape[1]), dtype=pair.dtype, device=pair.device
                 )
             self._m[k, :k] = self._m[:k, k] = z
-            self._m[k, k] = float(torch.dot(probe, product))
+            self._m[k, k] = probe_product
             self._gram[k, :k] = self._gram[:k, k] = cross
             self._gram[k, k] = product_sq
-            self._products[k] = product
+            self._products[k] = pair[1]
             self._count = k + 1
             self._refresh()
         return correction, residual_sq
@@ -287,6 +337,24 @@ class NystromControlVariate:
         self._products = None
 
 
+_BIT_SHIFTS = torch.arange(8, dtype=torch.uint8)
+
+
+def rademacher_(out: Tensor, generator: torch.Generator) -> Tensor:
+    """Fill a flat tensor with independent fair +-1 entries.
+
+    Eight per random byte (each byte uniform on 0..255, so its bits are
+    independent and fair): 5x faster than ``randint`` per element on this CPU,
+    where drawing the probe was 6 % of the whole estimate.
+    """
+    count = out.numel()
+    random_bytes = torch.empty((count + 7) // 8, dtype=torch.uint8)
+    random_bytes.random_(0, 256, generator=generator)
+    bits = ((random_bytes.unsqueeze(1) >> _BIT_SHIFTS) & 1).reshape(-1)[:count]
+    out.copy_(bits)
+    return out.mul_(2).sub_(1)
+
+
 def _layer_generator(seed: int, index: int) -> torch.Generator:
     """One generator per layer, so a layer's probes do not depend on when the
     other layers stop (results reproduce layer by layer)."""
@@ -297,17 +365,20 @@ def _layer_generator(seed: int, index: int) -> torch.Generator:
 class _LayerState:
     """The running estimate of one layer."""
 
-    def __init__(
-        self, index: int, name: str, batches: int, settings: HutchinsonSettings, sketch: int
-    ) -> None:
-        # ``sketch`` is this layer's control-variate rank (0: plain samples).
+    def __init__(self, index: int, name: str, batches: int, settings: HutchinsonSettings) -> None:
         self.name = name
         self.values: list[list[float]] = [[] for _ in range(batches)]
+        self.weights: list[list[float]] = [[] for _ in range(batches)]
         self.variances: list[list[float]] = [[] for _ in range(batches)]
         self.samples = 0
         self.done = False
         self.generator = _layer_generator(settings.seed, index)
-        self.control = NystromControlVariate(sketch) if sketch > 0 else None
+        # One sketch per batch, sized at its first sample: each batch's samples
+        # are corrected with an approximation of that batch's own Hessian.
+        self.settings = settings
+        self.batches = batches
+        self.controls: dict[int, NystromControlVariate | None] = {}
+        self._pair: Tensor | None = None
         self._abs_plain_sum = 0.0
         self._rounding_scale = 0.0
         self._frob_plain: list[float] = []
@@ -315,34 +386,43 @@ class _LayerState:
 
     def sample(self, gradient: Tensor | None, target: Tensor, batch: int, scale: float) -> None:
         """Draw one probe, take one Hessian-vector product, record the sample."""
-        probe = torch.randint(
-            0, 2, (target.numel(),), generator=self.generator, dtype=target.dtype
-        ).to(target.device)
-        probe.mul_(2.0).sub_(1.0)
-        product = _hvp(gradient, target, probe.view_as(target)).reshape(-1)
-        plain = float(torch.dot(probe, product))
+        numel = target.numel()
+        if self._pair is None or self._pair.shape[1] != numel or self._pair.dtype != target.dtype:
+            self._pair = torch.empty((2, numel), dtype=target.dtype, device=target.device)
+        pair = self._pair
+        rademacher_(pair[0], self.generator)
+        product = _hvp(gradient, target, pair[0].view_as(target))
+        pair[1].copy_(product.reshape(-1))
+        gram = (pair @ pair.T).double().cpu().numpy()
+        plain, product_sq = float(gram[0, 1]), float(gram[1, 1])
         if not math.isfinite(plain):
             raise FailedPrecondition(
                 f"a Hessian-vector product of layer {self.name!r} is not finite on batch "
                 f"{batch}: the loss surface has inf/NaN curvature there; check the model and data"
             )
-        if self.control is None:
-            value, frob = plain, float(torch.dot(product, product))
-        else:
+        if batch not in self.controls:
+            rank = sketch_rank(numel, self.settings, self.batches)
+            self.controls[batch] = NystromControlVariate(rank) if rank > 0 else None
+        control = self.controls[batch]
+        value, frob = plain, product_sq
+        if control is not None:
             use = self._control_helps()
-            had_rank = self.control.rank > 0
-            correction, frob_control = self.control.observe(probe, product)
-            value, frob = plain, float(torch.dot(product, product))
+            had_rank = control.rank > 0
+            correction, frob_control = control.observe(pair, plain, product_sq)
             if had_rank:
-                self._frob_plain.append(frob)
+                self._frob_plain.append(product_sq)
                 self._frob_control.append(frob_control)
                 if use:
                     value, frob = plain - correction, frob_control
         self.samples += 1
         self._abs_plain_sum += abs(plain * scale)
         eps = float(torch.finfo(target.dtype).eps)
-        self._rounding_scale = 4.0 * eps * math.sqrt(target.numel())
+        self._rounding_scale = 4.0 * eps * math.sqrt(numel)
         self.values[batch].append(value * scale)
+        # Early samples see a small sketch and scatter more: the j-th sample
+        # of a batch weighs min(j, rank + 1), fixed in advance (no bias).
+        capacity = control.capacity if control is not None else 0
+        self.weights[batch].append(float(min(len(self.values[batch]), capacity + 1)))
         # Var(v^T A v) = 2 (||A||_F^2 - sum_i A_ii^2) <= 2 E||A v||^2 for symmetric A.
         self.variances[batch].append(2.0 * frob * scale * scale)
 
@@ -357,9 +437,8 @@ class _LayerState:
         """The running estimate, once every batch has a sample and n >= 2."""
         if self.samples < 2 or any(not v for v in self.values):
             return None
-        estimate, sample_se = stratified_mean_se(self.values)
-        model_se = math.sqrt(sum(sum(v) / len(v) ** 2 for v in self.variances)) / len(
-            self.variances
+        estimate, sample_se, model_se = weighted_mean_se(
+            Samples(self.values, self.weights, self.variances)
         )
         # Rounding of a float dot product over P terms: the reported error is
         # never smaller than that, whatever the samples' spread.
@@ -378,8 +457,9 @@ class _LayerState:
         )
         if converged or self.samples + batches > settings.max_samples:
             self.done = True
-            if self.control is not None:
-                self.control.release()
+            for control in self.controls.values():
+                if control is not None:
+                    control.release()
             logger.debug(
                 "layer %s: trace %.6g +- %.3g after %d samples%s",
                 self.name,
@@ -474,46 +554,85 @@ def _check_inputs(
         )
 
 
+def _check_cancel(cancel: CancelFlag | None, state: _LayerState) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(
+            f"sensitivity analysis cancelled while sampling layer {state.name!r} "
+            f"({state.samples} samples taken)"
+        )
+
+
+def _sample_all(
+    pool: ThreadPoolExecutor | None,
+    work: Sequence[tuple[_LayerState, Tensor | None, Tensor]],
+    batch: int,
+    scale: float,
+    progress: ProgressFn | None,
+    cancel: CancelFlag | None,
+) -> None:
+    """One sample of each (layer, gradient, target), in ``pool``'s threads if
+    given. Progress is reported from the calling thread, and once the cancel
+    flag is seen no sample starts and nothing more is reported (samples
+    already running, at most one per worker, are waited for)."""
+
+    def one(state: _LayerState, gradient: Tensor | None, target: Tensor) -> _LayerState:
+        _check_cancel(cancel, state)
+        state.sample(gradient, target, batch, scale)
+        return state
+
+    def report(state: _LayerState) -> None:
+        _check_cancel(cancel, state)
+        if progress is not None and (running := state.snapshot()) is not None:
+            progress(running)
+
+    if pool is None:
+        for item in work:
+            report(one(*item))
+        return
+    futures = [pool.submit(one, *item) for item in work]
+    try:
+        for future in as_completed(futures):
+            report(future.result())
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        wait(futures)
+        raise
+
+
 def _run(
     names: Sequence[str],
     batches: Sequence[Batch],
     build_graph: _GraphFn,
     settings: HutchinsonSettings,
-    sketches: Sequence[int],
     progress: ProgressFn | None,
     cancel: CancelFlag | None,
 ) -> list[LayerTrace]:
     """Rounds over the batches until every layer has stopped."""
     count = len(batches)
-    states = [
-        _LayerState(i, name, count, settings, sketch)
-        for i, (name, sketch) in enumerate(zip(names, sketches, strict=True))
-    ]
+    states = [_LayerState(i, name, count, settings) for i, name in enumerate(names)]
     kept: tuple[list[tuple[Tensor | None, Tensor]], float] | None = None
-    while active := [i for i, s in enumerate(states) if not s.done]:
-        for b in range(count):
-            if count == 1:
-                # One batch: its graph serves every sample of the whole run.
-                if kept is None:
-                    kept = build_graph(0, range(len(states)))
-                pairs, scale = [kept[0][i] for i in active], kept[1]
-            else:
-                pairs, scale = build_graph(b, active)
-            for i, (gradient, target) in zip(active, pairs, strict=True):
-                state = states[i]
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled(
-                        f"sensitivity analysis cancelled while sampling layer {state.name!r} "
-                        f"({state.samples} samples taken)"
-                    )
-                state.sample(gradient, target, b, scale)
-                if progress is not None and (running := state.snapshot()) is not None:
-                    progress(running)
-            del pairs
-        for i in active:
-            states[i].finish_round(settings, count)
-            if states[i].done and progress is not None:
-                progress(states[i].result())
+    pool = ThreadPoolExecutor(settings.workers) if settings.workers > 1 else None
+    try:
+        while active := [i for i, s in enumerate(states) if not s.done]:
+            for b in range(count):
+                if count == 1:
+                    # One batch: its graph serves every sample of the whole run.
+                    if kept is None:
+                        kept = build_graph(0, range(len(states)))
+                    pairs, scale = [kept[0][i] for i in active], kept[1]
+                else:
+                    pairs, scale = build_graph(b, active)
+                work = [(states[i], g, t) for i, (g, t) in zip(active, pairs, strict=True)]
+                _sample_all(pool, work, b, scale, progress, cancel)
+                del pairs, work
+            for i in active:
+                states[i].finish_round(settings, count)
+                if states[i].done and progress is not None:
+                    progress(states[i].result())
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return [s.result() for s in states]
 
 
@@ -531,8 +650,9 @@ def estimate_weight_traces(
 
     ``loss_fn(outputs, targets)`` must return the batch's mean loss.
     ``progress`` receives every layer's running estimate after each of its
-    samples (and the final one, ``done=True``); ``cancel.is_set()`` is checked
-    before every sample and raises Cancelled.
+    samples (and the final one, ``done=True``), always from the calling
+    thread; ``cancel.is_set()`` is checked before every sample and every
+    report and raises Cancelled.
     """
     _check_inputs([n for n, _ in layers], batches, settings)
     weights = [w for _, w in layers]
@@ -551,7 +671,6 @@ def estimate_weight_traces(
             batches,
             build_graph,
             settings,
-            [sketch_rank(w.numel(), settings) for w in weights],
             progress,
             cancel,
         )
@@ -612,7 +731,6 @@ def estimate_activation_traces(
             batches,
             build_graph,
             settings,
-            [0] * len(layers),
             progress,
             cancel,
         )

@@ -87,6 +87,7 @@ class SensitivityServicer(sensitivity_pb2_grpc.SensitivityServiceServicer):
             estimator,
             request.dataset.batch_size,
             request.activation_sensitivity,
+            self.artifacts,
         )
         record = self.runner.submit(
             {

@@ -18,10 +18,12 @@ from sensitivity_svc.hutchinson import (
     HutchinsonSettings,
     LayerTrace,
     NystromControlVariate,
+    Samples,
     estimate_activation_traces,
     estimate_weight_traces,
+    rademacher_,
     sketch_rank,
-    stratified_mean_se,
+    weighted_mean_se,
 )
 
 pytestmark = pytest.mark.unit
@@ -143,6 +145,10 @@ def test_results_are_reproducible_and_depend_on_the_seed() -> None:
     # A layer's probes do not depend on the other layers: alone, same answer.
     alone = estimate_weight_traces(model, F.cross_entropy, layers[:1], [batch])
     assert alone[0] == first[0]
+    # Nor on how many run at once.
+    for workers in (1, 3):
+        settings = HutchinsonSettings(workers=workers)
+        assert estimate_weight_traces(model, F.cross_entropy, layers, [batch], settings) == first
 
 
 def test_stopping_rule_min_samples_and_cap() -> None:
@@ -170,12 +176,18 @@ def test_target_is_met_when_not_capped() -> None:
         assert result.samples < 2000
 
 
-def test_progress_reports_running_estimates_and_cancel_stops() -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_progress_reports_running_estimates_and_cancel_stops(workers: int) -> None:
     model = _small_cnn(nn.ReLU, 0)
     layers = _layers(model)
     seen: list[LayerTrace] = []
     estimate_weight_traces(
-        model, F.cross_entropy, layers, [_data(5)], HutchinsonSettings(), progress=seen.append
+        model,
+        F.cross_entropy,
+        layers,
+        [_data(5)],
+        HutchinsonSettings(workers=workers),
+        progress=seen.append,
     )
     names = {name for name, _ in layers}
     assert {e.name for e in seen} == names
@@ -200,11 +212,11 @@ def test_progress_reports_running_estimates_and_cancel_stops() -> None:
             F.cross_entropy,
             layers,
             [_data(5)],
-            HutchinsonSettings(),
+            HutchinsonSettings(workers=workers),
             progress=stop_after_ten,
             cancel=flag,
         )
-    assert calls == 10, "no sample may be taken once the flag is set"
+    assert calls == 10, "nothing may be reported once the flag is set"
 
 
 def test_zero_curvature_layer_is_exactly_zero() -> None:
@@ -260,22 +272,39 @@ def test_bad_inputs_are_clear_errors() -> None:
         {"max_samples": 5, "min_samples": 10},
         {"sketch_size": -1},
         {"seed": -3},
+        {"workers": 0},
     ):
         with pytest.raises(InvalidArgument):
             HutchinsonSettings(**bad)  # type: ignore[arg-type]
 
 
-def test_stratified_mean_se_by_hand() -> None:
+def test_weighted_mean_se_by_hand() -> None:
+    # Equal weights: the usual stratified mean and pooled within-batch SE.
     values = [[1.0, 3.0, 2.0], [10.0, 14.0, 12.0]]
-    estimate, se = stratified_mean_se(values)
+    ones = [[1.0] * 3, [1.0] * 3]
+    bounds = [[4.0, 4.0, 4.0], [9.0, 9.0, 9.0]]
+    estimate, spread_se, bound_se = weighted_mean_se(Samples(values, ones, bounds))
     assert estimate == pytest.approx((2.0 + 12.0) / 2)
     pooled = (1 + 1 + 0 + 4 + 4 + 0) / (6 - 2)
-    assert se == pytest.approx(math.sqrt(pooled * (1 / 3 + 1 / 3)) / 2)
+    assert spread_se == pytest.approx(math.sqrt(pooled * (1 / 3 + 1 / 3)) / 2)
+    assert bound_se == pytest.approx(math.sqrt(4.0 / 3 + 9.0 / 3) / 2)
     one = [2.0, 4.0, 9.0]
-    estimate, se = stratified_mean_se([one])
-    assert se == pytest.approx(np.std(one, ddof=1) / math.sqrt(3))
+    _, spread_se, _ = weighted_mean_se(Samples([one], [[1.0] * 3], [[0.0] * 3]))
+    assert spread_se == pytest.approx(np.std(one, ddof=1) / math.sqrt(3))
+    # Weights: a weighted mean, and each sample's share squared in the SEs.
+    estimate, spread_se, bound_se = weighted_mean_se(
+        Samples([[1.0, 4.0]], [[1.0, 2.0]], [[3.0, 6.0]])
+    )
+    assert estimate == pytest.approx((1.0 + 8.0) / 3)
+    assert bound_se == pytest.approx(math.sqrt(3.0 / 9 + 4 * 6.0 / 9))
+    residual = (1 / 9) * (1.0 - 3.0) ** 2 + (4 / 9) * (4.0 - 3.0) ** 2
+    assert spread_se == pytest.approx(math.sqrt(residual * 2 / (2 - 1)))
     with pytest.raises(ValueError):
-        stratified_mean_se([[1.0], []])
+        weighted_mean_se(Samples([[1.0], []], [[1.0], []], [[1.0], []]))
+
+
+def _observe(control: NystromControlVariate, v: Tensor, hv: Tensor) -> tuple[float, float]:
+    return control.observe(torch.stack((v, hv)), float(v @ hv), float(hv @ hv))
 
 
 def _all_probes(dim: int) -> list[Tensor]:
@@ -293,7 +322,7 @@ def test_control_variate_correction_has_mean_zero_for_any_matrix() -> None:
     control = NystromControlVariate(capacity=3)
     probes = [torch.randint(0, 2, (6,), generator=generator).double() * 2 - 1 for _ in range(3)]
     for s in probes:
-        control.observe(s, h @ s)
+        _observe(control, s, h @ s)
     assert control.rank == 3  # full: observing more leaves it unchanged
     sketch = torch.stack(probes, dim=1)  # 6 x 3
     products = h @ sketch
@@ -301,7 +330,7 @@ def test_control_variate_correction_has_mean_zero_for_any_matrix() -> None:
     assert control.trace == pytest.approx(float(torch.trace(h_hat)), rel=1e-9)
     corrections = []
     for v in _all_probes(6):
-        correction, residual_sq = control.observe(v, h @ v)
+        correction, residual_sq = _observe(control, v, h @ v)
         corrections.append(correction)
         assert correction == pytest.approx(float(v @ h_hat @ v - torch.trace(h_hat)), abs=1e-9)
         # ||(H - H_hat) v||^2, expanded without forming H_hat v.
@@ -321,11 +350,24 @@ def test_control_variate_is_exact_for_low_rank_psd_blocks() -> None:
     for _ in range(8):
         v = torch.randint(0, 2, (40,), generator=generator).double() * 2 - 1
         rank_before = control.rank
-        correction, residual_sq = control.observe(v, h @ v)
+        correction, residual_sq = _observe(control, v, h @ v)
         if rank_before >= 2:
             values.append(float(v @ h @ v) - correction)
             assert residual_sq == pytest.approx(0.0, abs=1e-9)
     assert values and np.allclose(values, float(torch.trace(h)), rtol=1e-9)
+
+
+def test_rademacher_probes_are_fair_signs_and_seeded() -> None:
+    out = torch.empty(100_003)
+    first = rademacher_(out, torch.Generator().manual_seed(3)).clone()
+    assert set(first.unique().tolist()) == {-1.0, 1.0}
+    assert abs(float(first.mean())) < 4 / math.sqrt(first.numel())  # 4 sigma
+    # Neighbouring entries (bits of one byte) are uncorrelated.
+    assert abs(float((first[:-1] * first[1:]).mean())) < 4 / math.sqrt(first.numel())
+    again = rademacher_(torch.empty(100_003), torch.Generator().manual_seed(3))
+    assert torch.equal(first, again)
+    other = rademacher_(torch.empty(100_003), torch.Generator().manual_seed(4))
+    assert not torch.equal(first, other)
 
 
 def test_sketch_rank_respects_the_budget() -> None:
@@ -334,6 +376,7 @@ def test_sketch_rank_respects_the_budget() -> None:
     assert sketch_rank(300, settings) == 3
     assert sketch_rank(5000, settings) == 0
     assert sketch_rank(10, HutchinsonSettings(sketch_size=0)) == 0
+    assert sketch_rank(300, settings, batches=3) == 1  # the batches share the budget
 
 
 def test_activation_traces_match_exact_input_hessians() -> None:
