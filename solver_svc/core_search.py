@@ -31,6 +31,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -61,17 +62,40 @@ class Core:
     obj: list[np.ndarray]
     rows: list[np.ndarray]  # [m, options] per depth
     ref_suffix: np.ndarray  # [n + 1, m]: rest's usage at its least-rc choices
-    down: list[Curves]  # per row
-    up: list[Curves]  # per row
     lam: np.ndarray  # [m] multipliers the reduced costs were priced with
     residual: np.ndarray  # [m] capacity left for the core (slack included)
     real_rows: int  # rows past this are implied ones added for the bound
     base_obj: float  # objective of the fixed groups
     bound: float  # LB plus the core's least reduced costs
+    padded_rows: np.ndarray  # [m, n, K] rows per depth, options in rc order
+    padded_rc: np.ndarray  # [n, K] reduced costs per depth (0 on padding)
+    padded_obj: np.ndarray  # [n, K] objective per depth (padding arbitrary)
+    padded_ok: np.ndarray  # [n, K] real options
 
     @property
     def depth(self) -> int:
         return len(self.groups)
+
+    @cached_property
+    def down(self) -> list[Curves]:
+        """Per row: the curves pricing freed usage (computed on first use:
+        ``surrogate.search`` proves most cores without them)."""
+        return self._curves(-1.0)
+
+    @cached_property
+    def up(self) -> list[Curves]:
+        """Per row: the curves pricing growth."""
+        return self._curves(1.0)
+
+    def _curves(self, sign: float) -> list[Curves]:
+        out = []
+        n = self.depth
+        for r in range(self.padded_rows.shape[0]):
+            base = self.padded_rows[r, :, :1]
+            delta = sign * (self.padded_rows[r] - base)
+            g, w, sl, _ = hull_chains(delta, self.padded_rc, self.padded_ok)
+            out.append(suffix_curves(n, g, w, sl))
+        return out
 
 
 def hull_chains(
@@ -259,13 +283,6 @@ def build_core(
     rows_list = [srt_rows[:, i, : counts[i]] for i in range(n)]
     ref = srt_rows[:, :, 0].T  # [n, m]
     rel0 = np.where(okp, rel, 0.0)
-    down: list[Curves] = []
-    up: list[Curves] = []
-    for r in range(m):
-        base = srt_rows[r, :, :1]
-        for kind, delta in ((down, base - srt_rows[r]), (up, srt_rows[r] - base)):
-            g, w, sl, _ = hull_chains(delta, rel0, okp)
-            kind.append(suffix_curves(n, g, w, sl))
     ref_suffix = np.zeros((n + 1, m))
     ref_suffix[:n] = np.cumsum(ref[::-1], axis=0)[::-1]
     return Core(
@@ -275,13 +292,15 @@ def build_core(
         obj=obj_list,
         rows=rows_list,
         ref_suffix=ref_suffix,
-        down=down,
-        up=up,
         lam=lam,
         residual=residual,
         real_rows=real_rows,
         base_obj=base_obj,
         bound=bound + float(first.sum()),
+        padded_rows=srt_rows,
+        padded_rc=rel0,
+        padded_obj=srt_obj,
+        padded_ok=okp,
     )
 
 

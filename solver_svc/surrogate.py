@@ -42,8 +42,6 @@ import numpy as np
 from solver_svc.core_search import (
     Core,
     Curves,
-    _free_cost,
-    _waste,
     hull_chains,
     suffix_curves,
 )
@@ -80,28 +78,46 @@ class SuffixTables:
         return self.lower(0, self.capacity)
 
 
-def _prefix_curves(core: Core, w: list[np.ndarray]) -> tuple[Curves, Curves, np.ndarray]:
+def _prefix_curves(core: Core, wp: np.ndarray) -> tuple[Curves, Curves, np.ndarray]:
     """Down/up single-row hull curves of every prefix ``0..d-1`` on the
-    surrogate row, index ``n - d`` (``suffix_curves`` over reversed depths),
-    and the prefixes' usage at their first (least reduced cost) options."""
+    surrogate row ``wp`` (``[n, K]``, padded like ``core.padded_rc``), index
+    ``n - d`` (``suffix_curves`` over reversed depths), and the prefixes'
+    usage at their first (least reduced cost) options."""
     n = core.depth
-    width = max((len(x) for x in w), default=1)
-    wp = np.zeros((n, width))
-    rel = np.zeros((n, width))
-    okp = np.zeros((n, width), dtype=bool)
-    for d in range(n):
-        k = len(w[d])
-        wp[d, :k] = w[d]
-        rel[d, :k] = core.rc[d]
-        okp[d, :k] = True
     base = wp[:, :1]
     curves = []
     for delta in (base - wp, wp - base):
-        g, width_s, slope, _ = hull_chains(delta, rel, okp)
+        g, width_s, slope, _ = hull_chains(delta, core.padded_rc, core.padded_ok)
         curves.append(suffix_curves(n, n - 1 - g, width_s, slope))
-    first = wp[:, 0]
-    prefix_ref = np.concatenate([[0.0], np.cumsum(first)])  # [n + 1]: groups 0..d-1
+    prefix_ref = np.concatenate([[0.0], np.cumsum(wp[:, 0])])  # [n + 1]: groups 0..d-1
     return curves[0], curves[1], prefix_ref
+
+
+def _prefix_cost_points(down: Curves, up: Curves) -> tuple[np.ndarray, np.ndarray]:
+    """For every prefix (index ``n - d``): the vertices ``(need, cost)`` of the
+    LP cost (reduced cost plus unused capacity at price 1) of a prefix that
+    must free ``need`` surrogate usage (``need < 0``: it has ``-need`` to
+    spare). One piecewise-linear convex function of ``need``: to the left the
+    up-hull's segments cheaper than 1 (the prefix grows into spare capacity
+    where that costs less than leaving it unused), then slope 1; to the right
+    the down-hull, +inf past what it can free. Segments of groups outside a
+    prefix have width 0 and repeat a vertex, which ``np.interp`` tolerates
+    (equal ``need``, equal cost)."""
+    cheap = int(np.searchsorted(up.slopes, 1.0, side="left"))
+    rows = down.cum_w.shape[0]
+    zero = np.zeros((rows, 1))
+    xs = np.concatenate([-up.cum_w[:, :cheap][:, ::-1], zero, down.cum_w], axis=1)
+    cs = np.concatenate([up.cum_c[:, :cheap][:, ::-1], zero, down.cum_c], axis=1)
+    return xs, cs
+
+
+def _prefix_cost(xs: np.ndarray, cs: np.ndarray, need: np.ndarray, eps: float) -> np.ndarray:
+    """``_prefix_cost_points``' function at ``need``; within ``eps`` over the
+    capacity counts as fitting (summation order)."""
+    x = np.where(need > 0, np.maximum(need - eps, 0.0), need)
+    cost = np.interp(x, xs, cs)
+    cost = np.where(x < xs[0], cs[0] + (xs[0] - x), cost)
+    return np.where(x > xs[-1], np.inf, cost)
 
 
 def build_tables(
@@ -121,19 +137,25 @@ def build_tables(
     lam = np.asarray(core.lam[:real], dtype=np.float64)
     if n == 0 or not (lam > 0).any() or not math.isfinite(upper):
         return None
-    w = [lam @ core.rows[d][:real] for d in range(n)]
+    wp = np.where(core.padded_ok, np.tensordot(lam, core.padded_rows[:real], axes=1), 0.0)
+    w = [wp[d, : len(core.obj[d])] for d in range(n)]
     capacity = float(lam @ core.residual[:real])
-    scale = float(sum(float(np.abs(x).max()) for x in w)) + abs(capacity)
+    scale = float(np.abs(wp).max(axis=1).sum()) + abs(capacity)
     eps = 1e-12 * max(scale, 1e-300)
-    down, up, prefix_ref = _prefix_curves(core, w)
+    down, up, prefix_ref = _prefix_curves(core, wp)
+    cost_x, cost_c = _prefix_cost_points(down, up)
     # Reduced costs and ``core.bound`` were computed with ``lam . rows`` added
     # to the objective: when ``lam`` is huge (a degenerate LP) they lose
     # absolute precision in proportion, so states are only dropped past that.
     margin = 1e-13 * scale
     budget = upper - tol - (core.bound - shift) + margin
-    usage_u = np.zeros(1)
-    value_o = np.zeros(1)
-    reduced = np.zeros(1)
+    # States as columns of one [3, S] array (usage, objective, reduced cost):
+    # one numpy call per step instead of three; the work per depth is mostly
+    # call overhead on these sizes.
+    packed = np.stack([wp, core.padded_obj, core.padded_rc])[:, :, None, :]  # [3, n, 1, K]
+    counts = [len(x) for x in core.obj]
+    options = [packed[:, d, :, : counts[d]] for d in range(n)]
+    st = np.zeros((3, 1))
     usage: list[list[float]] = [[] for _ in range(n + 1)]
     value: list[list[float]] = [[] for _ in range(n + 1)]
     usage[n], value[n] = [0.0], [0.0]
@@ -141,27 +163,20 @@ def build_tables(
     for d in range(n - 1, -1, -1):
         if d % 16 == 0 and time.perf_counter() > deadline:
             return None
-        u = (usage_u[:, None] + w[d][None, :]).ravel()
-        o = (value_o[:, None] + core.obj[d][None, :]).ravel()
-        r = (reduced[:, None] + core.rc[d][None, :]).ravel()
-        # LP cost of the prefix 0..d-1 around these states (module doc).
-        # Within ``eps`` over the capacity counts as fitting (summation order).
-        spare = capacity - u - prefix_ref[d]
-        cost = _free_cost(down[n - d], np.where(spare < -eps, -spare, 0.0))
-        cost = np.where(spare > 0, _waste(up[n - d], 1.0, spare), cost)
-        alive = np.flatnonzero(r + cost < budget)
-        if len(alive) == 0:
-            usage_u = value_o = reduced = np.zeros(0)
-        else:
-            u, o, r = u[alive], o[alive], r[alive]
-            order = np.lexsort((o, u))
-            u, o, r = u[order], o[order], r[order]
-            best_before = np.minimum.accumulate(np.concatenate([[np.inf], o[:-1]]))
-            keep = o < best_before
-            usage_u, value_o, reduced = u[keep], o[keep], r[keep]
-        usage[d] = usage_u.tolist()
-        value[d] = value_o.tolist()
-        states += len(usage_u)
+        st = (st[:, :, None] + options[d]).reshape(3, -1)
+        cost = _prefix_cost(cost_x[n - d], cost_c[n - d], st[0] + (prefix_ref[d] - capacity), eps)
+        st = st[:, st[2] + cost < budget]
+        if st.shape[1] > 1:
+            st = st[:, np.lexsort(st[1::-1])]  # by usage, then objective
+            o = st[1]
+            best_before = np.minimum.accumulate(o[:-1])
+            keep = np.empty(len(o), dtype=bool)
+            keep[0] = True
+            np.less(o[1:], best_before, out=keep[1:])
+            st = st[:, keep]
+        usage[d] = st[0].tolist()
+        value[d] = st[1].tolist()
+        states += st.shape[1]
         if states > state_limit:
             return None
     return SuffixTables(w, capacity, usage, value, eps, states)
