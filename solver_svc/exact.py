@@ -185,9 +185,21 @@ def solve_instance(
     deadline = start + max(time_limit_s, 0.0)
     nodes = 0
     complete = False
-    # Step 5a: the integer surrogate bound (surrogate.py).
-    tables = build_tables(core, upper, tol, float(lam @ slack), deadline=deadline)
-    if tables is not None:
+    # Step 5a: the integer surrogate bounds (surrogate.py): all binding rows
+    # folded into one, and with two or more, each kept alone with the others
+    # priced (on 54-layer frontier points with two binding rows the search
+    # took 2-40 ms with both kinds where the folded one alone took 0.2-1.7 s).
+    shift = float(lam @ slack)
+    positive = np.flatnonzero(lam > 0)
+    kinds = [lam] + (
+        [np.where(np.arange(m) == r, lam, 0.0) for r in positive] if len(positive) > 1 else []
+    )
+    tables = []
+    for kept in kinds:
+        table = build_tables(core, upper, tol, shift, kept=kept, deadline=deadline)
+        if table is not None:
+            tables.append(table)
+    if tables:
         found, _, work_done, complete = surrogate_search(
             core, tables, upper, tol, SURROGATE_NODE_LIMIT, deadline
         )

@@ -57,25 +57,40 @@ MAX_DEPTH = 800
 
 @dataclass(frozen=True, eq=False)
 class SuffixTables:
-    """Per depth ``d`` the Pareto states of groups ``d..n-1`` on the surrogate
-    row: ``usage[d]`` ascending, ``value[d]`` (objective) strictly descending."""
+    """Per depth ``d`` the Pareto states of groups ``d..n-1`` of one relaxation:
+    ``usage[d]`` ascending, ``value[d]`` strictly descending.
 
-    weight: list[np.ndarray]  # surrogate usage of each option, per depth
-    capacity: float  # lam . residual
+    The relaxation splits the multipliers ``lam = kept + priced`` (both >= 0):
+    the rows' ``kept`` combination stays a constraint (``usage`` is ``kept .
+    rows``, at most ``capacity``), the ``priced`` part moves into the
+    objective (``value`` sums ``obj + priced . rows``; subtract
+    ``priced_capacity`` for a bound on the objective). ``kept = lam`` is the
+    plain surrogate; ``kept = lam_r e_r`` keeps row ``r``'s integrality and
+    prices the others (a partial Lagrangian relaxation), the stronger one
+    when two rows bind.
+    """
+
+    kept: np.ndarray  # [real rows]
+    priced: np.ndarray  # [real rows]
+    weight: list[np.ndarray]  # kept usage of each option, per depth
+    price: list[np.ndarray]  # priced . rows of each option, per depth
+    capacity: float  # kept . residual
+    priced_capacity: float  # priced . residual
     usage: list[list[float]]
     value: list[list[float]]
     eps: float  # lookups admit this much more usage (summation order)
+    margin: float  # bounds are lowered by this (precision of the priced part)
     states: int
 
     def lower(self, depth: int, room: float) -> float:
-        """Least objective of groups ``depth..n-1`` with surrogate usage ``<= room``."""
+        """Least ``value`` of groups ``depth..n-1`` with usage ``<= room``."""
         j = bisect_right(self.usage[depth], room + self.eps) - 1
         return self.value[depth][j] if j >= 0 else math.inf
 
     @property
     def root(self) -> float:
-        """The integer surrogate bound of the whole core (objective, no base)."""
-        return self.lower(0, self.capacity)
+        """The relaxation's bound on the core's objective (no base)."""
+        return self.lower(0, self.capacity) - self.priced_capacity - self.margin
 
 
 def _prefix_curves(core: Core, wp: np.ndarray) -> tuple[Curves, Curves, np.ndarray]:
@@ -125,35 +140,46 @@ def build_tables(
     upper: float,
     tol: float,
     shift: float = 0.0,
+    kept: np.ndarray | None = None,
     state_limit: int = TABLE_STATE_LIMIT,
     deadline: float = math.inf,
 ) -> SuffixTables | None:
-    """The tables (see module doc), or ``None`` when there is no binding row or
-    they grow past ``state_limit`` states. ``shift`` (>= 0) is subtracted from
-    ``core.bound`` when states are dropped (the multipliers' price of the
-    feasibility slack, which the core's residual includes)."""
+    """The tables (see module doc and ``SuffixTables``) of the relaxation that
+    keeps ``kept`` (default: all of ``core.lam``), or ``None`` when nothing is
+    kept or they grow past ``state_limit`` states. ``shift`` (>= 0) is
+    subtracted from ``core.bound`` when states are dropped (the multipliers'
+    price of the feasibility slack, which the core's residual includes)."""
     n = core.depth
     real = core.real_rows
     lam = np.asarray(core.lam[:real], dtype=np.float64)
-    if n == 0 or not (lam > 0).any() or not math.isfinite(upper):
+    kept = lam.copy() if kept is None else np.minimum(np.asarray(kept, dtype=np.float64), lam)
+    kept = np.maximum(kept, 0.0)
+    priced = lam - kept
+    if n == 0 or not (kept > 0).any() or not math.isfinite(upper):
         return None
-    wp = np.where(core.padded_ok, np.tensordot(lam, core.padded_rows[:real], axes=1), 0.0)
-    w = [wp[d, : len(core.obj[d])] for d in range(n)]
-    capacity = float(lam @ core.residual[:real])
+    rows = core.padded_rows[:real]
+    residual = core.residual[:real]
+    wp = np.where(core.padded_ok, np.tensordot(kept, rows, axes=1), 0.0)
+    pp = np.where(core.padded_ok, np.tensordot(priced, rows, axes=1), 0.0)
+    counts = [len(x) for x in core.obj]
+    w = [wp[d, : counts[d]] for d in range(n)]
+    price = [pp[d, : counts[d]] for d in range(n)]
+    capacity = float(kept @ residual)
+    priced_capacity = float(priced @ residual)
     scale = float(np.abs(wp).max(axis=1).sum()) + abs(capacity)
     eps = 1e-12 * max(scale, 1e-300)
+    priced_scale = float(np.abs(pp).max(axis=1).sum()) + abs(priced_capacity)
     down, up, prefix_ref = _prefix_curves(core, wp)
     cost_x, cost_c = _prefix_cost_points(down, up)
     # Reduced costs and ``core.bound`` were computed with ``lam . rows`` added
     # to the objective: when ``lam`` is huge (a degenerate LP) they lose
     # absolute precision in proportion, so states are only dropped past that.
-    margin = 1e-13 * scale
+    margin = 1e-13 * (scale + priced_scale)
     budget = upper - tol - (core.bound - shift) + margin
     # States as columns of one [3, S] array (usage, objective, reduced cost):
     # one numpy call per step instead of three; the work per depth is mostly
     # call overhead on these sizes.
-    packed = np.stack([wp, core.padded_obj, core.padded_rc])[:, :, None, :]  # [3, n, 1, K]
-    counts = [len(x) for x in core.obj]
+    packed = np.stack([wp, core.padded_obj + pp, core.padded_rc])[:, :, None, :]  # [3, n, 1, K]
     options = [packed[:, d, :, : counts[d]] for d in range(n)]
     st = np.zeros((3, 1))
     usage: list[list[float]] = [[] for _ in range(n + 1)]
@@ -179,18 +205,31 @@ def build_tables(
         states += st.shape[1]
         if states > state_limit:
             return None
-    return SuffixTables(w, capacity, usage, value, eps, states)
+    return SuffixTables(
+        kept,
+        priced,
+        w,
+        price,
+        capacity,
+        priced_capacity,
+        usage,
+        value,
+        eps,
+        1e-12 * (priced_scale + abs(upper)),
+        states,
+    )
 
 
 def search(
     core: Core,
-    tables: SuffixTables,
+    tables: SuffixTables | list[SuffixTables],
     upper: float,
     tol: float,
     node_limit: int,
     deadline: float,
 ) -> tuple[list[int] | None, float, int, bool]:
-    """Depth-first search with the tables' bound (see module doc).
+    """Depth-first search with the tables' bound (see module doc); with
+    several tables a node's bound is the largest of theirs.
 
     Returns ``(assignment per depth or None, value, nodes, complete)`` like
     ``core_search.dfs``; only configurations better than ``upper - tol`` are
@@ -199,32 +238,43 @@ def search(
     n = core.depth
     if n > MAX_DEPTH:
         return None, upper, 0, False
+    all_tables = [tables] if isinstance(tables, SuffixTables) else list(tables)
     real = core.real_rows
     residual = core.residual[:real].tolist()
     lows = np.zeros((n + 1, real))
     for d in range(n - 1, -1, -1):
         lows[d] = lows[d + 1] + core.rows[d][:real].min(axis=1)
     rest_low = lows.tolist()
+    t_range = range(len(all_tables))
+    # Per depth, per option: (objective, rows, column, kept usage and priced
+    # part per table).
     options = [
         list(
             zip(
                 core.obj[d].tolist(),
-                tables.weight[d].tolist(),
                 core.rows[d][:real].T.tolist(),
                 core.ks[d].tolist(),
+                np.stack([t.weight[d] for t in all_tables], axis=1).tolist(),
+                np.stack([t.price[d] for t in all_tables], axis=1).tolist(),
                 strict=True,
             )
         )
         for d in range(n)
     ]
-    usage, value, eps, capacity = tables.usage, tables.value, tables.eps, tables.capacity
-    base = core.base_obj
+    usage = [t.usage for t in all_tables]
+    value = [t.value for t in all_tables]
+    room0 = [t.capacity + t.eps for t in all_tables]
+    # Constant part of each table's bound: base, minus the priced capacity
+    # and the precision margin.
+    offset = [core.base_obj - t.priced_capacity - t.margin for t in all_tables]
     rows_range = range(real)
     current = [0] * n
     best: list[int] | None = None
     state = {"upper": upper, "nodes": 0, "stopped": False}
 
-    def visit(depth: int, acc_obj: float, acc_w: float, used: list[float]) -> None:
+    def visit(
+        depth: int, acc_obj: float, used: list[float], acc_w: list[float], acc_p: list[float]
+    ) -> None:
         nonlocal best
         state["nodes"] += 1
         if state["nodes"] >= node_limit or (
@@ -233,33 +283,47 @@ def search(
             state["stopped"] = True
             return
         if depth == n:
-            total = base + acc_obj
+            total = core.base_obj + acc_obj
             if total < state["upper"] - tol:
                 state["upper"] = total
                 best = list(current)
             return
         low = rest_low[depth + 1]
-        next_usage, next_value = usage[depth + 1], value[depth + 1]
-        room = capacity - acc_w + eps
+        limit = state["upper"] - tol
         children = []
-        for ob, wk, row, k in options[depth]:
+        for ob, row, k, ws, ps in options[depth]:
             new_used = [used[r] + row[r] for r in rows_range]
             if any(new_used[r] + low[r] > residual[r] for r in rows_range):
                 continue
-            j = bisect_right(next_usage, room - wk) - 1
-            if j < 0:
-                continue
-            b = base + acc_obj + ob + next_value[j]
-            if b < state["upper"] - tol:
-                children.append((b, ob, wk, new_used, k))
+            b = -math.inf
+            for t in t_range:
+                u = usage[t][depth + 1]
+                j = bisect_right(u, room0[t] - acc_w[t] - ws[t]) - 1
+                if j < 0:
+                    b = math.inf
+                    break
+                bt = offset[t] + acc_obj + ob + acc_p[t] + ps[t] + value[t][depth + 1][j]
+                if bt > b:
+                    b = bt
+                    if b >= limit:
+                        break
+            if b < limit:
+                children.append((b, ob, new_used, k, ws, ps))
         children.sort(key=lambda c: c[0])
-        for b, ob, wk, new_used, k in children:
+        for b, ob, new_used, k, ws, ps in children:
             if b >= state["upper"] - tol:
                 break
             current[depth] = k
-            visit(depth + 1, acc_obj + ob, acc_w + wk, new_used)
+            visit(
+                depth + 1,
+                acc_obj + ob,
+                new_used,
+                [acc_w[t] + ws[t] for t in t_range],
+                [acc_p[t] + ps[t] for t in t_range],
+            )
             if state["stopped"]:
                 return
 
-    visit(0, 0.0, 0.0, [0.0] * real)
+    zeros = [0.0] * len(all_tables)
+    visit(0, 0.0, [0.0] * real, zeros, list(zeros))
     return best, float(state["upper"]), int(state["nodes"]), not bool(state["stopped"])

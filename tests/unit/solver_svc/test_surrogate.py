@@ -115,9 +115,14 @@ def test_surrogate_search_alone_matches_enumeration(case: tuple) -> None:  # typ
     if inst.rows.shape[0] == 0:
         return
     core, first, slack, shift = _whole_core(inst)
-    tables = build_tables(core, _loose_upper(inst), 0.0, shift)
-    if tables is None:  # no binding row: nothing for the surrogate to do
+    lam = core.lam[: core.real_rows]
+    if core.depth == 0 or not (lam > 0).any():  # nothing for the surrogate to do
         return
+    # The folded surrogate and every row kept alone with the others priced.
+    kinds = [lam] + [np.where(np.arange(len(lam)) == r, lam, 0.0) for r in range(len(lam))]
+    loose = [build_tables(core, _loose_upper(inst), 0.0, shift, kept=kept) for kept in kinds]
+    tables = [t for t in loose if t is not None]
+    assert tables
     deadline = time.perf_counter() + 60
     found, value, _, complete = search(core, tables, _loose_upper(inst), 0.0, 10**7, deadline)
     assert complete
@@ -126,9 +131,9 @@ def test_surrogate_search_alone_matches_enumeration(case: tuple) -> None:  # typ
         return
     assert found is not None
     assert abs(value + inst.obj_offset - expected) <= 1e-7 * max(1.0, abs(expected))
-    assert tables.root + core.base_obj + inst.obj_offset <= expected + 1e-7 * max(
-        1.0, abs(expected)
-    )
+    for table in tables:  # each is a relaxation: never above the optimum
+        bound = table.root + core.base_obj + inst.obj_offset
+        assert bound <= expected + 1e-7 * max(1.0, abs(expected))
     choice = first.copy()
     choice[core.groups] = found
     groups = np.arange(inst.num_groups)
@@ -137,9 +142,11 @@ def test_surrogate_search_alone_matches_enumeration(case: tuple) -> None:  # typ
     # Pruning by an incumbent just above the optimum still finds it (tables
     # built with that incumbent drop only what cannot beat it).
     upper = value + 1e-6 * max(1.0, abs(value))
-    tight = build_tables(core, upper, 0.0, shift)
-    assert tight is not None
-    again, value2, _, complete2 = search(core, tight, upper, 0.0, 10**7, deadline)
+    tight = [build_tables(core, upper, 0.0, shift, kept=kept) for kept in kinds]
+    assert tight[0] is not None
+    again, value2, _, complete2 = search(
+        core, [t for t in tight if t is not None], upper, 0.0, 10**7, deadline
+    )
     assert complete2 and again is not None
     assert value2 == pytest.approx(value, rel=1e-12, abs=1e-12)
 
