@@ -310,13 +310,23 @@ def _budgets_pb(budgets: Budgets) -> Any:
 def _run_clients(
     address: str, settings: Any, problem_id: str, queries: list[list[Budgets]]
 ) -> dict[str, Any]:
-    """Each list of ``queries`` on its own thread and channel; latency per call."""
+    """Each list of ``queries`` on its own thread and channel; latency per call.
+
+    Each client connects (a health check) before the clock starts, so the
+    first query does not carry the connection's set-up.
+    """
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     from bitmesh.client import Client
 
     latencies: list[list[tuple[float, str]]] = [[] for _ in queries]
+    barrier = threading.Barrier(len(queries) + 1)
 
     def client(index: int) -> None:
         with Client(settings, addresses={"solver": address}, timeout=120) as c:
+            health = health_pb2_grpc.HealthStub(c.channel("solver"))
+            health.Check(health_pb2.HealthCheckRequest(), timeout=60)
+            barrier.wait()
             for budgets in queries[index]:
                 start = time.perf_counter()
                 try:
@@ -326,9 +336,10 @@ def _run_clients(
                 latencies[index].append((time.perf_counter() - start, source))
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(len(queries))]
-    start = time.perf_counter()
     for t in threads:
         t.start()
+    barrier.wait()
+    start = time.perf_counter()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
@@ -342,19 +353,27 @@ def _run_clients(
 
 
 def _floor(address: str, settings: Any, clients: int, calls: int = 100) -> dict[str, float]:
-    """Latency of a trivial RPC (ListLatencyProfiles) under the same
-    concurrency: what gRPC and this machine's load cost with no work."""
+    """Latency of a do-nothing call on the same server (a health check: it
+    goes through every interceptor and the same thread pool, and does no
+    work) under the same concurrency: what our gRPC stack and this machine's
+    load cost with no work. (Until 2026-11 this was ListLatencyProfiles, which
+    reads and parses every profile file per call, so it was no floor.)"""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     from bitmesh.client import Client
-    from bitmesh.v1 import solver_pb2
 
     times: list[float] = []
+    barrier = threading.Barrier(clients)
 
     def client() -> None:
         with Client(settings, addresses={"solver": address}, timeout=60) as c:
-            stub = c.stub("solver")
+            stub = health_pb2_grpc.HealthStub(c.channel("solver"))
+            request = health_pb2.HealthCheckRequest()
+            stub.Check(request, timeout=60)  # connect before timing
+            barrier.wait()
             for _ in range(calls):
                 start = time.perf_counter()
-                stub.ListLatencyProfiles(solver_pb2.ListLatencyProfilesRequest())
+                stub.Check(request, timeout=60)
                 times.append(time.perf_counter() - start)
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
@@ -363,6 +382,112 @@ def _floor(address: str, settings: Any, clients: int, calls: int = 100) -> dict[
     for t in threads:
         t.join()
     return _percentiles(times)
+
+
+#: A bare grpcio server (sync, 16 threads, no interceptors, one method that
+#: returns a fixed 1 KB reply), run in a child process by ``_raw_grpc_floor``.
+_RAW_SERVER = """
+import sys
+from concurrent import futures
+import grpc
+reply = b"x" * 1024
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+handler = grpc.unary_unary_rpc_method_handler(lambda request, context: reply)
+server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("raw.Raw", {"Echo": handler}),))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+print(port, flush=True)
+sys.stdin.read()
+server.stop(0)
+"""
+
+
+def _raw_grpc_floor(clients: int, calls: int = 100) -> dict[str, float]:
+    """The same clients against a bare grpcio server in its own process: what
+    gRPC itself costs on this machine now (the figure of METHODS.md section 9,
+    re-measured beside ours because the machine's load moves it)."""
+    import subprocess
+
+    import grpc
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _RAW_SERVER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        address = f"127.0.0.1:{int(proc.stdout.readline())}"
+        times: list[float] = []
+        barrier = threading.Barrier(clients)
+
+        def client() -> None:
+            with grpc.insecure_channel(address) as channel:
+                echo = channel.unary_unary("/raw.Raw/Echo")
+                echo(b"x" * 1024, timeout=60)
+                barrier.wait()
+                for _ in range(calls):
+                    start = time.perf_counter()
+                    echo(b"x" * 1024, timeout=60)
+                    times.append(time.perf_counter() - start)
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        wall = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - wall
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(10)
+    return {**_percentiles(times), "qps": len(times) / wall}
+
+
+def _start_solver_process(root: str) -> tuple[Any, str]:
+    """``python -m solver_svc`` in a child process, as it is deployed, on a
+    free port; returns the process and its address.
+
+    Why a child process: in one process the 8 client threads and the server's
+    threads share one GIL, and every call's Python work on both sides is
+    serialized: measured 950-1,100 what-if calls/s in process against
+    1,500-2,600 with the server in its own process (same run, same code).
+    """
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "BITMESH_LOG_LEVEL": "WARNING"}
+    log_path = Path(root) / "solver-service.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "solver_svc", "--port", "0", "--artifact-root", root],
+            cwd=str(REPO),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            text=True,
+        )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # "solver serving on 127.0.0.1:<port>"
+    if "serving on" not in line:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"the solver service did not start: {log_path.read_text()[-2000:]}")
+    return proc, f"127.0.0.1:{int(line.rsplit(':', 1)[1])}"
+
+
+def _stop_solver_process(proc: Any) -> None:
+    """SIGTERM (graceful stop), then kill if it has not ended in 10 s."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _percentiles(times: list[float]) -> dict[str, float]:
@@ -376,14 +501,21 @@ def _percentiles(times: list[float]) -> dict[str, float]:
 
 
 def bench_whatif_grpc(
-    case: Case, clients: int = 8, queries_per_client: int = 200, seed: int = 0
+    case: Case,
+    clients: int = 8,
+    queries_per_client: int = 200,
+    seed: int = 0,
+    server: str = "process",
 ) -> dict[str, Any]:
     """What-if over real gRPC on loopback with ``clients`` concurrent callers.
 
-    The solver service runs in this process (``start_service``); each client
-    thread has its own channel. Queries move the BOPs limit with size and
-    latency held (a slider), uniformly between the least achievable BOPs and
-    the unconstrained optimum's. Three phases, reported apart:
+    The solver service runs as deployed, in its own process (``python -m
+    solver_svc``; ``server="in-process"`` runs it in this one with
+    ``start_service``, where clients and server share one GIL); each client
+    thread has its own channel and calls through ``bitmesh.Client``. Queries
+    move the BOPs limit with size and latency held (a slider), uniformly
+    between the least achievable BOPs and the unconstrained optimum's. Three
+    phases, reported apart:
 
     - ``cold``: right after registration. The service sees a one-limit sweep
       and starts tracing that axis's exhaustive frontier in the background;
@@ -391,12 +523,15 @@ def bench_whatif_grpc(
     - ``warm`` (the headline): after the trace has finished, every such query
       is answered from memory, provably optimal.
     - ``multi_budget``: BOPs and size limits both random: exact solves.
+
+    Beside them: ``grpc_floor``, a do-nothing call on the same server, and
+    ``raw_grpc_floor``, a bare grpcio server in its own process, both under
+    the same concurrency.
     """
     import tempfile
 
-    from bitmesh.rpc.service_main import start_service
+    from bitmesh.client import Client
     from bitmesh.settings import load_settings
-    from solver_svc.servicer import build
 
     solver = ProblemSolver(case.problem)
     constraints = case.budgets.with_limit("bops", None)
@@ -404,14 +539,22 @@ def bench_whatif_grpc(
     assert low is not None
     high = solver.solve(constraints).totals.bops
     rng = np.random.default_rng(seed)
-    out: dict[str, Any] = {"path": "gRPC loopback, in-process server", "clients": clients}
+    path = "own process (python -m solver_svc)" if server == "process" else "in-process"
+    out: dict[str, Any] = {"path": f"gRPC loopback, server {path}", "clients": clients}
     with tempfile.TemporaryDirectory() as root:
         settings = load_settings(artifact_root=root)
-        running = start_service("solver", build, settings, port=0)
-        address = f"127.0.0.1:{running.port}"
-        try:
-            from bitmesh.client import Client
+        stop: Callable[[], None]
+        if server == "process":
+            proc, address = _start_solver_process(root)
+            stop = lambda: _stop_solver_process(proc)  # noqa: E731
+        else:
+            from bitmesh.rpc.service_main import start_service
+            from solver_svc.servicer import build
 
+            running = start_service("solver", build, settings, port=0)
+            address = f"127.0.0.1:{running.port}"
+            stop = lambda: running.stop(1)  # noqa: E731
+        try:
             with Client(settings, addresses={"solver": address}, timeout=120) as c:
                 problem_id = c.register_problem(problem_to_pb(case.problem)).problem_id
 
@@ -420,6 +563,7 @@ def bench_whatif_grpc(
                 return [[constraints.with_limit("bops", float(x)) for x in row] for row in limits]
 
             out["grpc_floor"] = _floor(address, settings, clients)
+            out["raw_grpc_floor"] = _raw_grpc_floor(clients)
             traced_from = time.perf_counter()
             out["cold"] = _run_clients(address, settings, problem_id, sweep(5))
             # Wait for the trace: it walks from the loose end down, so a query
@@ -444,7 +588,7 @@ def bench_whatif_grpc(
             ]
             out["multi_budget"] = _run_clients(address, settings, problem_id, multi)
         finally:
-            running.stop(1)
+            stop()
     return out
 
 

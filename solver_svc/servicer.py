@@ -6,7 +6,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import replace
 
 import grpc
 
@@ -18,6 +17,7 @@ from bitmesh.v1 import solver_pb2, solver_pb2_grpc
 from solver_svc.convert import (
     AXIS_TO_PB,
     OBJECTIVE_FROM_PB,
+    SolutionEncoder,
     axis_from_pb,
     budgets_from_pb,
     problem_from_pb,
@@ -33,6 +33,8 @@ SERVICE_NAME = solver_pb2.DESCRIPTOR.services_by_name["SolverService"].full_name
 DEFAULT_TIME_LIMIT_S = 30.0
 MAX_TIME_LIMIT_S = 600.0
 DEFAULT_POINTS = 20
+#: Registered problems whose answer encoders are kept (the registry keeps 64 loaded).
+MAX_ENCODERS = 256
 
 
 def _time_limit(value: float) -> float:
@@ -44,25 +46,28 @@ def _time_limit(value: float) -> float:
 class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
     def __init__(self, registry: ProblemRegistry) -> None:
         self.registry = registry
-        # Stored frontier points as messages, converted once: a what-if
-        # answered from memory only copies one. Keyed by id, checked by identity.
-        self._point_pb: dict[int, tuple[Solution, solver_pb2.Solution]] = {}
-        self._point_lock = threading.Lock()
+        # One answer encoder per registered problem (see SolutionEncoder: an
+        # answer from memory costs ~20 us to encode instead of ~0.6-1.7 ms).
+        self._encoders: dict[str, SolutionEncoder] = {}
+        self._encoders_lock = threading.Lock()
 
-    def _stored_point_pb(self, point: Solution, loaded: LoadedProblem) -> solver_pb2.Solution:
-        key = id(point)
-        with self._point_lock:
-            cached = self._point_pb.get(key)
-        if cached is None or cached[0] is not point:
-            message = solution_to_pb(point, loaded.solver.problem, loaded.problem_id)
-            with self._point_lock:
-                if len(self._point_pb) > 100_000:
-                    self._point_pb.clear()
-                self._point_pb[key] = (point, message)
-            cached = (point, message)
-        out = solver_pb2.Solution()
-        out.CopyFrom(cached[1])
-        return out
+    def _encoder(self, loaded: LoadedProblem) -> SolutionEncoder:
+        problem = loaded.solver.problem
+        encoder = self._encoders.get(loaded.problem_id)
+        if encoder is None or encoder.problem is not problem:
+            encoder = SolutionEncoder(problem)
+            with self._encoders_lock:
+                if len(self._encoders) >= MAX_ENCODERS:
+                    self._encoders.clear()
+                self._encoders[loaded.problem_id] = encoder
+        return encoder
+
+    def _answer_pb(
+        self, solution: Solution, solver: ProblemSolver, loaded: LoadedProblem | None
+    ) -> solver_pb2.Solution:
+        if loaded is None:
+            return solution_to_pb(solution, solver.problem)
+        return self._encoder(loaded).encode(solution, loaded.problem_id)
 
     def _resolve(
         self, request: solver_pb2.SolveRequest | solver_pb2.FrontierRequest, profile: str
@@ -113,7 +118,7 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
             solution = solver.solve(
                 budgets, objective=objective, time_limit_s=_time_limit(request.time_limit_s)
             )
-        return solution_to_pb(solution, solver.problem, loaded.problem_id if loaded else "")
+        return self._answer_pb(solution, solver, loaded)
 
     def Frontier(
         self, request: solver_pb2.FrontierRequest, context: grpc.ServicerContext
@@ -135,9 +140,13 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
             if not traced.complete:
                 # Later what-if queries on this axis will come from memory.
                 self.registry.trace_exhaustive(loaded, axis, traced.constraints)
-        problem_id = loaded.problem_id if loaded else ""
+        if loaded is None and len(traced.points) > 1:
+            encode = SolutionEncoder(solver.problem).encode
+            points = [encode(p) for p in traced.points]
+        else:
+            points = [self._answer_pb(p, solver, loaded) for p in traced.points]
         return solver_pb2.FrontierResponse(
-            points=[solution_to_pb(p, solver.problem, problem_id) for p in traced.points],
+            points=points,
             seconds=traced.seconds,
             axis=AXIS_TO_PB[axis],
         )
@@ -158,7 +167,7 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
         # immutable and replaced whole.
         answer, nearest = lookup(budgets, loaded.all_frontiers())
         if answer is not None:
-            message = self._stored_point_pb(answer, loaded)
+            message = self._encoder(loaded).encode(answer, loaded.problem_id)
             message.answered_from = "frontier"
             message.status = solver_pb2.SOLVE_STATUS_OPTIMAL
             message.gap = 0.0
@@ -168,8 +177,9 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
             solution = loaded.solver.solve(
                 budgets, time_limit_s=DEFAULT_TIME_LIMIT_S, warm_start=nearest
             )
-        solution = replace(solution, seconds=time.perf_counter() - start)
-        return solution_to_pb(solution, loaded.solver.problem, loaded.problem_id)
+        message = self._encoder(loaded).encode(solution, loaded.problem_id)
+        message.seconds = time.perf_counter() - start
+        return message
 
     def ListLatencyProfiles(
         self, request: solver_pb2.ListLatencyProfilesRequest, context: grpc.ServicerContext
