@@ -60,14 +60,17 @@ class SuffixTables:
     """Per depth ``d`` the Pareto states of groups ``d..n-1`` of one relaxation:
     ``usage[d]`` ascending, ``value[d]`` strictly descending.
 
-    The relaxation splits the multipliers ``lam = kept + priced`` (both >= 0):
-    the rows' ``kept`` combination stays a constraint (``usage`` is ``kept .
-    rows``, at most ``capacity``), the ``priced`` part moves into the
-    objective (``value`` sums ``obj + priced . rows``; subtract
-    ``priced_capacity`` for a bound on the objective). ``kept = lam`` is the
-    plain surrogate; ``kept = lam_r e_r`` keeps row ``r``'s integrality and
-    prices the others (a partial Lagrangian relaxation), the stronger one
-    when two rows bind.
+    The relaxation splits the multipliers ``lam = price_of_kept * kept +
+    priced`` (all >= 0, ``price_of_kept`` the largest that leaves ``priced``
+    non-negative): the rows' ``kept`` combination stays a constraint
+    (``usage`` is ``kept . rows``, at most ``capacity``), the ``priced`` part
+    moves into the objective (``value`` sums ``obj + priced . rows``;
+    subtract ``priced_capacity`` for a bound on the objective). ``kept = lam``
+    is the plain surrogate; ``kept = lam_r e_r`` keeps row ``r``'s
+    integrality and prices the others (a partial Lagrangian relaxation), the
+    stronger one when two rows bind; ``kept = e_r`` for a row the LP leaves
+    slack (``lam_r = 0``) keeps that row's integrality with everything
+    priced, for when it binds only in integers.
     """
 
     kept: np.ndarray  # [real rows]
@@ -108,7 +111,9 @@ def _prefix_curves(core: Core, wp: np.ndarray) -> tuple[Curves, Curves, np.ndarr
     return curves[0], curves[1], prefix_ref
 
 
-def _prefix_cost_points(down: Curves, up: Curves) -> tuple[np.ndarray, np.ndarray]:
+def _prefix_cost_points(
+    down: Curves, up: Curves, unit_price: float
+) -> tuple[np.ndarray, np.ndarray]:
     """For every prefix (index ``n - d``): the vertices ``(need, cost)`` of the
     LP cost (reduced cost plus unused capacity at price 1) of a prefix that
     must free ``need`` surrogate usage (``need < 0``: it has ``-need`` to
@@ -118,7 +123,7 @@ def _prefix_cost_points(down: Curves, up: Curves) -> tuple[np.ndarray, np.ndarra
     the down-hull, +inf past what it can free. Segments of groups outside a
     prefix have width 0 and repeat a vertex, which ``np.interp`` tolerates
     (equal ``need``, equal cost)."""
-    cheap = int(np.searchsorted(up.slopes, 1.0, side="left"))
+    cheap = int(np.searchsorted(up.slopes, unit_price, side="left"))
     rows = down.cum_w.shape[0]
     zero = np.zeros((rows, 1))
     xs = np.concatenate([-up.cum_w[:, :cheap][:, ::-1], zero, down.cum_w], axis=1)
@@ -126,12 +131,14 @@ def _prefix_cost_points(down: Curves, up: Curves) -> tuple[np.ndarray, np.ndarra
     return xs, cs
 
 
-def _prefix_cost(xs: np.ndarray, cs: np.ndarray, need: np.ndarray, eps: float) -> np.ndarray:
+def _prefix_cost(
+    xs: np.ndarray, cs: np.ndarray, need: np.ndarray, eps: float, unit_price: float
+) -> np.ndarray:
     """``_prefix_cost_points``' function at ``need``; within ``eps`` over the
     capacity counts as fitting (summation order)."""
     x = np.where(need > 0, np.maximum(need - eps, 0.0), need)
     cost = np.interp(x, xs, cs)
-    cost = np.where(x < xs[0], cs[0] + (xs[0] - x), cost)
+    cost = np.where(x < xs[0], cs[0] + unit_price * (xs[0] - x), cost)
     return np.where(x > xs[-1], np.inf, cost)
 
 
@@ -152,11 +159,15 @@ def build_tables(
     n = core.depth
     real = core.real_rows
     lam = np.asarray(core.lam[:real], dtype=np.float64)
-    kept = lam.copy() if kept is None else np.minimum(np.asarray(kept, dtype=np.float64), lam)
-    kept = np.maximum(kept, 0.0)
-    priced = lam - kept
+    kept = lam.copy() if kept is None else np.maximum(np.asarray(kept, dtype=np.float64), 0.0)
     if n == 0 or not (kept > 0).any() or not math.isfinite(upper):
         return None
+    # Unused kept capacity is worth ``unit_price`` per unit in the bound:
+    # lam . (residual - U) >= unit_price * kept . (residual - U) when
+    # ``priced = lam - unit_price * kept >= 0``.
+    on = kept > 0
+    unit_price = float(np.min(lam[on] / kept[on]))
+    priced = np.maximum(lam - unit_price * kept, 0.0)
     rows = core.padded_rows[:real]
     residual = core.residual[:real]
     wp = np.where(core.padded_ok, np.tensordot(kept, rows, axes=1), 0.0)
@@ -170,7 +181,7 @@ def build_tables(
     eps = 1e-12 * max(scale, 1e-300)
     priced_scale = float(np.abs(pp).max(axis=1).sum()) + abs(priced_capacity)
     down, up, prefix_ref = _prefix_curves(core, wp)
-    cost_x, cost_c = _prefix_cost_points(down, up)
+    cost_x, cost_c = _prefix_cost_points(down, up, unit_price)
     # Reduced costs and ``core.bound`` were computed with ``lam . rows`` added
     # to the objective: when ``lam`` is huge (a degenerate LP) they lose
     # absolute precision in proportion, so states are only dropped past that.
@@ -190,7 +201,8 @@ def build_tables(
         if d % 16 == 0 and time.perf_counter() > deadline:
             return None
         st = (st[:, :, None] + options[d]).reshape(3, -1)
-        cost = _prefix_cost(cost_x[n - d], cost_c[n - d], st[0] + (prefix_ref[d] - capacity), eps)
+        need = st[0] + (prefix_ref[d] - capacity)
+        cost = _prefix_cost(cost_x[n - d], cost_c[n - d], need, eps, unit_price)
         st = st[:, st[2] + cost < budget]
         if st.shape[1] > 1:
             st = st[:, np.lexsort(st[1::-1])]  # by usage, then objective

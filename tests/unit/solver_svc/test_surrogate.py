@@ -118,8 +118,10 @@ def test_surrogate_search_alone_matches_enumeration(case: tuple) -> None:  # typ
     lam = core.lam[: core.real_rows]
     if core.depth == 0 or not (lam > 0).any():  # nothing for the surrogate to do
         return
-    # The folded surrogate and every row kept alone with the others priced.
-    kinds = [lam] + [np.where(np.arange(len(lam)) == r, lam, 0.0) for r in range(len(lam))]
+    # The folded surrogate and every row kept alone with the others priced
+    # (a row the LP leaves slack is kept at unit scale, with everything priced).
+    unit = np.eye(len(lam))
+    kinds = [lam] + [unit[r] * (lam[r] if lam[r] > 0 else 1.0) for r in range(len(lam))]
     loose = [build_tables(core, _loose_upper(inst), 0.0, shift, kept=kept) for kept in kinds]
     tables = [t for t in loose if t is not None]
     assert tables
