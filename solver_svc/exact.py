@@ -45,6 +45,7 @@ from solver_svc.heuristic import (
     improve_pairs,
     lp_branch_candidates,
     objective_of,
+    repair,
     round_lp,
 )
 from solver_svc.presolve import Instance
@@ -151,8 +152,12 @@ def solve_instance(
     bound, v = lagrangian(work, lam)
 
     candidates: list[np.ndarray] = []
-    if hint is not None and feasible(work, hint, slack):
-        candidates.append(improve(work, hint, slack))
+    if hint is not None and bool(work.valid[np.arange(work.num_groups), hint].all()):
+        # A neighbouring frontier point's optimum is usually just over the new
+        # limit: repaired, it is a close incumbent (smaller tables, fewer nodes).
+        start_from = hint if feasible(work, hint, slack) else repair(work, hint, slack)
+        if start_from is not None and feasible(work, start_from, slack):
+            candidates.append(improve(work, start_from, slack))
     rounded = round_lp(work, dual, v, slack)
     if rounded is not None:
         candidates.append(rounded)

@@ -36,6 +36,7 @@ import math
 import time
 from bisect import bisect_right
 from dataclasses import dataclass
+from operator import add, gt, itemgetter
 
 import numpy as np
 
@@ -279,63 +280,77 @@ def search(
     # Constant part of each table's bound: base, minus the priced capacity
     # and the precision margin.
     offset = [core.base_obj - t.priced_capacity - t.margin for t in all_tables]
-    rows_range = range(real)
+    # Per depth: how much of each row the option may use so that the rest
+    # still fits at its least (``residual - least usage of the rest``).
+    room_rows = [[residual[r] - rest_low[d + 1][r] for r in range(real)] for d in range(n)]
     current = [0] * n
     best: list[int] | None = None
-    state = {"upper": upper, "nodes": 0, "stopped": False}
+    best_value = upper
+    nodes = 0
+    stopped = False
 
     def visit(
         depth: int, acc_obj: float, used: list[float], acc_w: list[float], acc_p: list[float]
     ) -> None:
-        nonlocal best
-        state["nodes"] += 1
-        if state["nodes"] >= node_limit or (
-            state["nodes"] % 1024 == 0 and time.perf_counter() > deadline
-        ):
-            state["stopped"] = True
+        nonlocal best, best_value, nodes, stopped
+        nodes += 1
+        if nodes >= node_limit or (nodes % 1024 == 0 and time.perf_counter() > deadline):
+            stopped = True
             return
-        if depth == n:
-            total = core.base_obj + acc_obj
-            if total < state["upper"] - tol:
-                state["upper"] = total
-                best = list(current)
+        limit = best_value - tol
+        fits = room_rows[depth]
+        if depth == n - 1:  # the children are leaves: their values are exact
+            for ob, row, k, _, _ in options[depth]:
+                total = core.base_obj + acc_obj + ob
+                if total < limit and not any(map(gt, map(add, used, row), fits)):
+                    limit = total
+                    best_value = total
+                    current[depth] = k
+                    best = list(current)
             return
-        low = rest_low[depth + 1]
-        limit = state["upper"] - tol
+        nxt = depth + 1
+        rooms = [room0[t] - acc_w[t] for t in t_range]
+        bases = [offset[t] + acc_obj + acc_p[t] for t in t_range]
+        usages = [usage[t][nxt] for t in t_range]
+        values = [value[t][nxt] for t in t_range]
         children = []
         for ob, row, k, ws, ps in options[depth]:
-            new_used = [used[r] + row[r] for r in rows_range]
-            if any(new_used[r] + low[r] > residual[r] for r in rows_range):
+            new_used = list(map(add, used, row))
+            if any(map(gt, new_used, fits)):
                 continue
             b = -math.inf
             for t in t_range:
-                u = usage[t][depth + 1]
-                j = bisect_right(u, room0[t] - acc_w[t] - ws[t]) - 1
+                j = bisect_right(usages[t], rooms[t] - ws[t]) - 1
                 if j < 0:
                     b = math.inf
                     break
-                bt = offset[t] + acc_obj + ob + acc_p[t] + ps[t] + value[t][depth + 1][j]
+                bt = bases[t] + ob + ps[t] + values[t][j]
                 if bt > b:
                     b = bt
                     if b >= limit:
                         break
             if b < limit:
                 children.append((b, ob, new_used, k, ws, ps))
-        children.sort(key=lambda c: c[0])
+        children.sort(key=itemgetter(0))
         for b, ob, new_used, k, ws, ps in children:
-            if b >= state["upper"] - tol:
+            if b >= best_value - tol:
                 break
             current[depth] = k
             visit(
-                depth + 1,
+                nxt,
                 acc_obj + ob,
                 new_used,
-                [acc_w[t] + ws[t] for t in t_range],
-                [acc_p[t] + ps[t] for t in t_range],
+                list(map(add, acc_w, ws)),
+                list(map(add, acc_p, ps)),
             )
-            if state["stopped"]:
+            if stopped:
                 return
 
+    if n == 0:
+        fits = all(x >= 0 for x in residual)
+        if fits and core.base_obj < upper - tol:
+            return [], core.base_obj, 1, True
+        return None, upper, 1, True
     zeros = [0.0] * len(all_tables)
     visit(0, 0.0, [0.0] * real, zeros, list(zeros))
-    return best, float(state["upper"]), int(state["nodes"]), not bool(state["stopped"])
+    return best, float(best_value), nodes, not stopped
