@@ -66,7 +66,8 @@ DP_STATE_LIMIT = 30_000
 #: goes to the searches above. High: on 500-layer frontier points it finished
 #: in 24,000-110,000 nodes (0.3-0.9 s) where the fallbacks took 1-14 s.
 SURROGATE_NODE_LIMIT = 300_000
-#: Nodes of its first stage (tables of the LP's binding rows only).
+#: Nodes of its first stages (one table; the LP's binding rows' tables).
+SURROGATE_LIGHT_LIMIT = 300
 SURROGATE_FIRST_LIMIT = 2_000
 
 
@@ -193,37 +194,43 @@ def solve_instance(
     deadline = start + max(time_limit_s, 0.0)
     nodes = 0
     complete = False
-    # Step 5a: the integer surrogate bounds (surrogate.py): all binding rows
-    # folded into one, and with two or more, each kept alone with the others
-    # priced (on 54-layer frontier points with two binding rows the search
-    # took 2-40 ms with both kinds where the folded one alone took 0.2-1.7 s).
-    # The folded table is built last, and given up past twice the others'
-    # states: on 500-layer cores it outgrew 400,000 states where the per-row
-    # ones held 60,000-230,000.
+    # Step 5a: the integer surrogate bounds (surrogate.py), in stages that
+    # add tables while the search does not finish (each stage searches again
+    # from the best incumbent so far):
+    # 1. one table: the binding row with the largest share ``lam_r *
+    #    residual_r`` of the bound kept, the others priced (most frontier
+    #    points of a 54-layer problem finish here in under 100 nodes);
+    # 2. every binding row kept alone, and all of them folded into one (on
+    #    54-layer frontier points with two binding rows the search took
+    #    2-40 ms with these where the folded one alone took 0.2-1.7 s); the
+    #    folded one is given up past twice the others' states (on 500-layer
+    #    cores it outgrew 400,000 states where per-row ones held 60,000-230,000);
+    # 3. a table for each row the LP leaves slack (lam = 0), which can still
+    #    bind in integers.
     shift = float(lam @ slack)
+    unit = np.eye(m)
     positive = np.flatnonzero(lam > 0)
-    kinds = [np.where(np.arange(m) == r, lam, 0.0) for r in positive] if len(positive) > 1 else []
+    share = lam * np.abs(core.residual[:m])
+    first_row = int(positive[np.argmax(share[positive])]) if len(positive) else -1
+    per_row = [unit[r] * lam[r] for r in positive if r != first_row]
+    stages: list[tuple[int, list[np.ndarray]]] = [
+        (SURROGATE_LIGHT_LIMIT, [unit[first_row] * lam[first_row]] if len(positive) else []),
+        (SURROGATE_FIRST_LIMIT, [*per_row, lam] if len(positive) > 1 else []),
+        (SURROGATE_NODE_LIMIT, [unit[r] for r in np.flatnonzero(lam <= 0)]),
+    ]
     tables: list[SuffixTables] = []
-    for kept in [*kinds, lam]:
-        limit = TABLE_STATE_LIMIT
-        if tables and kept is lam:
-            limit = min(limit, 2 * max(t.states for t in tables))
-        table = build_tables(
-            core, upper, tol, shift, kept=kept, state_limit=limit, deadline=deadline
-        )
-        if table is not None:
-            tables.append(table)
-    # A row the LP leaves slack (lam = 0) can still bind in integers (on
-    # 500-layer frontier points the swept axis did, and the search took
-    # 10^5 nodes): if the first search does not finish quickly, each such row
-    # gets a table too and the search starts again from the better incumbent.
-    slack_rows = [np.where(np.arange(m) == r, 1.0, 0.0) for r in np.flatnonzero(lam <= 0)]
-    stages = [(SURROGATE_FIRST_LIMIT, []), (SURROGATE_NODE_LIMIT, slack_rows)]
-    for limit, more in stages if tables else []:
-        for kept in more:
-            table = build_tables(core, upper, tol, shift, kept=kept, deadline=deadline)
+    for limit, kinds in stages:
+        for kept in kinds:
+            cap = TABLE_STATE_LIMIT
+            if tables and kept is lam:
+                cap = min(cap, 2 * max(t.states for t in tables))
+            table = build_tables(
+                core, upper, tol, shift, kept=kept, state_limit=cap, deadline=deadline
+            )
             if table is not None:
                 tables.append(table)
+        if not tables or (not kinds and limit != SURROGATE_NODE_LIMIT):
+            continue  # nothing new to search with
         found, _, work_done, complete = surrogate_search(core, tables, upper, tol, limit, deadline)
         nodes += work_done
         if found is not None:
