@@ -17,6 +17,7 @@ import grpc
 
 from bitmesh.errors import BitmeshError
 from bitmesh.logs import current_request_id
+from bitmesh.rpc.handlers import WrappedHandlers
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,27 @@ def _is_abort(exc: BaseException) -> bool:
     return type(exc).__module__.startswith("grpc")
 
 
+def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            _wrap_unary(method, handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            _wrap_stream(method, handler.unary_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
+
+
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Maps :class:`BitmeshError` to its status; hides unexpected internals."""
+
+    def __init__(self) -> None:
+        self._handlers = WrappedHandlers(_wrap)
 
     def intercept_service(
         self,
@@ -86,17 +106,4 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return self._handlers.get(handler_call_details.method, handler)  # type: ignore[attr-defined]

@@ -6,6 +6,12 @@ code *around* a call in the thread that serves it: gRPC runs
 would not be seen by the servicer. Wrapping the handler's behaviour instead
 keeps the scope exactly as long as the call, including the whole life of a
 response stream.
+
+Wrapped handlers are built once per method (:class:`WrappedHandlers`), not
+per call: wrapping per call cost a closure, a context manager and a new
+handler per interceptor on gRPC's single polling thread, which every call
+passes through; per-call data (the request id, the call's context) is read in
+the wrapper from the call's own context instead.
 """
 
 from __future__ import annotations
@@ -60,6 +66,35 @@ def wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMeth
             _stream_response(handler.stream_stream, around), **codecs
         )
     return handler
+
+
+#: Methods whose wrapped handler is kept (a server has a few dozen; names sent
+#: by callers for unknown methods must not grow the table without bound).
+MAX_CACHED_METHODS = 1024
+
+
+class WrappedHandlers:
+    """Each method's wrapped handler, built on the method's first call.
+
+    ``wrap(method, handler)`` is called again when the handler beneath is not
+    the one wrapped before (an inner interceptor that builds a handler per
+    call, such as a refusal), so a cached wrapper never outlives its handler.
+    Thread-safe without a lock: racing first calls build equal wrappers and
+    one of them is kept.
+    """
+
+    def __init__(self, wrap: Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]) -> None:
+        self._wrap = wrap
+        self._by_method: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def get(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        cached = self._by_method.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        if cached is not None or len(self._by_method) < MAX_CACHED_METHODS:
+            self._by_method[method] = (handler, wrapped)
+        return wrapped
 
 
 def split_method(full_method: str) -> tuple[str, str]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector
 
 from bitmesh.jobs.records import JobState
 from bitmesh.jobs.store import JobStore, open_job_store
-from bitmesh.rpc.handlers import split_method, wrap_handler
+from bitmesh.rpc.handlers import WrappedHandlers, split_method, wrap_handler
 from bitmesh.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -91,12 +91,44 @@ class RpcMetrics:
             registry=self.registry,
         )
 
-    @contextmanager
-    def observe(self, full_method: str, context: grpc.ServicerContext) -> Iterator[None]:
+    def for_method(self, full_method: str) -> MethodMetrics:
+        """The metrics of one method, their label children resolved once."""
+        return MethodMetrics(self, full_method)
+
+    def observe(
+        self, full_method: str, context: grpc.ServicerContext
+    ) -> AbstractContextManager[None]:
         """Count one call around its whole life; the code is read at its end."""
-        service, method = split_method(full_method)
-        in_flight = self.in_flight.labels(service, method)
-        in_flight.inc()
+        return self.for_method(full_method).observe(context)
+
+
+class MethodMetrics:
+    """One method's samples, with the label lookups (a lock and a dict each in
+    prometheus_client) done once per method instead of four times per call."""
+
+    def __init__(self, metrics: RpcMetrics, full_method: str) -> None:
+        self._metrics = metrics
+        self._labels = split_method(full_method)
+        self._in_flight = metrics.in_flight.labels(*self._labels)
+        self._latency = metrics.latency.labels(*self._labels)
+        self._calls: dict[grpc.StatusCode, Any] = {}
+        self._errors: dict[grpc.StatusCode, Any] = {}
+
+    def _count(self, code: grpc.StatusCode) -> None:
+        calls = self._calls.get(code)
+        if calls is None:
+            calls = self._calls[code] = self._metrics.calls.labels(*self._labels, code.name)
+        calls.inc()
+        if code is not grpc.StatusCode.OK:
+            errors = self._errors.get(code)
+            if errors is None:
+                errors = self._errors[code] = self._metrics.errors.labels(*self._labels, code.name)
+            errors.inc()
+
+    @contextmanager
+    def observe(self, context: grpc.ServicerContext) -> Iterator[None]:
+        """Count one call around its whole life; the code is read at its end."""
+        self._in_flight.inc()
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
@@ -110,11 +142,9 @@ class RpcMetrics:
         else:
             code = _code_of(context, default=grpc.StatusCode.OK)
         finally:
-            in_flight.dec()
-            self.latency.labels(service, method).observe(time.perf_counter() - start)
-            self.calls.labels(service, method, code.name).inc()
-            if code is not grpc.StatusCode.OK:
-                self.errors.labels(service, method, code.name).inc()
+            self._in_flight.dec()
+            self._latency.observe(time.perf_counter() - start)
+            self._count(code)
 
 
 def _code_of(context: grpc.ServicerContext, default: grpc.StatusCode) -> grpc.StatusCode:
@@ -127,6 +157,9 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, metrics: RpcMetrics) -> None:
         self.metrics = metrics
+        self._handlers = WrappedHandlers(
+            lambda method, handler: wrap_handler(handler, metrics.for_method(method).observe)
+        )
 
     def intercept_service(
         self,
@@ -136,8 +169,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
-        return wrap_handler(handler, lambda context: self.metrics.observe(method, context))
+        return self._handlers.get(handler_call_details.method, handler)  # type: ignore[attr-defined]
 
 
 class JobStoreCollector(Collector):
