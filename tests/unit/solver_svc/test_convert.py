@@ -72,7 +72,11 @@ def test_the_encoder_gives_solution_to_pbs_message_for_every_kind_of_option() ->
         for _ in range(2):  # the second time from the cache
             got = encoder.encode(answer, "p-1")
             assert got == expected
+            assert encoder.encode_kept(answer, "p-1") == expected
             assert [(a.layer, a.option_key) for a in got.assignment] == list(assignment.items())
+    kept = _answer({"a": "pt"})
+    assert encoder.encode_kept(kept, "p-1").problem_id == "p-1"
+    assert encoder.encode_kept(kept, "p-2").problem_id == "p-2"
     message = encoder.encode(_answer({"a": "pt", "b": "int4"}), "p-2")
     assert message.assignment[0].option.granularity == common_pb2.GRANULARITY_PER_TENSOR
     assert message.assignment[0].option.weight.name == "int8"
