@@ -92,10 +92,19 @@ class ProblemRegistry:
         return f"p-{problem.content_hash()[:32]}"
 
     def register(self, problem: Problem) -> LoadedProblem:
+        """Store ``problem`` (once) and load it; a problem stored before (by
+        this or another replica, or before a restart) comes back with the
+        frontiers stored for it, so its what-if queries are answered from
+        memory at once instead of after a new trace."""
         problem_id = self.id_of(problem)
+        with self._lock:
+            loaded = self._loaded.get(problem_id)
+        if loaded is not None:
+            return loaded
         if self.artifacts.get_ref(NAMESPACE, problem_id) is None:
             self.artifacts.set_ref(NAMESPACE, problem_id, problem.to_json())
-        return self._remember(problem_id, problem)
+            return self._remember(problem_id, problem)
+        return self._load_frontiers(self._remember(problem_id, problem))
 
     def get(self, problem_id: str) -> LoadedProblem:
         if not problem_id:
@@ -113,13 +122,20 @@ class ProblemRegistry:
             data = None
         if data is None:
             raise NotFound(f"problem {problem_id!r} is not registered; call RegisterProblem first")
-        loaded = self._remember(problem_id, Problem.from_json(data))
-        stored = self.artifacts.get_ref(FRONTIERS, problem_id) or {}
-        loaded.frontiers = [Frontier.from_json(f) for f in stored.get("frontiers", [])]
-        for fr in loaded.frontiers:
-            if fr.complete:
-                loaded.traced.setdefault((fr.axis, fr.constraints), fr)
-                loaded.tracing[(fr.axis, fr.constraints)] = "done"
+        return self._load_frontiers(self._remember(problem_id, Problem.from_json(data)))
+
+    def _load_frontiers(self, loaded: LoadedProblem) -> LoadedProblem:
+        """Add the frontiers stored for ``loaded`` (complete ones answer what-if)."""
+        stored = self.artifacts.get_ref(FRONTIERS, loaded.problem_id) or {}
+        frontiers = [Frontier.from_json(f) for f in stored.get("frontiers", [])]
+        with self._lock:
+            if loaded.frontiers:  # loaded already (a racing call) or traced since
+                return loaded
+            loaded.frontiers = frontiers
+            for fr in frontiers:
+                if fr.complete:
+                    loaded.traced.setdefault((fr.axis, fr.constraints), fr)
+                    loaded.tracing[(fr.axis, fr.constraints)] = "done"
         return loaded
 
     def add_frontier(self, loaded: LoadedProblem, traced: Frontier) -> None:
