@@ -68,9 +68,8 @@ PAIR_CANDIDATES = 100
 #: goes to the searches above. High: on 500-layer frontier points it finished
 #: in 24,000-110,000 nodes (0.3-0.9 s) where the fallbacks took 1-14 s.
 SURROGATE_NODE_LIMIT = 300_000
-#: Nodes of its first stages (one table; the LP's binding rows' tables).
+#: Nodes of its first stage (one table).
 SURROGATE_LIGHT_LIMIT = 300
-SURROGATE_FIRST_LIMIT = 2_000
 
 
 @dataclass(frozen=True)
@@ -196,19 +195,19 @@ def solve_instance(
     deadline = start + max(time_limit_s, 0.0)
     nodes = 0
     complete = False
-    # Step 5a: the integer surrogate bounds (surrogate.py), in stages that
-    # add tables while the search does not finish (each stage searches again
-    # from the best incumbent so far):
+    # Step 5a: the integer surrogate bounds (surrogate.py), in two stages:
     # 1. one table: the binding row with the largest share ``lam_r *
     #    residual_r`` of the bound kept, the others priced (most frontier
     #    points of a 54-layer problem finish here in under 100 nodes);
-    # 2. every binding row kept alone, and all of them folded into one (on
-    #    54-layer frontier points with two binding rows the search took
-    #    2-40 ms with these where the folded one alone took 0.2-1.7 s); the
-    #    folded one is given up past twice the others' states (on 500-layer
-    #    cores it outgrew 400,000 states where per-row ones held 60,000-230,000);
-    # 3. a table for each row the LP leaves slack (lam = 0), which can still
-    #    bind in integers.
+    # 2. if that search does not finish, it starts again from its best
+    #    incumbent with every binding row kept alone, all of them folded into
+    #    one, and each row the LP leaves slack (lam = 0), which can still bind
+    #    in integers. On 54-layer frontier points with two binding rows the
+    #    search took 2-40 ms with the per-row tables where the folded one
+    #    alone took 0.2-1.7 s; the folded one is given up past twice the
+    #    others' states (on 500-layer cores it outgrew 400,000 states where
+    #    the per-row ones held 60,000-230,000). A third stage between these
+    #    two (slack rows last) cost 5-15 % more on a 100-point frontier.
     shift = float(lam @ slack)
     unit = np.eye(m)
     positive = np.flatnonzero(lam > 0)
@@ -217,8 +216,10 @@ def solve_instance(
     per_row = [unit[r] * lam[r] for r in positive if r != first_row]
     stages: list[tuple[int, list[np.ndarray]]] = [
         (SURROGATE_LIGHT_LIMIT, [unit[first_row] * lam[first_row]] if len(positive) else []),
-        (SURROGATE_FIRST_LIMIT, [*per_row, lam] if len(positive) > 1 else []),
-        (SURROGATE_NODE_LIMIT, [unit[r] for r in np.flatnonzero(lam <= 0)]),
+        (
+            SURROGATE_NODE_LIMIT,
+            [*per_row, *([lam] if len(positive) > 1 else []), *unit[lam <= 0]],
+        ),
     ]
     tables: list[SuffixTables] = []
     for limit, kinds in stages:
