@@ -49,8 +49,7 @@ from solver_svc.heuristic import (
     round_lp,
 )
 from solver_svc.presolve import Instance
-from solver_svc.surrogate import TABLE_STATE_LIMIT, SuffixTables, build_tables
-from solver_svc.surrogate import search as surrogate_search
+from solver_svc.surrogate import TABLE_STATE_LIMIT, SuffixTables, build_tables, search_targeted
 from solver_svc.tolerance import feasibility_slack, objective_slack
 
 __all__ = ["InstanceResult", "solve_instance"]
@@ -234,7 +233,7 @@ def solve_instance(
                 tables.append(table)
         if not tables or (not kinds and limit != SURROGATE_NODE_LIMIT):
             continue  # nothing new to search with
-        found, _, work_done, complete = surrogate_search(core, tables, upper, tol, limit, deadline)
+        found, _, work_done, complete = search_targeted(core, tables, upper, tol, limit, deadline)
         nodes += work_done
         if found is not None:
             incumbent = fixed_choice.copy()

@@ -357,3 +357,45 @@ def search(
     zeros = [0.0] * len(all_tables)
     visit(0, 0.0, [0.0] * real, zeros, list(zeros))
     return best, float(best_value), nodes, not stopped
+
+
+#: Targets of ``search_targeted``: fractions of the gap between the tables'
+#: bound and the incumbent.
+TARGET_FRACTIONS = (1 / 32, 1 / 8, 1 / 2, 1.0)
+
+
+def search_targeted(
+    core: Core,
+    tables: list[SuffixTables],
+    upper: float,
+    tol: float,
+    node_limit: int,
+    deadline: float,
+    fractions: tuple[float, ...] = TARGET_FRACTIONS,
+) -> tuple[list[int] | None, float, int, bool]:
+    """``search`` aiming first at values close to the bound.
+
+    Why: on 500-layer frontier points the depth-first search spent 94-98 %
+    of its nodes *finding* the optimum (4,400-15,000 nodes proved it once it
+    was the incumbent, 250,000 found it from the heuristic's incumbent). A
+    search told that only configurations below a target ``T`` count prunes as
+    if ``T`` were the incumbent; when it completes without one, every
+    configuration is worth at least ``T - tol`` and the next, larger target
+    is tried; when it finds one, that is optimal (anything better would be
+    below ``T`` too). The last target is ``upper`` itself, so the answer is
+    the plain search's.
+    """
+    lower = core.base_obj + max(t.root for t in tables)
+    nodes = 0
+    for fraction in fractions:
+        target = upper if fraction >= 1.0 else lower + fraction * (upper - lower)
+        if fraction < 1.0 and not target < upper - tol:
+            continue
+        found, value, work, complete = search(
+            core, tables, target, tol, node_limit - nodes, deadline
+        )
+        nodes += work
+        if found is not None or not complete or fraction >= 1.0:
+            return found, value, nodes, complete
+        lower = target - tol  # nothing below: the optimum is at least this
+    return None, upper, nodes, True  # pragma: no cover - the last fraction returns

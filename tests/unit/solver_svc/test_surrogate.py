@@ -3,9 +3,9 @@
 - With no incumbent to prune by (a loose finite upper bound), the table
   gives, for the room every prefix leaves, the exact least objective of the
   rest under the surrogate row (checked by enumerating both).
-- The search alone, from a loose or a just-too-tight upper bound, matches
-  brute-force enumeration on random problems (hypothesis), whatever the
-  other engines do.
+- The search alone, from a loose or a just-too-tight upper bound, and the
+  search aimed at targets near the bound first, match brute-force
+  enumeration on random problems (hypothesis), whatever the other engines do.
 - On 40-layer quantization-shaped problems with three budgets the whole
   engine (which now goes through the surrogate search) agrees with CP-SAT.
 """
@@ -26,7 +26,7 @@ from solver_svc.exact import solve_instance
 from solver_svc.presolve import Instance
 from solver_svc.solve import ProblemSolver
 from solver_svc.spec import Budgets
-from solver_svc.surrogate import build_tables, search
+from solver_svc.surrogate import build_tables, search, search_targeted
 from solver_svc.tolerance import feasibility_slack
 from tests.unit.solver_svc.brute import optimum
 from tests.unit.solver_svc.helpers import quant_problem, total
@@ -150,6 +150,12 @@ def test_surrogate_search_alone_matches_enumeration(case: tuple) -> None:  # typ
         core, [t for t in tight if t is not None], upper, 0.0, 10**7, deadline
     )
     assert complete2 and again is not None
+    # Aiming at targets near the bound first ends at the same optimum.
+    aimed, value3, _, complete3 = search_targeted(
+        core, tables, _loose_upper(inst), 0.0, 10**7, deadline
+    )
+    assert complete3 and aimed is not None
+    assert value3 == pytest.approx(value, rel=1e-12, abs=1e-12)
     assert value2 == pytest.approx(value, rel=1e-12, abs=1e-12)
 
 
