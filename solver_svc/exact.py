@@ -49,7 +49,13 @@ from solver_svc.heuristic import (
     round_lp,
 )
 from solver_svc.presolve import Instance
-from solver_svc.surrogate import TABLE_STATE_LIMIT, SuffixTables, build_tables, search_targeted
+from solver_svc.surrogate import (
+    TABLE_STATE_LIMIT,
+    TARGET_FRACTIONS,
+    SuffixTables,
+    build_tables,
+    search_targeted,
+)
 from solver_svc.tolerance import feasibility_slack, objective_slack
 
 __all__ = ["InstanceResult", "solve_instance"]
@@ -233,7 +239,12 @@ def solve_instance(
                 tables.append(table)
         if not tables or (not kinds and limit != SURROGATE_NODE_LIMIT):
             continue  # nothing new to search with
-        found, _, work_done, complete = search_targeted(core, tables, upper, tol, limit, deadline)
+        # The first stage searches plainly (most points finish in it); the second
+        # aims at targets near the bound first (``search_targeted``).
+        fractions = (1.0,) if limit == SURROGATE_LIGHT_LIMIT else TARGET_FRACTIONS
+        found, _, work_done, complete = search_targeted(
+            core, tables, upper, tol, limit, deadline, fractions
+        )
         nodes += work_done
         if found is not None:
             incumbent = fixed_choice.copy()

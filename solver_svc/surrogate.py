@@ -361,7 +361,11 @@ def search(
 
 #: Targets of ``search_targeted``: fractions of the gap between the tables'
 #: bound and the incumbent.
-TARGET_FRACTIONS = (1 / 32, 1 / 8, 1 / 2, 1.0)
+#: One target at a quarter of the gap: over three 100-point frontiers of
+#: 54-layer problems (whose hard points already start from a near-optimal
+#: incumbent) it cost 3 % more nodes than none and (1/32, 1/8, 1/2) 22 %
+#: more; over 40 points of a 500-layer one it saved 33 % of the nodes.
+TARGET_FRACTIONS = (0.25, 1.0)
 
 
 def search_targeted(
