@@ -21,8 +21,9 @@ latency held); and the what-if latency (``bench_whatif_grpc``).
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_solver.py [--quick]``.
 The last line is ``RESULT speedup_vs_pulp=<x> frontier100_s=<s>
-whatif_p50_ms=<ms> whatif_qps=<q>`` (speedup on the ResNet50-sized family,
-frontier time for ResNet50-sized instances).
+whatif_p50_ms=<ms> whatif_qps=<q> frontier100_transformer_s=<s>`` (speedup on
+the ResNet50-sized family, frontier time for ResNet50-sized instances, and
+for one transformer-sized instance).
 """
 
 from __future__ import annotations
@@ -624,10 +625,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"total {time.perf_counter() - start:.1f} s", flush=True)
     speedup = report["resnet50_sized"]["speedup_median"]  # type: ignore[index]
     frontier_s = report["frontier_resnet50_sized"]["frontier_median_s"]  # type: ignore[index]
+    frontier_tf = report["frontier_transformer_sized"]["frontier_median_s"]  # type: ignore[index]
     warm = report["whatif"]["warm"]  # type: ignore[index]
     print(
         f"RESULT speedup_vs_pulp={speedup:.2f} frontier100_s={frontier_s:.3f} "
-        f"whatif_p50_ms={warm['p50_ms']:.3f} whatif_qps={warm['qps']:.0f}"
+        f"whatif_p50_ms={warm['p50_ms']:.3f} whatif_qps={warm['qps']:.0f} "
+        f"frontier100_transformer_s={frontier_tf:.3f}"
     )
 
 
