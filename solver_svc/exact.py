@@ -213,7 +213,6 @@ def solve_instance(
     #    others' states (on 500-layer cores it outgrew 400,000 states where
     #    the per-row ones held 60,000-230,000). A third stage between these
     #    two (slack rows last) cost 5-15 % more on a 100-point frontier.
-    shift = float(lam @ slack)
     unit = np.eye(m)
     positive = np.flatnonzero(lam > 0)
     share = lam * np.abs(core.residual[:m])
@@ -232,9 +231,7 @@ def solve_instance(
             cap = TABLE_STATE_LIMIT
             if tables and kept is lam:
                 cap = min(cap, 2 * max(t.states for t in tables))
-            table = build_tables(
-                core, upper, tol, shift, kept=kept, state_limit=cap, deadline=deadline
-            )
+            table = build_tables(core, upper, tol, kept=kept, state_limit=cap, deadline=deadline)
             if table is not None:
                 tables.append(table)
         if not tables or (not kinds and limit != SURROGATE_NODE_LIMIT):

@@ -97,18 +97,20 @@ class SuffixTables:
         return self.lower(0, self.capacity) - self.priced_capacity - self.margin
 
 
-def _prefix_curves(core: Core, wp: np.ndarray) -> tuple[Curves, Curves, np.ndarray]:
+def _prefix_curves(core: Core, wp: np.ndarray, rc: np.ndarray) -> tuple[Curves, Curves, np.ndarray]:
     """Down/up single-row hull curves of every prefix ``0..d-1`` on the
-    surrogate row ``wp`` (``[n, K]``, padded like ``core.padded_rc``), index
-    ``n - d`` (``suffix_curves`` over reversed depths), and the prefixes'
-    usage at their first (least reduced cost) options."""
+    surrogate row ``wp`` (``[n, K]``, padded like ``core.padded_ok``) with
+    reduced costs ``rc`` (>= 0, 0 at each depth's reference option, the
+    first with the least), index ``n - d`` (``suffix_curves`` over reversed
+    depths), and the prefixes' usage at their reference options."""
     n = core.depth
-    base = wp[:, :1]
+    ref = np.where(core.padded_ok, rc, np.inf).argmin(axis=1)
+    base = wp[np.arange(n), ref][:, None]
     curves = []
     for delta in (base - wp, wp - base):
-        g, width_s, slope, _ = hull_chains(delta, core.padded_rc, core.padded_ok)
+        g, width_s, slope, _ = hull_chains(delta, rc, core.padded_ok)
         curves.append(suffix_curves(n, n - 1 - g, width_s, slope))
-    prefix_ref = np.concatenate([[0.0], np.cumsum(wp[:, 0])])  # [n + 1]: groups 0..d-1
+    prefix_ref = np.concatenate([[0.0], np.cumsum(base[:, 0])])  # [n + 1]: groups 0..d-1
     return curves[0], curves[1], prefix_ref
 
 
@@ -147,28 +149,34 @@ def build_tables(
     core: Core,
     upper: float,
     tol: float,
-    shift: float = 0.0,
     kept: np.ndarray | None = None,
+    priced: np.ndarray | None = None,
     state_limit: int = TABLE_STATE_LIMIT,
     deadline: float = math.inf,
 ) -> SuffixTables | None:
     """The tables (see module doc and ``SuffixTables``) of the relaxation that
-    keeps ``kept`` (default: all of ``core.lam``), or ``None`` when nothing is
-    kept or they grow past ``state_limit`` states. ``shift`` (>= 0) is
-    subtracted from ``core.bound`` when states are dropped (the multipliers'
-    price of the feasibility slack, which the core's residual includes)."""
+    keeps ``kept`` (default: all of ``core.lam``) and prices ``priced``
+    (default: the rest of ``core.lam``), or ``None`` when nothing is kept or
+    they grow past ``state_limit`` states.
+
+    States are dropped by the table's own Lagrangian bound with multipliers
+    ``unit_price * kept + priced`` (``unit_price`` the largest with
+    ``unit_price * kept <= lam``, so with the defaults they are ``lam``): the
+    bound of the core at those multipliers, plus the state's reduced cost,
+    plus the LP cost of the prefix (unused kept capacity at ``unit_price`` a
+    unit). It depends on a state only through (usage, value), which is what
+    makes dropping states and Pareto filtering commute."""
     n = core.depth
     real = core.real_rows
     lam = np.asarray(core.lam[:real], dtype=np.float64)
     kept = lam.copy() if kept is None else np.maximum(np.asarray(kept, dtype=np.float64), 0.0)
     if n == 0 or not (kept > 0).any() or not math.isfinite(upper):
         return None
-    # Unused kept capacity is worth ``unit_price`` per unit in the bound:
-    # lam . (residual - U) >= unit_price * kept . (residual - U) when
-    # ``priced = lam - unit_price * kept >= 0``.
     on = kept > 0
     unit_price = float(np.min(lam[on] / kept[on]))
-    priced = np.maximum(lam - unit_price * kept, 0.0)
+    if priced is None:
+        priced = np.maximum(lam - unit_price * kept, 0.0)
+    priced = np.maximum(np.asarray(priced, dtype=np.float64), 0.0)
     rows = core.padded_rows[:real]
     residual = core.residual[:real]
     wp = np.where(core.padded_ok, np.tensordot(kept, rows, axes=1), 0.0)
@@ -181,17 +189,23 @@ def build_tables(
     scale = float(np.abs(wp).max(axis=1).sum()) + abs(capacity)
     eps = 1e-12 * max(scale, 1e-300)
     priced_scale = float(np.abs(pp).max(axis=1).sum()) + abs(priced_capacity)
-    down, up, prefix_ref = _prefix_curves(core, wp)
+    # The table's Lagrangian: v = obj + (unit_price * kept + priced) . rows;
+    # every completion of the core costs at least
+    # base + sum_d min v_d - multipliers . residual + sum of reduced costs.
+    v = np.where(core.padded_ok, core.padded_obj + pp + unit_price * wp, np.inf)
+    vmin = v.min(axis=1)
+    rc = np.where(core.padded_ok, v - vmin[:, None], 0.0)
+    lower = core.base_obj + float(vmin.sum()) - priced_capacity - unit_price * capacity
+    down, up, prefix_ref = _prefix_curves(core, wp, rc)
     cost_x, cost_c = _prefix_cost_points(down, up, unit_price)
-    # Reduced costs and ``core.bound`` were computed with ``lam . rows`` added
-    # to the objective: when ``lam`` is huge (a degenerate LP) they lose
-    # absolute precision in proportion, so states are only dropped past that.
-    margin = 1e-13 * (scale + priced_scale)
-    budget = upper - tol - (core.bound - shift) + margin
+    # With huge multipliers (a degenerate LP) ``v`` loses absolute precision
+    # in proportion, so states are only dropped past that.
+    margin = 1e-13 * (scale + priced_scale) * max(unit_price, 1.0)
+    budget = upper - tol - lower + margin
     # States as columns of one [3, S] array (usage, objective, reduced cost):
     # one numpy call per step instead of three; the work per depth is mostly
     # call overhead on these sizes.
-    packed = np.stack([wp, core.padded_obj + pp, core.padded_rc])[:, :, None, :]  # [3, n, 1, K]
+    packed = np.stack([wp, core.padded_obj + pp, rc])[:, :, None, :]  # [3, n, 1, K]
     options = [packed[:, d, :, : counts[d]] for d in range(n)]
     st = np.zeros((3, 1))
     usage: list[list[float]] = [[] for _ in range(n + 1)]

@@ -42,9 +42,8 @@ SETTINGS = settings(
 )
 
 
-def _whole_core(inst: Instance) -> tuple[Core, np.ndarray, np.ndarray, float]:
-    """Every group with more than one option as the core (no fixing), and
-    the multipliers' price of the feasibility slack (``build_tables``' shift)."""
+def _whole_core(inst: Instance) -> tuple[Core, np.ndarray, np.ndarray]:
+    """Every group with more than one option as the core (no fixing)."""
     slack = feasibility_slack(inst.limits, np.where(inst.valid[None], inst.rows, 0.0))
     lam = lp_dual(inst).lam
     bound, v = lagrangian(inst, lam)
@@ -64,7 +63,7 @@ def _whole_core(inst: Instance) -> tuple[Core, np.ndarray, np.ndarray, float]:
         inst.limits + slack - base_rows,
         bound,
     )
-    return core, first, slack, float(lam @ slack)
+    return core, first, slack
 
 
 def _loose_upper(inst: Instance) -> float:
@@ -79,8 +78,8 @@ def test_tables_hold_each_suffix_exact_surrogate_optimum() -> None:
         inst = ProblemSolver(problem).instance(
             "omega", Budgets(size_bytes=1.3 * total(problem, all4, "size_bytes"))
         )
-        core, _, _, shift = _whole_core(inst)
-        tables = build_tables(core, _loose_upper(inst), 0.0, shift)
+        core, _, _ = _whole_core(inst)
+        tables = build_tables(core, _loose_upper(inst), 0.0)
         if tables is None:
             continue
         n = core.depth
@@ -114,7 +113,7 @@ def test_surrogate_search_alone_matches_enumeration(case: tuple) -> None:  # typ
     inst = ProblemSolver(problem).instance("omega", Budgets(**budgets))
     if inst.rows.shape[0] == 0:
         return
-    core, first, slack, shift = _whole_core(inst)
+    core, first, slack = _whole_core(inst)
     lam = core.lam[: core.real_rows]
     if core.depth == 0 or not (lam > 0).any():  # nothing for the surrogate to do
         return
@@ -122,7 +121,7 @@ def test_surrogate_search_alone_matches_enumeration(case: tuple) -> None:  # typ
     # (a row the LP leaves slack is kept at unit scale, with everything priced).
     unit = np.eye(len(lam))
     kinds = [lam] + [unit[r] * (lam[r] if lam[r] > 0 else 1.0) for r in range(len(lam))]
-    loose = [build_tables(core, _loose_upper(inst), 0.0, shift, kept=kept) for kept in kinds]
+    loose = [build_tables(core, _loose_upper(inst), 0.0, kept=kept) for kept in kinds]
     tables = [t for t in loose if t is not None]
     assert tables
     deadline = time.perf_counter() + 60
@@ -144,7 +143,7 @@ def test_surrogate_search_alone_matches_enumeration(case: tuple) -> None:  # typ
     # Pruning by an incumbent just above the optimum still finds it (tables
     # built with that incumbent drop only what cannot beat it).
     upper = value + 1e-6 * max(1.0, abs(value))
-    tight = [build_tables(core, upper, 0.0, shift, kept=kept) for kept in kinds]
+    tight = [build_tables(core, upper, 0.0, kept=kept) for kept in kinds]
     assert tight[0] is not None
     again, value2, _, complete2 = search(
         core, [t for t in tight if t is not None], upper, 0.0, 10**7, deadline
