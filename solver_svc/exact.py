@@ -50,6 +50,8 @@ from solver_svc.heuristic import (
 )
 from solver_svc.presolve import Instance
 from solver_svc.surrogate import (
+    FINE_TARGET_DEPTH,
+    FINE_TARGET_FRACTIONS,
     TABLE_STATE_LIMIT,
     TARGET_FRACTIONS,
     SuffixTables,
@@ -238,7 +240,13 @@ def solve_instance(
             continue  # nothing new to search with
         # The first stage searches plainly (most points finish in it); the second
         # aims at targets near the bound first (``search_targeted``).
-        fractions = (1.0,) if limit == SURROGATE_LIGHT_LIMIT else TARGET_FRACTIONS
+        fractions = (
+            (1.0,)
+            if limit == SURROGATE_LIGHT_LIMIT
+            else FINE_TARGET_FRACTIONS
+            if core.depth >= FINE_TARGET_DEPTH
+            else TARGET_FRACTIONS
+        )
         found, _, work_done, complete = search_targeted(
             core, tables, upper, tol, limit, deadline, fractions
         )

@@ -375,11 +375,16 @@ def search(
 
 #: Targets of ``search_targeted``: fractions of the gap between the tables'
 #: bound and the incumbent.
-#: One target at a quarter of the gap: over three 100-point frontiers of
-#: 54-layer problems (whose hard points already start from a near-optimal
-#: incumbent) it cost 3 % more nodes than none and (1/32, 1/8, 1/2) 22 %
-#: more; over 40 points of a 500-layer one it saved 33 % of the nodes.
+#: One target at a quarter of the gap for small cores: over three 100-point
+#: frontiers of 54-layer problems (whose hard points already start from a
+#: near-optimal incumbent) it cost 3 % more nodes than none and (1/32, 1/8,
+#: 1/2) 22 % more. Finer targets for cores of ``FINE_TARGET_DEPTH`` groups or
+#: more: on the hardest 500-layer frontier points (incumbent 5-60x the
+#: optimum's distance from the bound) they needed 14,000-17,000 nodes where
+#: the quarter alone needed 52,000-130,000 and no target 94,000-250,000.
 TARGET_FRACTIONS = (0.25, 1.0)
+FINE_TARGET_FRACTIONS = (1 / 32, 1 / 8, 1 / 2, 1.0)
+FINE_TARGET_DEPTH = 150
 
 
 def search_targeted(
