@@ -226,7 +226,16 @@ def lp_dual(
         bound, _ = lagrangian(inst, np.zeros(0))
         return DualResult(np.zeros(0), bound, bound, {}, 0)
     best_single: DualResult | None = None
-    for row in range(m):
+    rows = list(range(m))
+    if lam0 is not None and len(lam0) == m:
+        warm = np.asarray(lam0, dtype=np.float64)
+        if int((warm > 0).sum()) >= 2:
+            # A warm start (the neighbouring frontier point) with two binding
+            # rows: no single row will cover, go straight to the master.
+            rows = []
+        else:  # its binding row first: it usually covers
+            rows.sort(key=lambda r: -float(warm[r]))
+    for row in rows:
         single = single_row_lp(inst, row)
         if single is None:
             continue
