@@ -76,8 +76,8 @@ class SuffixTables:
 
     kept: np.ndarray  # [real rows]
     priced: np.ndarray  # [real rows]
-    weight: list[np.ndarray]  # kept usage of each option, per depth
-    price: list[np.ndarray]  # priced . rows of each option, per depth
+    weight: np.ndarray  # [n, K] kept usage of each option per depth (0 on padding)
+    price: np.ndarray  # [n, K] priced . rows of each option per depth (0 on padding)
     capacity: float  # kept . residual
     priced_capacity: float  # priced . residual
     usage: list[list[float]]
@@ -182,8 +182,6 @@ def build_tables(
     wp = np.where(core.padded_ok, np.tensordot(kept, rows, axes=1), 0.0)
     pp = np.where(core.padded_ok, np.tensordot(priced, rows, axes=1), 0.0)
     counts = [len(x) for x in core.obj]
-    w = [wp[d, : counts[d]] for d in range(n)]
-    price = [pp[d, : counts[d]] for d in range(n)]
     capacity = float(kept @ residual)
     priced_capacity = float(priced @ residual)
     scale = float(np.abs(wp).max(axis=1).sum()) + abs(capacity)
@@ -238,8 +236,8 @@ def build_tables(
     return SuffixTables(
         kept,
         priced,
-        w,
-        price,
+        wp,
+        pp,
         capacity,
         priced_capacity,
         usage,
@@ -271,26 +269,33 @@ def search(
     all_tables = [tables] if isinstance(tables, SuffixTables) else list(tables)
     real = core.real_rows
     residual = core.residual[:real].tolist()
+    rows = core.padded_rows[:real]
+    least = np.where(core.padded_ok[None], rows, np.inf).min(axis=2)  # [real, n]
     lows = np.zeros((n + 1, real))
-    for d in range(n - 1, -1, -1):
-        lows[d] = lows[d + 1] + core.rows[d][:real].min(axis=1)
+    lows[:n] = np.cumsum(least.T[::-1], axis=0)[::-1]
     rest_low = lows.tolist()
     t_range = range(len(all_tables))
     # Per depth, per option: (objective, rows, column, kept usage and priced
-    # part per table).
-    options = [
-        list(
-            zip(
-                core.obj[d].tolist(),
-                core.rows[d][:real].T.tolist(),
-                core.ks[d].tolist(),
-                np.stack([t.weight[d] for t in all_tables], axis=1).tolist(),
-                np.stack([t.price[d] for t in all_tables], axis=1).tolist(),
-                strict=True,
+    # part per table); converted to lists in one go per array.
+    objs = core.padded_obj.tolist()
+    option_rows = rows.transpose(1, 2, 0).tolist()
+    weights = np.stack([t.weight for t in all_tables], axis=2).tolist()
+    prices = np.stack([t.price for t in all_tables], axis=2).tolist()
+    options = []
+    for d in range(n):
+        c = len(core.ks[d])
+        options.append(
+            list(
+                zip(
+                    objs[d][:c],
+                    option_rows[d][:c],
+                    core.ks[d].tolist(),
+                    weights[d][:c],
+                    prices[d][:c],
+                    strict=True,
+                )
             )
         )
-        for d in range(n)
-    ]
     usage = [t.usage for t in all_tables]
     value = [t.value for t in all_tables]
     room0 = [t.capacity + t.eps for t in all_tables]
