@@ -36,7 +36,7 @@ import math
 import time
 from bisect import bisect_right
 from dataclasses import dataclass
-from operator import add, gt, itemgetter
+from operator import add, gt, itemgetter, sub
 
 import numpy as np
 
@@ -296,8 +296,9 @@ def search(
                 )
             )
         )
-    usage = [t.usage for t in all_tables]
-    value = [t.value for t in all_tables]
+    # Per depth, per table: the states' usages and values (lookups by depth).
+    usage_at = [[t.usage[d] for t in all_tables] for d in range(n + 1)]
+    value_at = [[t.value[d] for t in all_tables] for d in range(n + 1)]
     room0 = [t.capacity + t.eps for t in all_tables]
     # Constant part of each table's bound: base, minus the priced capacity
     # and the precision margin.
@@ -312,8 +313,10 @@ def search(
     stopped = False
 
     def visit(
-        depth: int, acc_obj: float, used: list[float], acc_w: list[float], acc_p: list[float]
+        depth: int, acc_obj: float, used: list[float], rooms: list[float], bases: list[float]
     ) -> None:
+        """``rooms[t]``: table ``t``'s kept capacity left; ``bases[t]``: its
+        bound's constant plus the priced part so far."""
         nonlocal best, best_value, nodes, stopped
         nodes += 1
         if nodes >= node_limit or (nodes % 1024 == 0 and time.perf_counter() > deadline):
@@ -331,40 +334,33 @@ def search(
                     best = list(current)
             return
         nxt = depth + 1
-        rooms = [room0[t] - acc_w[t] for t in t_range]
-        bases = [offset[t] + acc_obj + acc_p[t] for t in t_range]
-        usages = [usage[t][nxt] for t in t_range]
-        values = [value[t][nxt] for t in t_range]
+        usages = usage_at[nxt]
+        values = value_at[nxt]
         children = []
         for ob, row, k, ws, ps in options[depth]:
             new_used = list(map(add, used, row))
             if any(map(gt, new_used, fits)):
                 continue
+            here = acc_obj + ob
             b = -math.inf
             for t in t_range:
                 j = bisect_right(usages[t], rooms[t] - ws[t]) - 1
                 if j < 0:
                     b = math.inf
                     break
-                bt = bases[t] + ob + ps[t] + values[t][j]
+                bt = bases[t] + here + ps[t] + values[t][j]
                 if bt > b:
                     b = bt
                     if b >= limit:
                         break
             if b < limit:
-                children.append((b, ob, new_used, k, ws, ps))
+                children.append((b, here, new_used, k, ws, ps))
         children.sort(key=itemgetter(0))
-        for b, ob, new_used, k, ws, ps in children:
+        for b, here, new_used, k, ws, ps in children:
             if b >= best_value - tol:
                 break
             current[depth] = k
-            visit(
-                nxt,
-                acc_obj + ob,
-                new_used,
-                list(map(add, acc_w, ws)),
-                list(map(add, acc_p, ps)),
-            )
+            visit(nxt, here, new_used, list(map(sub, rooms, ws)), list(map(add, bases, ps)))
             if stopped:
                 return
 
@@ -373,8 +369,7 @@ def search(
         if fits and core.base_obj < upper - tol:
             return [], core.base_obj, 1, True
         return None, upper, 1, True
-    zeros = [0.0] * len(all_tables)
-    visit(0, 0.0, [0.0] * real, zeros, list(zeros))
+    visit(0, 0.0, [0.0] * real, list(room0), list(offset))
     return best, float(best_value), nodes, not stopped
 
 
