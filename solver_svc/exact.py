@@ -12,16 +12,26 @@ The steps, each exact:
 1. Options that break a budget on their own (given the cheapest choice in
    every other group) are removed.
 2. ``dual.lp_dual`` gives LP multipliers ``lam`` and the bound ``LB = L(lam)``.
-3. ``heuristic`` gives an incumbent ``UB`` (LP rounding, warm-start hint).
+3. ``heuristic`` gives an incumbent ``UB`` (LP rounding, the warm-start hint,
+   repaired when a neighbouring frontier point's optimum is just over the
+   new limit, then polished by one- and two-group exchanges).
 4. Reduced-cost fixing: any configuration's objective is at least
    ``LB + sum_g rc[g, x_g]`` with ``rc = obj + lam . rows - min``, so an option
    with ``rc > UB - LB`` cannot be in a better configuration and is dropped.
    Groups left with one option are fixed; the rest form the core.
-5. ``core_search``: a depth-first search over the core (cheap when the gap is
-   small), then, if it runs out of nodes, dynamic programming with dominance
-   (robust when a large layer forces many small ones to make room).
-   Completing either proves optimality.
-6. If both exceed their work limits, CP-SAT (``cpsat.py``) solves the reduced
+5a. ``surrogate``: single-row knapsack tables of every suffix of the core
+   (one binding row kept integral, the others priced at ``lam``) bound a
+   depth-first search far more tightly than the LP: what is left after
+   fixing is the integrality gap of large layers, which the LP cannot see.
+   Tables are added in two stages while the search does not finish (see the
+   comments in ``solve_instance``). Measured on the 12 ResNet50-sized
+   instances of ``benchmarks/bench_solver.py`` (CPU time, same machine and
+   run): median 13 ms -> 4.6 ms, slowest 166 ms -> 24 ms; the 100-point
+   frontier of the first one 2.5 s -> 1.0-1.4 s.
+5b. If that runs out of nodes, ``core_search``: the LP-bounded depth-first
+   search, then dynamic programming with dominance. Completing any of them
+   proves optimality.
+6. If all exceed their work limits, CP-SAT (``cpsat.py``) solves the reduced
    core, warm-started from the incumbent: still exact, just slower.
 
 All comparisons use the tolerances in ``tolerance.py``.
