@@ -115,34 +115,33 @@ def _prefix_curves(core: Core, wp: np.ndarray, rc: np.ndarray) -> tuple[Curves, 
 
 
 def _prefix_cost_points(
-    down: Curves, up: Curves, unit_price: float
+    down: Curves, up: Curves, unit_price: float, eps: float, far: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """For every prefix (index ``n - d``): the vertices ``(need, cost)`` of the
-    LP cost (reduced cost plus unused capacity at price 1) of a prefix that
-    must free ``need`` surrogate usage (``need < 0``: it has ``-need`` to
-    spare). One piecewise-linear convex function of ``need``: to the left the
-    up-hull's segments cheaper than 1 (the prefix grows into spare capacity
-    where that costs less than leaving it unused), then slope 1; to the right
-    the down-hull, +inf past what it can free. Segments of groups outside a
-    prefix have width 0 and repeat a vertex, which ``np.interp`` tolerates
-    (equal ``need``, equal cost)."""
+    LP cost (reduced cost plus unused capacity at ``unit_price`` a unit) of a
+    prefix that must free ``need`` surrogate usage (``need < 0``: it has
+    ``-need`` to spare). One piecewise-linear convex function of ``need``:
+    to the left the up-hull's segments cheaper than ``unit_price`` (the
+    prefix grows into spare capacity where that costs less than leaving it
+    unused), then slope ``unit_price`` down to ``need = far`` (no state needs
+    less); flat 0 up to ``eps`` (within ``eps`` over counts as fitting,
+    summation order); then the down-hull, shifted by ``eps``, and +inf past
+    what it can free (``np.interp(..., right=inf)``). Segments of groups
+    outside a prefix have width 0 and repeat a vertex, which ``np.interp``
+    tolerates (equal ``need``, equal cost). One ``np.interp`` per depth
+    evaluates it: the per-depth work of ``build_tables`` is call overhead."""
     cheap = int(np.searchsorted(up.slopes, unit_price, side="left"))
     rows = down.cum_w.shape[0]
     zero = np.zeros((rows, 1))
-    xs = np.concatenate([-up.cum_w[:, :cheap][:, ::-1], zero, down.cum_w], axis=1)
-    cs = np.concatenate([up.cum_c[:, :cheap][:, ::-1], zero, down.cum_c], axis=1)
+    grow_x = -up.cum_w[:, :cheap][:, ::-1]
+    grow_c = up.cum_c[:, :cheap][:, ::-1]
+    first_x = grow_x[:, :1] if cheap else zero
+    first_c = grow_c[:, :1] if cheap else zero
+    far_x = np.minimum(first_x, far) - 1.0
+    far_c = first_c + unit_price * (first_x - far_x)
+    xs = np.concatenate([far_x, grow_x, zero, zero + eps, down.cum_w + eps], axis=1)
+    cs = np.concatenate([far_c, grow_c, zero, zero, down.cum_c], axis=1)
     return xs, cs
-
-
-def _prefix_cost(
-    xs: np.ndarray, cs: np.ndarray, need: np.ndarray, eps: float, unit_price: float
-) -> np.ndarray:
-    """``_prefix_cost_points``' function at ``need``; within ``eps`` over the
-    capacity counts as fitting (summation order)."""
-    x = np.where(need > 0, np.maximum(need - eps, 0.0), need)
-    cost = np.interp(x, xs, cs)
-    cost = np.where(x < xs[0], cs[0] + unit_price * (xs[0] - x), cost)
-    return np.where(x > xs[-1], np.inf, cost)
 
 
 def build_tables(
@@ -195,7 +194,9 @@ def build_tables(
     rc = np.where(core.padded_ok, v - vmin[:, None], 0.0)
     lower = core.base_obj + float(vmin.sum()) - priced_capacity - unit_price * capacity
     down, up, prefix_ref = _prefix_curves(core, wp, rc)
-    cost_x, cost_c = _prefix_cost_points(down, up, unit_price)
+    # No state needs less than -(capacity + prefix usage): usages are >= 0.
+    far = -(abs(capacity) + float(np.abs(prefix_ref).max()) + 1.0)
+    cost_x, cost_c = _prefix_cost_points(down, up, unit_price, eps, far)
     # With huge multipliers (a degenerate LP) ``v`` loses absolute precision
     # in proportion, so states are only dropped past that.
     margin = 1e-13 * (scale + priced_scale) * max(unit_price, 1.0)
@@ -214,8 +215,9 @@ def build_tables(
         if d % 16 == 0 and time.perf_counter() > deadline:
             return None
         st = (st[:, :, None] + options[d]).reshape(3, -1)
-        need = st[0] + (prefix_ref[d] - capacity)
-        cost = _prefix_cost(cost_x[n - d], cost_c[n - d], need, eps, unit_price)
+        # The prefix's LP cost at need = usage + prefix_ref[d] - capacity.
+        shift = prefix_ref[d] - capacity
+        cost = np.interp(st[0], cost_x[n - d] - shift, cost_c[n - d], right=np.inf)
         st = st[:, st[2] + cost < budget]
         if st.shape[1] > 1:
             # By usage only (half a two-key sort's time): of equal usages a
