@@ -13,12 +13,19 @@ from typing import Any, TypeVar
 
 import grpc
 
-from bitmesh.jobs.records import JobRecord
+from bitmesh.jobs.records import JobRecord, JobState
 from bitmesh.jobs.store import JobStore
 
 T = TypeVar("T")
 
 POLL_SECONDS = 0.1
+
+
+def _is_final(event: dict[str, Any]) -> bool:
+    try:
+        return JobState(event.get("state", "")).terminal
+    except ValueError:
+        return False
 
 
 def watch_events(
@@ -37,6 +44,8 @@ def watch_events(
         for event in events:
             yield to_message(record, event)
         index += len(events)
+        if record.state.terminal and events and _is_final(events[-1]):
+            return  # the runner's last event, written after the final state
         if record.state.terminal and not events:
             # The final event is written just after the final state: wait for
             # it one poll, then end the stream.
