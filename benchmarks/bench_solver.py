@@ -593,10 +593,39 @@ def bench_whatif_grpc(
     return out
 
 
+def main_whatif() -> None:
+    """``--only whatif``: the what-if latency with the service in its own
+    process (the headline) and, for comparison in the same run, in this one."""
+    case = random_cases("resnet50-sized", 1, seed=1)[0]
+    ProblemSolver(case.problem).solve(case.budgets)  # warm-up, as main does
+    results = {}
+    for server in ("process", "in-process"):
+        results[server] = bench_whatif_grpc(case, server=server)
+        print(f"whatif {server}", json.dumps(results[server]), flush=True)
+    for server, result in results.items():
+        warm, floor, raw = result["warm"], result["grpc_floor"], result["raw_grpc_floor"]
+        print(
+            f"{server:>10}: what-if p50 {warm['p50_ms']:.2f} ms, p99 {warm['p99_ms']:.2f} ms, "
+            f"{warm['qps']:.0f} q/s; do-nothing call p50 {floor['p50_ms']:.2f} ms; "
+            f"bare grpcio p50 {raw['p50_ms']:.2f} ms"
+        )
+    warm = results["process"]["warm"]
+    print(
+        f"RESULT whatif_p50_ms={warm['p50_ms']:.3f} whatif_p99_ms={warm['p99_ms']:.3f} "
+        f"whatif_qps={warm['qps']:.0f}"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer instances")
+    parser.add_argument(
+        "--only", choices=("whatif",), help="run one part: whatif = the gRPC what-if latency"
+    )
     args = parser.parse_args(argv)
+    if args.only == "whatif":
+        main_whatif()
+        return
     n50, ntf = (4, 2) if args.quick else (12, 4)
     start = time.perf_counter()
     report: dict[str, object] = {}
