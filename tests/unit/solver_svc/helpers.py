@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from solver_svc.core_search import Core, build_core
+from solver_svc.dual import lagrangian, lp_dual
+from solver_svc.presolve import Instance
 from solver_svc.problem import LayerChoice, OptionCost, Problem
+from solver_svc.tolerance import feasibility_slack
 
 BITS = ((2, 4), (4, 4), (4, 8), (8, 8))
 
@@ -39,3 +43,28 @@ def quant_problem(num_layers: int, seed: int) -> Problem:
 def total(problem: Problem, assignment: dict[str, str], axis: str) -> float:
     by = {layer.name: {o.key: o for o in layer.options} for layer in problem.layers}
     return sum(getattr(by[name][key], axis) for name, key in assignment.items())
+
+
+def whole_core(inst: Instance) -> tuple[Core, np.ndarray, np.ndarray]:
+    """Every group with more than one option as the core (no fixing), priced at
+    the LP multipliers: ``(core, first valid option per group, slack)``."""
+    slack = feasibility_slack(inst.limits, np.where(inst.valid[None], inst.rows, 0.0))
+    lam = lp_dual(inst).lam if inst.rows.shape[0] else np.zeros(0)
+    bound, v = lagrangian(inst, lam)
+    rc = np.where(inst.valid, v - v.min(axis=1, keepdims=True), np.inf)
+    counts = inst.valid.sum(axis=1)
+    single = np.flatnonzero(counts == 1)
+    first = inst.valid.argmax(axis=1)
+    base_rows = inst.rows[:, single, first[single]].sum(axis=1)
+    base_obj = float(inst.obj[single, first[single]].sum())
+    core = build_core(
+        inst,
+        inst.valid,
+        rc,
+        lam,
+        np.flatnonzero(counts > 1),
+        base_obj,
+        inst.limits + slack - base_rows,
+        bound,
+    )
+    return core, first, slack

@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from solver_svc.core_search import _pareto, build_core, dp, hull_chains
-from solver_svc.dual import lagrangian, lp_dual, single_row_lp
+from solver_svc.core_search import _pareto, dp, hull_chains
+from solver_svc.dual import lagrangian, single_row_lp
 from solver_svc.exact import solve_instance
 from solver_svc.presolve import Instance
 from solver_svc.solve import ProblemSolver
 from solver_svc.spec import Budgets
-from solver_svc.tolerance import feasibility_slack
 from tests.unit.solver_svc.brute import optimum
+from tests.unit.solver_svc.helpers import whole_core
 from tests.unit.solver_svc.test_exactness import problems
 
 pytestmark = pytest.mark.unit
@@ -165,26 +165,7 @@ def test_dynamic_programming_from_no_incumbent_matches_enumeration(case: tuple) 
     problem, budgets = case
     expected = optimum(problem, budgets)
     inst = ProblemSolver(problem).instance("omega", Budgets(**budgets))
-    m = inst.rows.shape[0]
-    slack = feasibility_slack(inst.limits, np.where(inst.valid[None], inst.rows, 0.0))
-    lam = lp_dual(inst).lam if m else np.zeros(0)
-    bound, v = lagrangian(inst, lam)
-    rc = np.where(inst.valid, v - v.min(axis=1, keepdims=True), np.inf)
-    counts = inst.valid.sum(axis=1)
-    single = np.flatnonzero(counts == 1)
-    first = inst.valid.argmax(axis=1)
-    base_rows = inst.rows[:, single, first[single]].sum(axis=1)
-    base_obj = float(inst.obj[single, first[single]].sum())
-    core = build_core(
-        inst,
-        inst.valid,
-        rc,
-        lam,
-        np.flatnonzero(counts > 1),
-        base_obj,
-        inst.limits + slack - base_rows,
-        bound,
-    )
+    core, first, slack = whole_core(inst)
     found, value, _, complete = dp(core, np.inf, 0.0, 10**7, time.perf_counter() + 60)
     assert complete
     if expected is None:

@@ -19,17 +19,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from solver_svc.core_search import Core, build_core
 from solver_svc.cpsat import solve_cpsat
-from solver_svc.dual import lagrangian, lp_dual
 from solver_svc.exact import solve_instance
 from solver_svc.presolve import Instance
 from solver_svc.solve import ProblemSolver
 from solver_svc.spec import Budgets
 from solver_svc.surrogate import build_tables, search, search_targeted
-from solver_svc.tolerance import feasibility_slack
 from tests.unit.solver_svc.brute import optimum
-from tests.unit.solver_svc.helpers import quant_problem, total
+from tests.unit.solver_svc.helpers import quant_problem, total, whole_core
 from tests.unit.solver_svc.test_exactness import problems
 
 pytestmark = pytest.mark.unit
@@ -40,30 +37,6 @@ SETTINGS = settings(
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-
-
-def _whole_core(inst: Instance) -> tuple[Core, np.ndarray, np.ndarray]:
-    """Every group with more than one option as the core (no fixing)."""
-    slack = feasibility_slack(inst.limits, np.where(inst.valid[None], inst.rows, 0.0))
-    lam = lp_dual(inst).lam
-    bound, v = lagrangian(inst, lam)
-    rc = np.where(inst.valid, v - v.min(axis=1, keepdims=True), np.inf)
-    counts = inst.valid.sum(axis=1)
-    single = np.flatnonzero(counts == 1)
-    first = inst.valid.argmax(axis=1)
-    base_rows = inst.rows[:, single, first[single]].sum(axis=1)
-    base_obj = float(inst.obj[single, first[single]].sum())
-    core = build_core(
-        inst,
-        inst.valid,
-        rc,
-        lam,
-        np.flatnonzero(counts > 1),
-        base_obj,
-        inst.limits + slack - base_rows,
-        bound,
-    )
-    return core, first, slack
 
 
 def _loose_upper(inst: Instance) -> float:
@@ -78,7 +51,7 @@ def test_tables_hold_each_suffix_exact_surrogate_optimum() -> None:
         inst = ProblemSolver(problem).instance(
             "omega", Budgets(size_bytes=1.3 * total(problem, all4, "size_bytes"))
         )
-        core, _, _ = _whole_core(inst)
+        core, _, _ = whole_core(inst)
         tables = build_tables(core, _loose_upper(inst), 0.0)
         if tables is None:
             continue
@@ -113,7 +86,7 @@ def test_surrogate_search_alone_matches_enumeration(case: tuple) -> None:  # typ
     inst = ProblemSolver(problem).instance("omega", Budgets(**budgets))
     if inst.rows.shape[0] == 0:
         return
-    core, first, slack = _whole_core(inst)
+    core, first, slack = whole_core(inst)
     lam = core.lam[: core.real_rows]
     if core.depth == 0 or not (lam > 0).any():  # nothing for the surrogate to do
         return
