@@ -7,7 +7,6 @@ kills them. Redis redelivers a dead worker's run after 5 s (WORKER_ENV).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -15,8 +14,7 @@ import pytest
 
 from bitmesh.client import Client
 from bitmesh.rpc.server import RunningServer
-from bitmesh.settings import load_settings
-from tests.integration.trainer.conftest import REPO_ROOT, WORKER_ENV, TrainerMesh, _with_db
+from tests.integration.trainer.conftest import TrainerMesh, make_mesh
 
 REDIS_DB = 14
 
@@ -47,24 +45,13 @@ def proxy_mesh(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     from bitmesh.rpc.service_main import start_service
     from proxy_nas_svc.servicer import build
 
-    url = _with_db(redis_url, REDIS_DB)
-    redis.Redis.from_url(url).flushdb()
-    root = tmp_path_factory.mktemp("proxy-mesh")
-    artifact_root = str(root / "artifacts")
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("BITMESH_")},
-        "REDIS_URL": url,
-        "BITMESH_ARTIFACT_ROOT": artifact_root,
-        "PYTHONPATH": str(REPO_ROOT),
-        **WORKER_ENV,
-    }
-    settings = load_settings(redis_url=url, artifact_root=artifact_root)
-    workers = TrainerMesh(url, root, settings, env)
+    workers = make_mesh(redis_url, REDIS_DB, tmp_path_factory.mktemp("proxy-mesh"))
+    url = workers.redis_url
     service = None
     try:
         workers.start_worker()
         workers.start_worker()
-        service = start_service("proxy_nas", build, settings, port=0)
+        service = start_service("proxy_nas", build, workers.settings, port=0)
         yield ProxyMesh(workers, service)
     finally:
         if service is not None:

@@ -156,16 +156,13 @@ class TrainerMesh:
                 self.kill_worker(worker, signal.SIGTERM)
 
 
-@pytest.fixture(scope="module")
-def mesh(
-    request: pytest.FixtureRequest, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TrainerMesh]:
+def make_mesh(redis_url: str, db: int, root: Path) -> TrainerMesh:
+    """A TrainerMesh on an emptied Redis database ``db`` with its artifacts
+    under ``root``; workers and the service are started by the caller."""
     import redis
 
-    db = int(getattr(request.module, "REDIS_DB", 10))
     url = _with_db(redis_url, db)
     redis.Redis.from_url(url).flushdb()
-    root = tmp_path_factory.mktemp("trainer-mesh")
     artifact_root = str(root / "artifacts")
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("BITMESH_")},
@@ -175,7 +172,18 @@ def mesh(
         **WORKER_ENV,
     }
     settings = load_settings(redis_url=url, artifact_root=artifact_root)
-    trainer = TrainerMesh(url, root, settings, env)
+    return TrainerMesh(url, root, settings, env)
+
+
+@pytest.fixture(scope="module")
+def mesh(
+    request: pytest.FixtureRequest, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TrainerMesh]:
+    import redis
+
+    db = int(getattr(request.module, "REDIS_DB", 10))
+    trainer = make_mesh(redis_url, db, tmp_path_factory.mktemp("trainer-mesh"))
+    url = trainer.redis_url
     trainer.start_worker()
     trainer.start_service()
     try:
