@@ -24,6 +24,7 @@ from solver_svc.convert import (
     solution_to_pb,
 )
 from solver_svc.frontier import frontier, lookup
+from solver_svc.kernels import warm_up
 from solver_svc.latency import list_profiles, load_profile, with_latency
 from solver_svc.registry import LoadedProblem, ProblemRegistry
 from solver_svc.solution import Solution
@@ -195,6 +196,9 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
 def build(
     settings: Settings,
 ) -> tuple[Sequence[Registrar], Sequence[str], list[Callable[[float], None]]]:
+    # Compile (or load) the search kernels before the port opens: the first
+    # compile takes several seconds, which no request should wait for.
+    warm_up()
     registry = ProblemRegistry(ArtifactStore(settings.artifact_root))
     servicer = SolverServicer(registry)
     return (

@@ -28,15 +28,17 @@ increasing bound, that prunes with that bound and with every real row's
 least possible usage of the rest. Measured (12 ResNet50-sized instances,
 54 layers x 6 options x 3 budgets): tables 0.3-30 ms, search 1-616 nodes,
 where the previous DFS + DP + CP-SAT took 5-640 ms.
+
+Both loops (the table build per depth and the search per node) run compiled
+in ``kernels.py``; this module owns what they compute. Compiling them took
+the ResNet50-sized median solve from 5.7 to 3.0 ms and a transformer-sized
+100-point frontier from 13.7 to 5.8 s (``benchmarks/bench_solver.py``).
 """
 
 from __future__ import annotations
 
 import math
-import time
-from bisect import bisect_right
 from dataclasses import dataclass
-from operator import add, gt, itemgetter, sub
 
 import numpy as np
 
@@ -46,14 +48,13 @@ from solver_svc.core_search import (
     hull_chains,
     suffix_curves,
 )
+from solver_svc.kernels import TABLES_OK, search_core, suffix_states
 
 __all__ = ["SuffixTables", "build_tables", "search"]
 
 #: Most states the tables may hold summed over depths before they are given up
 #: (the search falls back to ``core_search``).
 TABLE_STATE_LIMIT = 400_000
-#: Cores deeper than this are not searched recursively (Python's recursion limit).
-MAX_DEPTH = 800
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,16 +81,20 @@ class SuffixTables:
     price: np.ndarray  # [n, K] priced . rows of each option per depth (0 on padding)
     capacity: float  # kept . residual
     priced_capacity: float  # priced . residual
-    usage: list[list[float]]
-    value: list[list[float]]
+    usage: np.ndarray  # every depth's states, depth d at start[d]:start[d] + length[d]
+    value: np.ndarray
+    start: np.ndarray  # [n + 1]
+    length: np.ndarray  # [n + 1]
     eps: float  # lookups admit this much more usage (summation order)
     margin: float  # bounds are lowered by this (precision of the priced part)
     states: int
 
     def lower(self, depth: int, room: float) -> float:
         """Least ``value`` of groups ``depth..n-1`` with usage ``<= room``."""
-        j = bisect_right(self.usage[depth], room + self.eps) - 1
-        return self.value[depth][j] if j >= 0 else math.inf
+        lo = int(self.start[depth])
+        states = self.usage[lo : lo + int(self.length[depth])]
+        j = int(np.searchsorted(states, room + self.eps, side="right")) - 1
+        return float(self.value[lo + j]) if j >= 0 else math.inf
 
     @property
     def root(self) -> float:
@@ -201,40 +206,21 @@ def build_tables(
     # in proportion, so states are only dropped past that.
     margin = 1e-13 * (scale + priced_scale) * max(unit_price, 1.0)
     budget = upper - tol - lower + margin
-    # States as columns of one [3, S] array (usage, objective, reduced cost):
-    # one numpy call per step instead of three; the work per depth is mostly
-    # call overhead on these sizes.
-    packed = np.stack([wp, core.padded_obj + pp, rc])[:, :, None, :]  # [3, n, 1, K]
-    options = [packed[:, d, :, : counts[d]] for d in range(n)]
-    st = np.zeros((3, 1))
-    usage: list[list[float]] = [[] for _ in range(n + 1)]
-    value: list[list[float]] = [[] for _ in range(n + 1)]
-    usage[n], value[n] = [0.0], [0.0]
-    states = 1
-    for d in range(n - 1, -1, -1):
-        if d % 16 == 0 and time.perf_counter() > deadline:
-            return None
-        st = (st[:, :, None] + options[d]).reshape(3, -1)
-        # The prefix's LP cost at need = usage + prefix_ref[d] - capacity.
-        shift = prefix_ref[d] - capacity
-        cost = np.interp(st[0], cost_x[n - d] - shift, cost_c[n - d], right=np.inf)
-        st = st[:, st[2] + cost < budget]
-        if st.shape[1] > 1:
-            # By usage only (half a two-key sort's time): of equal usages a
-            # worse one may stay when it comes first, which wastes a state but
-            # never lowers a lookup (the later, better one is what it finds).
-            st = st[:, np.argsort(st[0], kind="stable")]
-            o = st[1]
-            best_before = np.minimum.accumulate(o[:-1])
-            keep = np.empty(len(o), dtype=bool)
-            keep[0] = True
-            np.less(o[1:], best_before, out=keep[1:])
-            st = st[:, keep]
-        usage[d] = st[0].tolist()
-        value[d] = st[1].tolist()
-        states += st.shape[1]
-        if states > state_limit:
-            return None
+    status, usage, value, start, length, states = suffix_states(
+        wp,
+        core.padded_obj + pp,
+        rc,
+        np.asarray(counts, dtype=np.int64),
+        cost_x,
+        cost_c,
+        prefix_ref,
+        capacity,
+        budget,
+        state_limit,
+        deadline,
+    )
+    if status != TABLES_OK:
+        return None
     return SuffixTables(
         kept,
         priced,
@@ -244,6 +230,8 @@ def build_tables(
         priced_capacity,
         usage,
         value,
+        start,
+        length,
         eps,
         1e-12 * (priced_scale + abs(upper)),
         states,
@@ -261,118 +249,60 @@ def search(
     """Depth-first search with the tables' bound (see module doc); with
     several tables a node's bound is the largest of theirs.
 
+    Per node: every option that leaves each real row room for the rest's
+    least usage becomes a child, bounded by ``base + objective so far +
+    priced part so far + value of the next depth's best state that fits the
+    kept capacity left`` (per table, the largest counts); children are
+    visited in increasing bound while it is below the incumbent ``- tol``.
+    The loop itself is ``kernels.search_core``.
+
     Returns ``(assignment per depth or None, value, nodes, complete)`` like
     ``core_search.dfs``; only configurations better than ``upper - tol`` are
     returned, and ``complete`` means none better than the returned one exists.
     """
     n = core.depth
-    if n > MAX_DEPTH:
-        return None, upper, 0, False
-    all_tables = [tables] if isinstance(tables, SuffixTables) else list(tables)
     real = core.real_rows
-    residual = core.residual[:real].tolist()
-    rows = core.padded_rows[:real]
-    least = np.where(core.padded_ok[None], rows, np.inf).min(axis=2)  # [real, n]
-    lows = np.zeros((n + 1, real))
-    lows[:n] = np.cumsum(least.T[::-1], axis=0)[::-1]
-    rest_low = lows.tolist()
-    t_range = range(len(all_tables))
-    # Per depth, per option: (objective, rows, column, kept usage and priced
-    # part per table); converted to lists in one go per array.
-    objs = core.padded_obj.tolist()
-    option_rows = rows.transpose(1, 2, 0).tolist()
-    weights = np.stack([t.weight for t in all_tables], axis=2).tolist()
-    prices = np.stack([t.price for t in all_tables], axis=2).tolist()
-    options = []
-    for d in range(n):
-        c = len(core.ks[d])
-        options.append(
-            list(
-                zip(
-                    objs[d][:c],
-                    option_rows[d][:c],
-                    core.ks[d].tolist(),
-                    weights[d][:c],
-                    prices[d][:c],
-                    strict=True,
-                )
-            )
-        )
-    # Per depth, per table: the states' usages and values (lookups by depth).
-    usage_at = [[t.usage[d] for t in all_tables] for d in range(n + 1)]
-    value_at = [[t.value[d] for t in all_tables] for d in range(n + 1)]
-    room0 = [t.capacity + t.eps for t in all_tables]
-    # Constant part of each table's bound: base, minus the priced capacity
-    # and the precision margin.
-    offset = [core.base_obj - t.priced_capacity - t.margin for t in all_tables]
-    # Per depth: how much of each row the option may use so that the rest
-    # still fits at its least (``residual - least usage of the rest``).
-    room_rows = [[residual[r] - rest_low[d + 1][r] for r in range(real)] for d in range(n)]
-    current = [0] * n
-    best: list[int] | None = None
-    best_value = upper
-    nodes = 0
-    stopped = False
-
-    def visit(
-        depth: int, acc_obj: float, used: list[float], rooms: list[float], bases: list[float]
-    ) -> None:
-        """``rooms[t]``: table ``t``'s kept capacity left; ``bases[t]``: its
-        bound's constant plus the priced part so far."""
-        nonlocal best, best_value, nodes, stopped
-        nodes += 1
-        if nodes >= node_limit or (nodes % 1024 == 0 and time.perf_counter() > deadline):
-            stopped = True
-            return
-        limit = best_value - tol
-        fits = room_rows[depth]
-        if depth == n - 1:  # the children are leaves: their values are exact
-            for ob, row, k, _, _ in options[depth]:
-                total = core.base_obj + acc_obj + ob
-                if total < limit and not any(map(gt, map(add, used, row), fits)):
-                    limit = total
-                    best_value = total
-                    current[depth] = k
-                    best = list(current)
-            return
-        nxt = depth + 1
-        usages = usage_at[nxt]
-        values = value_at[nxt]
-        children = []
-        for ob, row, k, ws, ps in options[depth]:
-            new_used = list(map(add, used, row))
-            if any(map(gt, new_used, fits)):
-                continue
-            here = acc_obj + ob
-            b = -math.inf
-            for t in t_range:
-                j = bisect_right(usages[t], rooms[t] - ws[t]) - 1
-                if j < 0:
-                    b = math.inf
-                    break
-                bt = bases[t] + here + ps[t] + values[t][j]
-                if bt > b:
-                    b = bt
-                    if b >= limit:
-                        break
-            if b < limit:
-                children.append((b, here, new_used, k, ws, ps))
-        children.sort(key=itemgetter(0))
-        for b, here, new_used, k, ws, ps in children:
-            if b >= best_value - tol:
-                break
-            current[depth] = k
-            visit(nxt, here, new_used, list(map(sub, rooms, ws)), list(map(add, bases, ps)))
-            if stopped:
-                return
-
+    residual = core.residual[:real]
     if n == 0:
-        fits = all(x >= 0 for x in residual)
+        fits = bool((residual >= 0).all())
         if fits and core.base_obj < upper - tol:
             return [], core.base_obj, 1, True
         return None, upper, 1, True
-    visit(0, 0.0, [0.0] * real, list(room0), list(offset))
-    return best, float(best_value), nodes, not stopped
+    all_tables = [tables] if isinstance(tables, SuffixTables) else list(tables)
+    rows = core.padded_rows[:real]
+    least = np.where(core.padded_ok[None], rows, np.inf).min(axis=2)  # [real, n]
+    rest_low = np.zeros((n + 1, real))
+    rest_low[:n] = np.cumsum(least.T[::-1], axis=0)[::-1]
+    # Per depth: how much of each row one option may use so that the rest
+    # still fits at its least.
+    room_rows = residual[None, :] - rest_low[1:]
+    width = core.padded_obj.shape[1]
+    ks = np.zeros((n, width), dtype=np.int64)
+    for d, cols in enumerate(core.ks):
+        ks[d, : len(cols)] = cols
+    sizes = [len(t.usage) for t in all_tables]
+    shifts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    found, choice, value, nodes, complete = search_core(
+        core.padded_obj,
+        np.ascontiguousarray(rows.transpose(1, 2, 0)),
+        ks,
+        np.array([len(x) for x in core.obj], dtype=np.int64),
+        np.stack([t.weight for t in all_tables], axis=2),
+        np.stack([t.price for t in all_tables], axis=2),
+        np.concatenate([t.usage for t in all_tables]),
+        np.concatenate([t.value for t in all_tables]),
+        np.stack([t.start for t in all_tables]) + shifts[:, None],
+        np.stack([t.length for t in all_tables]),
+        np.array([t.capacity + t.eps for t in all_tables]),
+        np.array([core.base_obj - t.priced_capacity - t.margin for t in all_tables]),
+        room_rows,
+        float(core.base_obj),
+        float(upper),
+        float(tol),
+        int(node_limit),
+        float(deadline),
+    )
+    return (choice.tolist() if found else None), float(value), int(nodes), bool(complete)
 
 
 #: Targets of ``search_targeted``: fractions of the gap between the tables'

@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1.7
 # The solver service: torch-free and small. It installs bitmesh with the
-# [solver] extra only (OR-Tools, matplotlib), every version pinned by
+# [solver] extra only (OR-Tools, matplotlib, numba), every version pinned by
 # requirements.lock, and fails the build if torch slipped in.
 #
 #   docker build -f deploy/docker/solver.Dockerfile -t bitmesh/solver:0.1.0 .
@@ -34,6 +34,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/home/bitmesh \
     MPLCONFIGDIR=/tmp/matplotlib \
     XDG_CACHE_HOME=/tmp/.cache \
+    NUMBA_CACHE_DIR=/tmp/numba-cache \
     BITMESH_HOST=0.0.0.0 \
     BITMESH_ARTIFACT_ROOT=/var/lib/bitmesh/artifacts
 USER 10001:10001
