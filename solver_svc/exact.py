@@ -82,14 +82,16 @@ DP_STATE_LIMIT = 30_000
 #: Candidates per side of the two-group exchanges that polish the incumbent.
 PAIR_CANDIDATES = 100
 #: Nodes of the surrogate-bounded search (``surrogate.py``) before the core
-#: goes to the searches above. High: on 500-layer frontier points it finished
-#: in 24,000-110,000 nodes (0.3-0.9 s) where the fallbacks took 1-14 s.
-SURROGATE_NODE_LIMIT = 300_000
-#: The same for cores of ``FINE_TARGET_DEPTH`` groups or more (see step 5a):
-#: over a 100-point 500-layer frontier 60,000 took 11 % less time than 300,000.
-BIG_CORE_NODE_LIMIT = 60_000
-#: Nodes of its first stage (one table).
-SURROGATE_LIGHT_LIMIT = 300
+#: goes to the searches above. High: compiled, a node costs 0.1-0.2 us, and
+#: the hardest 500-layer frontier point needed 1.7 million (0.2 s) where
+#: CP-SAT on the core took 0.8-1.2 s (with 60,000 nodes, as when the search
+#: ran in Python, 7 points of a 100-point frontier went to CP-SAT).
+SURROGATE_NODE_LIMIT = 3_000_000
+#: Nodes of its first stage (one table). Compiled search made nodes cheap
+#: next to more 500-layer tables (5-40 ms each): 30,000 took 10-20 % less
+#: time than 300 over 100-point frontiers (54 and 500 layers); 3,000 to
+#: 300,000 were within noise of each other.
+SURROGATE_LIGHT_LIMIT = 30_000
 
 
 @dataclass(frozen=True)
@@ -224,42 +226,37 @@ def solve_instance(
     #    residual_r`` of the bound kept, the others priced (most frontier
     #    points of a 54-layer problem finish here in under 100 nodes);
     # 2. if that search does not finish, it starts again from its best
-    #    incumbent with every binding row kept alone, all of them folded into
-    #    one, and each row the LP leaves slack (lam = 0), which can still bind
-    #    in integers. On 54-layer frontier points with two binding rows the
-    #    search took 2-40 ms with the per-row tables where the folded one
-    #    alone took 0.2-1.7 s; the folded one is given up past twice the
-    #    others' states (on 500-layer cores it outgrew 400,000 states where
-    #    the per-row ones held 60,000-230,000). A third stage between these
-    #    two (slack rows last) cost 5-15 % more on a 100-point frontier.
+    #    incumbent with every binding row kept alone and each row the LP
+    #    leaves slack (lam = 0), which can still bind in integers. On 54-layer
+    #    frontier points with two binding rows the search took 2-40 ms with
+    #    the per-row tables where one table of all rows folded together took
+    #    0.2-1.7 s; as a third table beside them it cost 10-25 % more time
+    #    over 100-point frontiers (54 and 500 layers; it outgrew its state
+    #    cap on most 500-layer points), so it is not built. A third stage
+    #    between these two (slack rows last) cost 5-15 % more on a
+    #    100-point frontier.
     unit = np.eye(m)
     positive = np.flatnonzero(lam > 0)
     share = lam * np.abs(core.residual[:m])
     first_row = int(positive[np.argmax(share[positive])]) if len(positive) else -1
     per_row = [unit[r] * lam[r] for r in positive if r != first_row]
-    # On cores of FINE_TARGET_DEPTH groups or more, CP-SAT on the core (with
-    # the incumbent as its hint) took 0.2-1.4 s on points where this search
-    # needed 30,000-300,000 nodes (0.4-4 s) and the other searches below never
-    # finished: past BIG_CORE_NODE_LIMIT nodes such cores go straight to it.
+    # On cores of FINE_TARGET_DEPTH groups or more the searches below
+    # (Python, LP-bounded) never finished where this one did not: such cores
+    # go straight to CP-SAT.
     big = core.depth >= FINE_TARGET_DEPTH
-    node_limit = BIG_CORE_NODE_LIMIT if big else SURROGATE_NODE_LIMIT
     stages: list[tuple[int, list[np.ndarray]]] = [
         (SURROGATE_LIGHT_LIMIT, [unit[first_row] * lam[first_row]] if len(positive) else []),
-        (
-            node_limit,
-            [*per_row, *([lam] if len(positive) > 1 else []), *unit[lam <= 0]],
-        ),
+        (SURROGATE_NODE_LIMIT, [*per_row, *unit[lam <= 0]]),
     ]
     tables: list[SuffixTables] = []
     for limit, kinds in stages:
         for kept in kinds:
-            cap = TABLE_STATE_LIMIT
-            if tables and kept is lam:
-                cap = min(cap, 2 * max(t.states for t in tables))
-            table = build_tables(core, upper, tol, kept=kept, state_limit=cap, deadline=deadline)
+            table = build_tables(
+                core, upper, tol, kept=kept, state_limit=TABLE_STATE_LIMIT, deadline=deadline
+            )
             if table is not None:
                 tables.append(table)
-        if not tables or (not kinds and limit != node_limit):
+        if not tables or (not kinds and limit != SURROGATE_NODE_LIMIT):
             continue  # nothing new to search with
         # The first stage searches plainly (most points finish in it); the second
         # aims at targets near the bound first (``search_targeted``).

@@ -87,6 +87,8 @@ class ProblemSolver:
     def __init__(self, problem: Problem | PreparedProblem) -> None:
         self.prepared = problem if isinstance(problem, PreparedProblem) else prepare(problem)
         self._instances: dict[tuple[str, tuple[str, ...]], Instance] = {}
+        # Per group: option key -> prepared option index (hints arrive as keys).
+        self._key_index = [{key: k for k, key in enumerate(keys)} for keys in self.prepared.keys]
 
     @property
     def problem(self) -> Problem:
@@ -196,17 +198,16 @@ class ProblemSolver:
     def _choice_from_assignment(
         self, inst: Instance, assignment: Mapping[str, str]
     ) -> np.ndarray | None:
-        choice = np.zeros(inst.num_groups, dtype=np.int64)
+        original = np.empty(inst.num_groups, dtype=np.int64)
         for g, members in enumerate(self.prepared.members):
-            key = assignment.get(members[0])
-            if key is None or key not in self.prepared.keys[g]:
+            index = self._key_index[g].get(assignment.get(members[0], ""))
+            if index is None:
                 return None
-            original = self.prepared.keys[g].index(key)
-            cols = np.flatnonzero(inst.option_index[g] == original)
-            if len(cols) == 0:  # the hinted option was pruned as dominated
-                return None
-            choice[g] = int(cols[0])
-        return choice
+            original[g] = index
+        hit = inst.option_index == original[:, None]  # [G, K]
+        if not hit.any(axis=1).all():  # a hinted option was pruned as dominated
+            return None
+        return hit.argmax(axis=1)
 
     def totals_of(self, original: np.ndarray) -> tuple[float, Totals, float]:
         """(total omega, totals, average weight bits) of a choice of prepared
