@@ -150,3 +150,25 @@ def test_engine_agrees_with_cpsat_on_three_budget_problems(seed: int) -> None:
     # CP-SAT's objective is exact to about groups * 2^-30 of the range.
     assert ours.value <= ref_value + 1e-7 * scale
     assert ours.value >= ref_value - 1e-7 * scale
+
+
+def test_work_limits_give_up_instead_of_answering_wrong() -> None:
+    """The compiled loops (``kernels.py``) stop at their state, time and node
+    limits and say so: no tables, or an incomplete search."""
+    problem = quant_problem(30, seed=3)
+    all4 = {layer.name: "w4a4" for layer in problem.layers}
+    inst = ProblemSolver(problem).instance(
+        "omega", Budgets(size_bytes=1.5 * total(problem, all4, "size_bytes"))
+    )
+    core, _, _ = whole_core(inst)
+    loose = _loose_upper(inst)
+    tables = build_tables(core, loose, 0.0)
+    assert tables is not None and tables.states > 40
+    assert build_tables(core, loose, 0.0, state_limit=tables.states - 1) is None
+    assert build_tables(core, loose, 0.0, state_limit=tables.states) is not None
+    assert build_tables(core, loose, 0.0, deadline=time.perf_counter() - 1.0) is None
+    deadline = time.perf_counter() + 60
+    _, _, nodes, complete = search(core, tables, loose, 0.0, 3, deadline)
+    assert nodes == 3 and not complete
+    found, _, nodes, complete = search(core, tables, loose, 0.0, 10**7, deadline)
+    assert complete and found is not None and nodes > 3
