@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
@@ -74,6 +75,17 @@ def dump_json(message: Any) -> None:
         else message
     )
     print(json.dumps(data, indent=2))
+
+
+def emit_job_result(args: argparse.Namespace, result: Any, show: Callable[[Any], None]) -> int:
+    """Print a finished job's result (``--json``: as JSON, for scripts) and
+    return the exit code: 0 only when the job succeeded, so a pipeline step
+    that runs a job fails with it."""
+    if args.json:
+        dump_json(result)
+    else:
+        show(result)
+    return 0 if result.status.state == common_pb2.JOB_STATE_SUCCEEDED else 1
 
 
 def human_count(value: float) -> str:

@@ -25,6 +25,7 @@ from bitmesh.cli.common import (
     console,
     dataset_ref_from,
     dump_json,
+    emit_job_result,
     human_bytes,
     human_count,
     model_ref_from,
@@ -291,11 +292,7 @@ def _start(
                 if event.status.state in _TERMINAL:
                     break
             result = client.get_training(ref.job_id)
-    if args.json:
-        dump_json(result)
-    else:
-        print_result(result)
-    return 0 if result.status.state == common_pb2.JOB_STATE_SUCCEEDED else 1
+    return emit_job_result(args, result, print_result)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

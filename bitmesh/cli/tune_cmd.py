@@ -22,6 +22,7 @@ from bitmesh.cli.common import (
     console,
     dataset_ref_from,
     dump_json,
+    emit_job_result,
 )
 from bitmesh.cli.common import model_ref_from as _model_ref_from
 from bitmesh.cli.solver_cmds import add_budget_args, budgets_from
@@ -191,14 +192,6 @@ def print_result(result: proxy_nas_pb2.SearchResult) -> None:
         )
 
 
-def _output(args: argparse.Namespace, result: proxy_nas_pb2.SearchResult) -> int:
-    if args.json:
-        dump_json(result)
-    else:
-        print_result(result)
-    return 0 if result.status.state == common_pb2.JOB_STATE_SUCCEEDED else 1
-
-
 def cmd_tune(args: argparse.Namespace) -> int:
     request = search_request(args)
     with client_from(args) as client:
@@ -211,7 +204,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             for _ in client.watch_tuning(job_id):
                 pass
             result = client.get_tuning(job_id)
-    return _output(args, result)
+    return emit_job_result(args, result, print_result)
 
 
 def cmd_job(args: argparse.Namespace) -> int:
@@ -236,7 +229,7 @@ def cmd_job(args: argparse.Namespace) -> int:
         result = (
             follow(client, args.job_id) if args.verb == "watch" else client.get_tuning(args.job_id)
         )
-    return _output(args, result)
+    return emit_job_result(args, result, print_result)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
