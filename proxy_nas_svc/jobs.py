@@ -9,15 +9,12 @@ shared stores. Every way out ends in a terminal state with a reason.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from bitmesh.errors import BitmeshError, Cancelled
-from bitmesh.jobs.records import JobState
-from bitmesh.jobs.runner import JobContext
-from bitmesh.jobs.store import JobStore, transition
+from bitmesh.jobs.runner import JobContext, execute_job
+from bitmesh.jobs.store import JobStore
 from proxy_nas_svc.coordinator import Coordinator, CoordinatorOptions, RunBackend
 from proxy_nas_svc.spec import SearchRequest
 from proxy_nas_svc.study import create_study
@@ -25,7 +22,6 @@ from proxy_nas_svc.study import create_study
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
 
-log = logging.getLogger(__name__)
 
 JOB_KIND = "tune"
 
@@ -62,48 +58,20 @@ class SearchRunner:
         self._threads[job_id] = thread
         thread.start()
 
-    def _fail(self, job_id: str, reason: str) -> None:
-        self.store.update(job_id, lambda r: transition(r, state=JobState.FAILED, error=reason))
-
     def _run(self, job_id: str) -> None:
-        store = self.store
-        record = store.update(job_id, lambda r: transition(r, state=JobState.RUNNING))
-        if record.state is not JobState.RUNNING:
-            return  # cancelled while queued
-        ctx = JobContext(store, job_id, threading.Event())
-        try:
-            result = self.search(job_id, record.request, ctx)
-        except Cancelled:
-            if self._stopping.is_set() and not store.get(job_id).cancel_requested:
-                self._fail(
-                    job_id, "the proxy NAS service stopped during the search; start it again"
-                )
-            else:
-                store.update(
-                    job_id, lambda r: transition(r, state=JobState.CANCELLED, message="cancelled")
-                )
-        except BitmeshError as exc:
-            self._fail(job_id, exc.message)
-        except Exception as exc:
-            log.exception("search %s failed", job_id)
-            self._fail(
-                job_id, f"internal error in search {job_id} ({type(exc).__name__}); see the log"
-            )
-        else:
-            store.update(
-                job_id,
-                lambda r: transition(r, state=JobState.SUCCEEDED, progress=1.0, result=result),
-            )
-        final = store.get(job_id)
-        store.append_event(
+        execute_job(
+            self.store,
             job_id,
-            {
-                "state": final.state.value,
-                "progress": final.progress,
-                "stage": final.stage,
-                "message": final.error or final.message,
-            },
+            lambda ctx: self.search(job_id, self.store.get(job_id).request, ctx),
+            threading.Event(),
+            stop_reason=self._stop_reason,
+            label="search",
         )
+
+    def _stop_reason(self) -> str | None:
+        if self._stopping.is_set():
+            return "the proxy NAS service stopped during the search; start it again"
+        return None
 
     def search(self, job_id: str, request: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         search = SearchRequest.from_dict(request["search"])

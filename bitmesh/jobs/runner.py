@@ -78,6 +78,62 @@ class JobContext:
 JobWork = Callable[[JobContext], dict[str, Any]]
 
 
+def execute_job(
+    store: JobStore,
+    job_id: str,
+    work: JobWork,
+    cancel_event: threading.Event,
+    stop_reason: Callable[[], str | None] = lambda: None,
+    label: str = "job",
+) -> None:
+    """Run ``work`` for a queued job and record how it ended, whatever happens.
+
+    Why one function: every service that runs jobs in its own threads needs
+    the same guarantees (a job cancelled while queued never starts; every way
+    out ends in a terminal state with a reason a user can act on; the last
+    event carries that state, so watchers stop). ``stop_reason`` tells a
+    service shutdown from a user's cancel: when it returns a reason and no
+    cancel was asked for, the job ends FAILED with it, not CANCELLED."""
+    record = store.update(job_id, lambda r: transition(r, state=JobState.RUNNING))
+    if record.state is not JobState.RUNNING:
+        return  # cancelled while queued
+
+    def fail(reason: str) -> None:
+        store.update(job_id, lambda r: transition(r, state=JobState.FAILED, error=reason))
+
+    ctx = JobContext(store, job_id, cancel_event)
+    try:
+        result = work(ctx)
+    except Cancelled:
+        reason = stop_reason()
+        if reason and not store.get(job_id).cancel_requested:
+            fail(reason)
+        else:
+            store.update(
+                job_id, lambda r: transition(r, state=JobState.CANCELLED, message="cancelled")
+            )
+    except BitmeshError as exc:
+        fail(exc.message)
+    except Exception as exc:
+        log.exception("%s %s failed", label, job_id)
+        fail(f"internal error in {label} {job_id} ({type(exc).__name__}); see the service log")
+    else:
+        store.update(
+            job_id,
+            lambda r: transition(r, state=JobState.SUCCEEDED, progress=1.0, result=result),
+        )
+    final = store.get(job_id)
+    store.append_event(
+        job_id,
+        {
+            "state": final.state.value,
+            "progress": final.progress,
+            "stage": final.stage,
+            "message": final.error or final.message,
+        },
+    )
+
+
 class ThreadJobRunner:
     """Bounded in-process execution of jobs recorded in a :class:`JobStore`."""
 
@@ -123,39 +179,7 @@ class ThreadJobRunner:
         return record
 
     def _run(self, job_id: str, work: JobWork, cancel_event: threading.Event) -> None:
-        store = self.store
-        record = store.update(job_id, lambda r: transition(r, state=JobState.RUNNING))
-        if record.state is not JobState.RUNNING:
-            return  # cancelled while queued
-        ctx = JobContext(store, job_id, cancel_event)
-        try:
-            result = work(ctx)
-        except Cancelled:
-            store.update(
-                job_id, lambda r: transition(r, state=JobState.CANCELLED, message="cancelled")
-            )
-        except BitmeshError as exc:
-            msg = exc.message
-            store.update(job_id, lambda r: transition(r, state=JobState.FAILED, error=msg))
-        except Exception as exc:
-            log.exception("job %s failed", job_id)
-            msg = f"internal error in job {job_id} ({type(exc).__name__}); see the service log"
-            store.update(job_id, lambda r: transition(r, state=JobState.FAILED, error=msg))
-        else:
-            store.update(
-                job_id,
-                lambda r: transition(r, state=JobState.SUCCEEDED, progress=1.0, result=result),
-            )
-        final = store.get(job_id)
-        store.append_event(
-            job_id,
-            {
-                "state": final.state.value,
-                "progress": final.progress,
-                "stage": final.stage,
-                "message": final.message,
-            },
-        )
+        execute_job(self.store, job_id, work, cancel_event)
 
     def shutdown(self, grace: float) -> None:
         """Let running jobs finish for ``grace`` seconds, then cancel the rest."""
