@@ -27,6 +27,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +247,17 @@ def load_profile(name_or_path: str | Path) -> LatencyProfile:
     if not path.is_file():
         known = [p.name for p in list_profiles()]
         raise NotFound(f"latency profile {text!r} not found; known profiles: {known}")
+    stat = path.stat()
+    return _parse_profile(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=64)
+def _parse_profile(path_text: str, mtime_ns: int, size: int) -> LatencyProfile:
+    """The parsed profile file, remembered by path, mtime and size: listing
+    the profiles (a health-style call tools make often) read and parsed every
+    file on every call; an edited file is read again (new mtime or size).
+    Profiles are frozen, so one object can serve every caller."""
+    path = Path(path_text)
     if path.suffix.lower() == ".csv":
         return load_table_csv(path)
     try:

@@ -93,3 +93,13 @@ def test_bad_profiles() -> None:
         with_latency(quant_problem(1, 0), LatencyTable("x", "", "", {}))
     with pytest.raises(InvalidArgument, match="cite"):
         RooflineProfile("x", "", "", {"int8": 1.0}, 1.0)
+
+
+def test_a_profile_file_is_parsed_once_and_again_when_edited(tmp_path: Path) -> None:
+    path = tmp_path / "dev.json"
+    first = LatencyTable("dev", "gpu", "measured", {("a", "w4a4"): 1.0})
+    path.write_text(json.dumps(first.to_json()))
+    assert load_profile(path) is load_profile(path)  # remembered, not re-read
+    second = LatencyTable("dev", "gpu", "measured again", {("a", "w4a4"): 2.5})
+    path.write_text(json.dumps(second.to_json()))
+    assert load_profile(path) == second
