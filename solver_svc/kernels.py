@@ -37,7 +37,7 @@ def _now() -> float:
     return t
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _interp_right_inf(x: float, xp: np.ndarray, fp: np.ndarray) -> float:
     """``np.interp(x, xp, fp, right=inf)`` for one ``x`` (``xp`` ascending,
     repeated vertices allowed): the same formula numpy uses."""
@@ -55,7 +55,7 @@ def _interp_right_inf(x: float, xp: np.ndarray, fp: np.ndarray) -> float:
     return slope * (x - xp[j]) + fp[j]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def suffix_states(
     weight: np.ndarray,  # [n, K] kept usage per option
     value: np.ndarray,  # [n, K] objective plus priced part per option
@@ -139,7 +139,7 @@ def suffix_states(
     return TABLES_OK, out_u[:states].copy(), out_v[:states].copy(), start, length, states
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def search_core(
     obj: np.ndarray,  # [n, K]
     rows: np.ndarray,  # [n, K, R] real rows' usage per option

@@ -55,7 +55,6 @@ class LoadedProblem:
     problem_id: str
     solver: ProblemSolver
     frontiers: list[Frontier] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
     #: Exhaustive frontiers by (axis, other budgets), partial while tracing.
     traced: dict[TraceKey, Frontier] = field(default_factory=dict)
     #: State of each trace: "running", "done", "stopped" or "failed".

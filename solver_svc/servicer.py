@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 
 import grpc
 
@@ -115,10 +114,9 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
             )
         budgets = budgets_from_pb(request.budgets, max_omega)
         loaded, solver = self._resolve(request, request.budgets.latency_profile)
-        with loaded.lock if loaded else nullcontext():
-            solution = solver.solve(
-                budgets, objective=objective, time_limit_s=_time_limit(request.time_limit_s)
-            )
+        solution = solver.solve(
+            budgets, objective=objective, time_limit_s=_time_limit(request.time_limit_s)
+        )
         return self._answer_pb(solution, solver, loaded)
 
     def Frontier(
@@ -126,16 +124,15 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
     ) -> solver_pb2.FrontierResponse:
         axis = axis_from_pb(request.axis)
         loaded, solver = self._resolve(request, request.constraints.latency_profile)
-        with loaded.lock if loaded else nullcontext():
-            traced = frontier(
-                solver,
-                axis,
-                budgets_from_pb(request.constraints),
-                points=request.points or DEFAULT_POINTS,
-                low=request.min_limit if request.HasField("min_limit") else None,
-                high=request.max_limit if request.HasField("max_limit") else None,
-                time_limit_s=MAX_TIME_LIMIT_S,
-            )
+        traced = frontier(
+            solver,
+            axis,
+            budgets_from_pb(request.constraints),
+            points=request.points or DEFAULT_POINTS,
+            low=request.min_limit if request.HasField("min_limit") else None,
+            high=request.max_limit if request.HasField("max_limit") else None,
+            time_limit_s=MAX_TIME_LIMIT_S,
+        )
         if loaded is not None:
             self.registry.add_frontier(loaded, traced)
             if not traced.complete:
@@ -174,10 +171,13 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
             message.gap = 0.0
             message.seconds = time.perf_counter() - start
             return message
-        with loaded.lock:
-            solution = loaded.solver.solve(
-                budgets, time_limit_s=DEFAULT_TIME_LIMIT_S, warm_start=nearest
-            )
+        # No per-problem lock: a ProblemSolver is safe to share (its only
+        # state is a cache of instances, each built whole before it is
+        # stored), and the compiled search releases the GIL, so solves of one
+        # problem run side by side with each other and its background traces.
+        solution = loaded.solver.solve(
+            budgets, time_limit_s=DEFAULT_TIME_LIMIT_S, warm_start=nearest
+        )
         message = self._encoder(loaded).encode(solution, loaded.problem_id)
         message.seconds = time.perf_counter() - start
         return message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -113,6 +114,26 @@ def test_frontier_then_what_if_answers_from_it(client: Client) -> None:
     assert client.what_if(pid, common_pb2.Budgets(max_bops=between)).total_omega == pytest.approx(
         exact.total_omega
     )
+
+
+def test_concurrent_what_ifs_on_one_problem_are_each_exact(client: Client) -> None:
+    """Solves of one problem run side by side (no per-problem lock): eight
+    callers at once, size and BOPs limits both moving (exact solves, not
+    frontier lookups), each answer equal to brute force."""
+    problem = make_problem(seed=7)
+    pid = client.register_problem(problem).problem_id
+    all8 = sum(layer.options[2].costs.size_bytes for layer in problem.layers)
+    all8_bops = sum(layer.options[2].costs.bops for layer in problem.layers)
+    limits = [(all8 * (0.3 + 0.05 * i), all8_bops * (2.0 - 0.01 * i)) for i in range(16)]
+
+    def ask(limit: tuple[float, float]) -> float:
+        budgets = common_pb2.Budgets(max_size_bytes=limit[0], max_bops=limit[1])
+        return client.what_if(pid, budgets).total_omega
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(ask, limits))
+    # The BOPs limits are loose (all-INT8 BOPs or more): size alone decides.
+    assert answers == pytest.approx([brute_force(problem, size) for size, _ in limits], rel=1e-9)
 
 
 def test_infeasible_budget_names_the_least_achievable(client: Client) -> None:
