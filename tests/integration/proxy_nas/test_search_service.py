@@ -17,6 +17,7 @@ import pytest
 from bitmesh.errors import InvalidArgument
 from bitmesh.v1 import common_pb2 as c
 from bitmesh.v1 import proxy_nas_pb2 as p
+from proxy_nas_svc.runs import RUN_TRIAL_TASK
 from tests.integration.proxy_nas.conftest import ProxyMesh
 from tests.integration.trainer.conftest import wait_for
 
@@ -167,12 +168,15 @@ def test_killing_a_worker_mid_search_does_not_stop_it(proxy_mesh: ProxyMesh) -> 
             )
         ).job_id
 
-    def some_trial_scored() -> bool:
-        with proxy_mesh.client() as client:
-            return any(t.rung_scores for t in client.get_tuning(job_id).trials)
+    first = proxy_mesh.workers.workers[0]
 
-    wait_for(some_trial_scored, 90, "a first trial result")
-    proxy_mesh.workers.kill_worker(proxy_mesh.workers.workers[0])  # SIGKILL, mid-run
+    def scored_and_first_worker_mid_run() -> bool:
+        with proxy_mesh.client() as client:
+            scored = any(t.rung_scores for t in client.get_tuning(job_id).trials)
+        return scored and proxy_mesh.workers.running(first, RUN_TRIAL_TASK)
+
+    wait_for(scored_and_first_worker_mid_run, 90, "a first trial result, then a run on worker 0")
+    proxy_mesh.workers.kill_worker(first)  # SIGKILL, mid-run
     result = _finished(proxy_mesh, job_id, 120)
     assert len(result.trials) == 6
     assert all(t.state == p.TRIAL_STATE_COMPLETE for t in result.trials), [

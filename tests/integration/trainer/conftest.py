@@ -59,6 +59,7 @@ class TrainerMesh:
     env: dict[str, str]
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     service: RunningServer | None = None
+    logs: dict[int, Path] = field(default_factory=dict)  # worker pid -> its log
 
     # -- workers ----------------------------------------------------------------
     def start_worker(self) -> subprocess.Popen[bytes]:
@@ -88,8 +89,22 @@ class TrainerMesh:
             start_new_session=True,
         )
         self.workers.append(worker)
+        self.logs[worker.pid] = self.root / f"{name}.log"
         self._wait_ready(worker)
         return worker
+
+    def running(self, worker: subprocess.Popen[bytes], task: str) -> bool:
+        """Whether ``worker`` holds a ``task`` it has not finished, read from
+        its log. Why: a worker killed while it idles in BRPOP can take a
+        message Redis has already handed it down with it (kombu moves a
+        message to its unacked set only after reading it), so a test that
+        kills one "mid-run" must wait until it really holds a run."""
+        text = self.logs[worker.pid].read_text(errors="replace")
+        started = len(re.findall(rf"Task {re.escape(task)}\[[^]]+\] received", text))
+        ended = len(
+            re.findall(rf"Task {re.escape(task)}\[[^]]+\] (?:succeeded|failed|raised)", text)
+        )
+        return started > ended
 
     def _wait_ready(self, worker: subprocess.Popen[bytes]) -> None:
         from trainer_svc.celery_app import make_celery
