@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from solver_svc.core_search import _pareto, dp, hull_chains
-from solver_svc.dual import lagrangian, single_row_lp
+from solver_svc.dual import lagrangian, lp_dual, single_row_lp
 from solver_svc.exact import solve_instance
 from solver_svc.presolve import Instance
 from solver_svc.solve import ProblemSolver
@@ -132,6 +132,24 @@ def test_single_row_lp_is_the_lp_optimum(seed: int) -> None:
         assert dual.bound == pytest.approx(lagrangian(inst, dual.lam)[0])
         if covers:  # then it is the optimum of the LP with every row
             assert dual.lp_value == pytest.approx(_scipy_lp(inst, [0, 1, 2]), rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_lp_dual_master_reaches_the_lp_optimum(seed: int) -> None:
+    """The column-generation master (loaded as one model proto, grown through
+    the solver's API) ends at the LP optimum with every row: a warm start
+    with two positive multipliers skips the single-row shortcut."""
+    tight = _random_instance(seed, rows=3)
+    # Halfway to the largest usage: three random rows at once are often
+    # LP-infeasible at the generator's limits.
+    most = np.where(tight.valid[None], tight.rows, -np.inf).max(axis=2).sum(axis=1)
+    inst = tight.with_limits(0.5 * (tight.limits + most))
+    dual = lp_dual(inst, lam0=np.array([1e-3, 1e-3, 0.0]))
+    lp = _scipy_lp(inst, [0, 1, 2])
+    assert dual.rounds >= 1  # the master ran
+    assert dual.bound <= lp + 1e-9 * max(1.0, abs(lp))
+    assert dual.bound == pytest.approx(lp, rel=1e-7, abs=1e-7)
+    assert dual.lp_value == pytest.approx(lp, rel=1e-7, abs=1e-7)
 
 
 SETTINGS = settings(
