@@ -249,6 +249,13 @@ def solve_instance(
         (SURROGATE_NODE_LIMIT, [*per_row, *unit[lam <= 0]]),
     ]
     tables: list[SuffixTables] = []
+
+    def adopt(found: list[int]) -> tuple[np.ndarray, float]:
+        """A core search's configuration, completed by the fixed groups, and its value."""
+        chosen = fixed_choice.copy()
+        chosen[core.groups] = found
+        return chosen, objective_of(work, chosen)
+
     for limit, kinds in stages:
         for kept in kinds:
             table = build_tables(
@@ -272,9 +279,7 @@ def solve_instance(
         )
         nodes += work_done
         if found is not None:
-            incumbent = fixed_choice.copy()
-            incumbent[core.groups] = found
-            upper = objective_of(work, incumbent)
+            incumbent, upper = adopt(found)
         if complete:
             break
     for search, limit in ((dfs, dfs_node_limit), (dp, dp_state_limit)):
@@ -283,9 +288,7 @@ def solve_instance(
         found, _, work_done, complete = search(core, upper, tol, limit, deadline)
         nodes += work_done
         if found is not None:
-            incumbent = fixed_choice.copy()
-            incumbent[core.groups] = found
-            upper = objective_of(work, incumbent)
+            incumbent, upper = adopt(found)
         if complete:
             break
     if complete:

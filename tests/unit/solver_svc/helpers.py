@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import HealthCheck, settings
 
 from solver_svc.core_search import Core, build_core
 from solver_svc.dual import lagrangian, lp_dual
@@ -11,6 +12,16 @@ from solver_svc.problem import LayerChoice, OptionCost, Problem
 from solver_svc.tolerance import feasibility_slack
 
 BITS = ((2, 4), (4, 4), (4, 8), (8, 8))
+
+#: Hypothesis settings of the property tests against enumeration: fixed
+#: examples (a failure reproduces) and no per-example deadline (some
+#: examples take a slow path of the engine).
+SETTINGS = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def quant_problem(num_layers: int, seed: int) -> Problem:

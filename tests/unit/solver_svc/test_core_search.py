@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 
 from solver_svc.core_search import _pareto, dp, hull_chains
 from solver_svc.dual import lagrangian, lp_dual, single_row_lp
@@ -25,7 +25,7 @@ from solver_svc.presolve import Instance
 from solver_svc.solve import ProblemSolver
 from solver_svc.spec import Budgets
 from tests.unit.solver_svc.brute import optimum
-from tests.unit.solver_svc.helpers import whole_core
+from tests.unit.solver_svc.helpers import SETTINGS, whole_core
 from tests.unit.solver_svc.test_exactness import problems
 
 pytestmark = pytest.mark.unit
@@ -150,14 +150,6 @@ def test_lp_dual_master_reaches_the_lp_optimum(seed: int) -> None:
     assert dual.bound <= lp + 1e-9 * max(1.0, abs(lp))
     assert dual.bound == pytest.approx(lp, rel=1e-7, abs=1e-7)
     assert dual.lp_value == pytest.approx(lp, rel=1e-7, abs=1e-7)
-
-
-SETTINGS = settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
 
 
 @SETTINGS

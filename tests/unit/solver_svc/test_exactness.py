@@ -9,22 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from solver_svc.problem import FixedCosts, LayerChoice, OptionCost, Problem
 from solver_svc.solve import BudgetsInfeasible, ProblemSolver
 from solver_svc.spec import Budgets
 from tests.unit.solver_svc.brute import AXES, enumerate_all, optimum
+from tests.unit.solver_svc.helpers import SETTINGS
 
 pytestmark = pytest.mark.unit
-
-SETTINGS = settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
 
 
 @st.composite

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 
 from solver_svc.cpsat import solve_cpsat
 from solver_svc.exact import solve_instance
@@ -26,17 +26,10 @@ from solver_svc.solve import ProblemSolver
 from solver_svc.spec import Budgets
 from solver_svc.surrogate import build_tables, search, search_targeted
 from tests.unit.solver_svc.brute import optimum
-from tests.unit.solver_svc.helpers import quant_problem, total, whole_core
+from tests.unit.solver_svc.helpers import SETTINGS, quant_problem, total, whole_core
 from tests.unit.solver_svc.test_exactness import problems
 
 pytestmark = pytest.mark.unit
-
-SETTINGS = settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
 
 
 def _loose_upper(inst: Instance) -> float:
