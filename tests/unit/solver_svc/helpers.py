@@ -9,7 +9,10 @@ from solver_svc.core_search import Core, build_core
 from solver_svc.dual import lagrangian, lp_dual
 from solver_svc.presolve import Instance
 from solver_svc.problem import LayerChoice, OptionCost, Problem
+from solver_svc.solve import ProblemSolver
+from solver_svc.spec import Budgets
 from solver_svc.tolerance import feasibility_slack
+from tests.unit.solver_svc.brute import optimum
 
 BITS = ((2, 4), (4, 4), (4, 8), (8, 8))
 
@@ -79,3 +82,11 @@ def whole_core(inst: Instance) -> tuple[Core, np.ndarray, np.ndarray]:
         bound,
     )
     return core, first, slack
+
+
+def case_instance(case: tuple[Problem, dict[str, float]]) -> tuple[float | None, Instance]:
+    """A drawn ``(problem, budgets)`` case as the property tests use it: brute
+    force's optimum (``None`` when infeasible) and the Omega instance the
+    engines search."""
+    problem, budgets = case
+    return optimum(problem, budgets), ProblemSolver(problem).instance("omega", Budgets(**budgets))

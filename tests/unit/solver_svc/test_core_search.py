@@ -22,10 +22,7 @@ from solver_svc.core_search import _pareto, dp, hull_chains
 from solver_svc.dual import lagrangian, lp_dual, single_row_lp
 from solver_svc.exact import solve_instance
 from solver_svc.presolve import Instance
-from solver_svc.solve import ProblemSolver
-from solver_svc.spec import Budgets
-from tests.unit.solver_svc.brute import optimum
-from tests.unit.solver_svc.helpers import SETTINGS, whole_core
+from tests.unit.solver_svc.helpers import SETTINGS, case_instance, whole_core
 from tests.unit.solver_svc.test_exactness import problems
 
 pytestmark = pytest.mark.unit
@@ -155,9 +152,7 @@ def test_lp_dual_master_reaches_the_lp_optimum(seed: int) -> None:
 @SETTINGS
 @given(problems())
 def test_dynamic_programming_alone_matches_enumeration(case: tuple) -> None:  # type: ignore[type-arg]
-    problem, budgets = case
-    expected = optimum(problem, budgets)
-    inst = ProblemSolver(problem).instance("omega", Budgets(**budgets))
+    expected, inst = case_instance(case)
     result = solve_instance(inst, dfs_node_limit=1)
     if expected is None:
         assert result.choice is None and result.status == "infeasible"
@@ -172,9 +167,7 @@ def test_dynamic_programming_alone_matches_enumeration(case: tuple) -> None:  # 
 def test_dynamic_programming_from_no_incumbent_matches_enumeration(case: tuple) -> None:  # type: ignore[type-arg]
     """The whole instance as the core and no incumbent: the search alone
     (bounds, dominance, greedy completions) must find the optimum."""
-    problem, budgets = case
-    expected = optimum(problem, budgets)
-    inst = ProblemSolver(problem).instance("omega", Budgets(**budgets))
+    expected, inst = case_instance(case)
     core, first, slack = whole_core(inst)
     found, value, _, complete = dp(core, np.inf, 0.0, 10**7, time.perf_counter() + 60)
     assert complete

@@ -25,8 +25,7 @@ from solver_svc.presolve import Instance
 from solver_svc.solve import ProblemSolver
 from solver_svc.spec import Budgets
 from solver_svc.surrogate import build_tables, search, search_targeted
-from tests.unit.solver_svc.brute import optimum
-from tests.unit.solver_svc.helpers import SETTINGS, quant_problem, total, whole_core
+from tests.unit.solver_svc.helpers import SETTINGS, case_instance, quant_problem, total, whole_core
 from tests.unit.solver_svc.test_exactness import problems
 
 pytestmark = pytest.mark.unit
@@ -74,9 +73,7 @@ def test_tables_hold_each_suffix_exact_surrogate_optimum() -> None:
 @SETTINGS
 @given(problems())
 def test_surrogate_search_alone_matches_enumeration(case: tuple) -> None:  # type: ignore[type-arg]
-    problem, budgets = case
-    expected = optimum(problem, budgets)
-    inst = ProblemSolver(problem).instance("omega", Budgets(**budgets))
+    expected, inst = case_instance(case)
     if inst.rows.shape[0] == 0:
         return
     core, first, slack = whole_core(inst)
