@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, settings
 
 from solver_svc.core_search import Core, build_core
@@ -90,3 +91,29 @@ def case_instance(case: tuple[Problem, dict[str, float]]) -> tuple[float | None,
     engines search."""
     problem, budgets = case
     return optimum(problem, budgets), ProblemSolver(problem).instance("omega", Budgets(**budgets))
+
+
+def check_core_optimum(
+    inst: Instance,
+    whole: tuple[Core, np.ndarray, np.ndarray],
+    answer: tuple[list[int] | None, float, int, bool],
+    expected: float | None,
+) -> bool:
+    """Assert that a core search over ``whole_core(inst)`` answered as brute
+    force did: it completed, found nothing when nothing is feasible, else a
+    configuration within the budgets whose value is the optimum. Returns
+    whether there was an optimum (more to check)."""
+    core, first, slack = whole
+    found, value, _, complete = answer
+    assert complete
+    if expected is None:
+        assert found is None
+        return False
+    assert found is not None
+    assert abs(value + inst.obj_offset - expected) <= 1e-7 * max(1.0, abs(expected))
+    choice = first.copy()
+    choice[core.groups] = found
+    groups = np.arange(inst.num_groups)
+    assert float(inst.obj[groups, choice].sum()) == pytest.approx(value)
+    assert (inst.rows[:, groups, choice].sum(axis=1) <= inst.limits + slack).all()
+    return True

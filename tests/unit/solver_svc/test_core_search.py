@@ -22,7 +22,7 @@ from solver_svc.core_search import _pareto, dp, hull_chains
 from solver_svc.dual import lagrangian, lp_dual, single_row_lp
 from solver_svc.exact import solve_instance
 from solver_svc.presolve import Instance
-from tests.unit.solver_svc.helpers import SETTINGS, case_instance, whole_core
+from tests.unit.solver_svc.helpers import SETTINGS, case_instance, check_core_optimum, whole_core
 from tests.unit.solver_svc.test_exactness import problems
 
 pytestmark = pytest.mark.unit
@@ -168,16 +168,6 @@ def test_dynamic_programming_from_no_incumbent_matches_enumeration(case: tuple) 
     """The whole instance as the core and no incumbent: the search alone
     (bounds, dominance, greedy completions) must find the optimum."""
     expected, inst = case_instance(case)
-    core, first, slack = whole_core(inst)
-    found, value, _, complete = dp(core, np.inf, 0.0, 10**7, time.perf_counter() + 60)
-    assert complete
-    if expected is None:
-        assert found is None
-        return
-    assert found is not None
-    assert abs(value + inst.obj_offset - expected) <= 1e-7 * max(1.0, abs(expected))
-    choice = first.copy()
-    choice[core.groups] = found
-    groups = np.arange(inst.num_groups)
-    assert float(inst.obj[groups, choice].sum()) == pytest.approx(value)
-    assert (inst.rows[:, groups, choice].sum(axis=1) <= inst.limits + slack).all()
+    whole = whole_core(inst)
+    answer = dp(whole[0], np.inf, 0.0, 10**7, time.perf_counter() + 60)
+    check_core_optimum(inst, whole, answer, expected)
