@@ -1,7 +1,8 @@
 """HAWQ-V3's bit-allocation instances (ResNet18, ResNet50) as ``Problem``s.
 
-Reads ``shared/reference/hawq-v3/<model>.json`` (HAWQ-V3's ILP.ipynb inputs
-and its published configurations; see that folder's README) and builds
+Reads ``solver_svc/hawq_v3/<model>.json`` (HAWQ-V3's ILP.ipynb inputs and
+its published configurations, MIT-licensed, carried in the package with its
+citation; see that folder's README) and builds
 HAWQ-V3's formulation exactly:
 
 - two options per searched layer, ``"w4a4"`` and ``"w8a8"``;
@@ -42,8 +43,9 @@ OPTION_OF_BITS = {4: "w4a4", 8: "w8a8"}
 
 
 def default_reference_dir() -> Path:
-    """``shared/reference/hawq-v3`` beside the repository (CI clones it there)."""
-    return Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "hawq-v3"
+    """``solver_svc/hawq_v3``: the package's own copy, so a plain clone or an
+    installed wheel needs nothing beside it."""
+    return Path(__file__).resolve().parent / "hawq_v3"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -67,10 +68,15 @@ class RedisLease:
 
 
 class SqliteLease:
-    """Leases in a SQLite file: safe across the processes of one machine."""
+    """Leases in a SQLite file: safe across the processes of one machine.
 
-    def __init__(self, path: str | Path) -> None:
+    ``clock`` (wall-clock seconds, shared by every process using the file) is
+    injectable so tests can step time instead of sleeping through TTLs.
+    """
+
+    def __init__(self, path: str | Path, clock: Callable[[], float] = time.time) -> None:
         self.path = str(path)
+        self.clock = clock
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._conn().execute(
@@ -87,7 +93,7 @@ class SqliteLease:
 
     def acquire(self, job_id: str, owner: str, ttl: float) -> bool:
         conn = self._conn()
-        now = time.time()
+        now = self.clock()
         conn.execute("BEGIN IMMEDIATE")
         try:
             row = conn.execute(
@@ -107,7 +113,7 @@ class SqliteLease:
     def renew(self, job_id: str, owner: str, ttl: float) -> bool:
         cursor = self._conn().execute(
             "UPDATE leases SET expires=? WHERE job_id=? AND owner=?",
-            (time.time() + ttl, job_id, owner),
+            (self.clock() + ttl, job_id, owner),
         )
         return cursor.rowcount == 1
 

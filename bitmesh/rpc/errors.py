@@ -52,7 +52,7 @@ def _wrap_unary(method: str, behaviour: Callable[..., Any]) -> Callable[..., Any
         try:
             return behaviour(request, context)
         except Exception as exc:
-            if isinstance(exc, grpc.RpcError) or _is_abort(exc):
+            if _is_abort(exc, context):
                 raise
             _abort(context, method, exc)
 
@@ -64,16 +64,24 @@ def _wrap_stream(method: str, behaviour: Callable[..., Iterator[Any]]) -> Callab
         try:
             yield from behaviour(request, context)
         except Exception as exc:
-            if isinstance(exc, grpc.RpcError) or _is_abort(exc):
+            if _is_abort(exc, context):
                 raise
             _abort(context, method, exc)
 
     return handler
 
 
-def _is_abort(exc: BaseException) -> bool:
-    # context.abort raises a plain Exception subclass private to grpc.
-    return type(exc).__module__.startswith("grpc")
+def _is_abort(exc: BaseException, context: grpc.ServicerContext) -> bool:
+    """Whether ``exc`` is a status already decided, to pass through untouched.
+
+    ``context.abort`` sets the call's code, then raises a bare ``Exception()``
+    (grpc 1.76), so it is recognised by the code it left on the context:
+    without that check a servicer's own abort became INTERNAL.
+    """
+    if isinstance(exc, grpc.RpcError) or type(exc).__module__.startswith("grpc"):
+        return True
+    code = getattr(context, "code", None)
+    return type(exc) is Exception and callable(code) and code() is not None
 
 
 def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

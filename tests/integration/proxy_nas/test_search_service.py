@@ -10,8 +10,6 @@ steps on half) costs 144.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from bitmesh.errors import InvalidArgument
@@ -19,7 +17,7 @@ from bitmesh.v1 import common_pb2 as c
 from bitmesh.v1 import proxy_nas_pb2 as p
 from proxy_nas_svc.runs import RUN_TRIAL_TASK
 from tests.integration.proxy_nas.conftest import ProxyMesh
-from tests.integration.trainer.conftest import wait_for
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -119,7 +117,6 @@ def test_bad_requests_are_refused_with_a_reason(
 def test_the_proxy_finds_a_near_best_configuration_at_a_tenth_of_the_compute(
     proxy_mesh: ProxyMesh,
 ) -> None:
-    started = time.monotonic()
     with proxy_mesh.client() as client:
         exhaustive_id = client.start_tuning(
             _request(
@@ -152,7 +149,6 @@ def test_the_proxy_finds_a_near_best_configuration_at_a_tenth_of_the_compute(
     }
     assert events[-1].status.state == c.JOB_STATE_SUCCEEDED
     assert any(e.best.score > 0 for e in events)
-    assert time.monotonic() - started < 120
 
 
 def test_killing_a_worker_mid_search_does_not_stop_it(proxy_mesh: ProxyMesh) -> None:

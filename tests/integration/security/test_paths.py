@@ -53,9 +53,9 @@ def _list_layers(stub: sensitivity_pb2_grpc.SensitivityServiceStub, **model: str
 @pytest.mark.parametrize(
     "model",
     [
-        {"torchscript": "../../etc/passwd"},
+        {"torchscript": "../../etc/passwd"},  # not read here: hostile input
         {"torchscript": "/etc/passwd"},
-        {"exported_program": "uploads/../../x.pt2"},
+        {"exported_program": "uploads/../../x.pt2"},  # not read here: hostile input
         {"architecture": "digits_cnn", "weights": "link/model.pt"},
         {"torchscript": "link/model.pt"},
     ],
@@ -73,7 +73,8 @@ def test_dataset_paths_are_refused_too(stub: sensitivity_pb2_grpc.SensitivitySer
     request = sensitivity_pb2.StartAnalysisRequest(
         model=common_pb2.ModelRef(architecture="digits_cnn"),
         dataset=common_pb2.DatasetRef(
-            kind=common_pb2.DATASET_KIND_IMAGE_FOLDER, path="../../../home"
+            kind=common_pb2.DATASET_KIND_IMAGE_FOLDER,
+            path="../../../home",  # not read here: hostile input
         ),
     )
     with pytest.raises(grpc.RpcError) as info:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,14 +69,11 @@ def test_report_streams_progress_then_caches(client: Client) -> None:
         int4, int8 = layer.perturbations[0], layer.perturbations[1]
         assert int4.weight_error_sq > int8.weight_error_sq > 0
 
-    started = time.perf_counter()
     again, _ = run(client, request)
-    assert again.report.cached
+    assert again.report.cached  # how much faster a cached report is: bench_sensitivity
     assert [layer.trace for layer in again.report.layers] == [
         layer.trace for layer in report.layers
     ]
-    assert again.report.seconds < max(0.5, report.seconds)
-    assert time.perf_counter() - started < 30
 
     wider = sensitivity_pb2.StartAnalysisRequest()
     wider.CopyFrom(request)
@@ -90,24 +86,27 @@ def test_report_streams_progress_then_caches(client: Client) -> None:
         assert new.perturbations[0].omega == pytest.approx(old.perturbations[0].omega)
 
 
-def test_cancel_stops_an_analysis(client: Client) -> None:
+def test_cancel_stops_a_running_analysis(client: Client) -> None:
     slow = sensitivity_pb2.EstimatorSettings(target_relative_se=0.0001, max_samples=100000, seed=2)
     job = client.start_analysis(
         sensitivity_pb2.StartAnalysisRequest(
             model=MODEL, dataset=DIGITS, options=[option("int4")], settings=slow
         )
     )
-    time.sleep(1.0)
-    client.cancel_analysis(job.job_id)
-    deadline = time.monotonic() + 30
-    state = client.get_analysis(job.job_id).status.state
-    while (
-        state not in (common_pb2.JOB_STATE_CANCELLED, common_pb2.JOB_STATE_FAILED)
-        and time.monotonic() < deadline
-    ):
-        time.sleep(0.2)
-        state = client.get_analysis(job.job_id).status.state
-    assert state == common_pb2.JOB_STATE_CANCELLED
+    states, cancelled_while_running = [], False
+    for event in client.watch_analysis(job.job_id, timeout=300):
+        states.append(event.status.state)
+        running = event.status.state == common_pb2.JOB_STATE_RUNNING
+        if running and event.layers and not cancelled_while_running:
+            # Running work with per-layer estimates: the cancel must stop it
+            # between units, not find a job that is still queued.
+            client.cancel_analysis(job.job_id)
+            cancelled_while_running = True
+    assert cancelled_while_running, states
+    assert states[-1] == common_pb2.JOB_STATE_CANCELLED
+    final = client.get_analysis(job.job_id)
+    assert final.status.state == common_pb2.JOB_STATE_CANCELLED
+    assert not final.HasField("report") or not final.report.layers
 
 
 def test_bad_input_gets_clear_statuses(client: Client, tmp_path: Path) -> None:

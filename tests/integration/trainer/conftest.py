@@ -14,12 +14,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -35,16 +33,6 @@ WORKER_ENV = {
     "BITMESH_TRAINER_RESTORE_INTERVAL_S": "1",
     "BITMESH_TRAINER_LEASE_TTL_S": "3",
 }
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, poll: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _with_db(url: str, db: int) -> str:

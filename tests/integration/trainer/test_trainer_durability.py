@@ -10,7 +10,8 @@ import pytest
 
 from bitmesh.v1 import common_pb2 as c
 from bitmesh.v1 import trainer_pb2 as t
-from tests.integration.trainer.conftest import TrainerMesh, wait_for
+from tests.integration.trainer.conftest import TrainerMesh
+from tests.waiting import wait_for
 from trainer_svc import checkpoints
 from trainer_svc.jobs import ATTEMPTS_NAMESPACE
 

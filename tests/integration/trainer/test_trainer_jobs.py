@@ -10,7 +10,8 @@ import pytest
 from bitmesh.errors import FailedPrecondition, InvalidArgument
 from bitmesh.v1 import common_pb2 as c
 from bitmesh.v1 import trainer_pb2 as t
-from tests.integration.trainer.conftest import TrainerMesh, wait_for
+from tests.integration.trainer.conftest import TrainerMesh
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,8 @@
 """HAWQ-V3 reproduction: the solver returns HAWQ-V3's published configurations.
 
-From ``shared/reference/hawq-v3`` with HAWQ-V3's own formulation (two options
-per layer, its ties, limits at ratios 0.25/0.5/0.75 between all-4 and all-8).
+From ``solver_svc/hawq_v3`` (the package's copy of HAWQ-V3's data) with
+HAWQ-V3's own formulation (two options per layer, its ties, limits at ratios
+0.25/0.5/0.75 between all-4 and all-8).
 Every ResNet18 configuration must come back exactly; for ResNet50 each
 published configuration or one at least as good (total Omega no worse) that
 meets the same limit (the reference README notes that size 0.25 was not

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import wait_for
 from trainer_svc.keepalive import keep_alive, redis_delivery_toucher
 from trainer_svc.lease import LocalLease, RedisLease, SqliteLease
 
@@ -24,27 +25,50 @@ def lease(request, tmp_path: Path, redis_url: str):  # type: ignore[no-untyped-d
 
 
 def test_one_holder_at_a_time_until_release_or_expiry(lease) -> None:  # type: ignore[no-untyped-def]
-    assert lease.acquire("job", "first", ttl=0.6)
-    assert not lease.acquire("job", "second", ttl=0.6)
-    assert lease.acquire("other-job", "second", ttl=0.6)
-    assert lease.renew("job", "first", ttl=0.6)
-    assert not lease.renew("job", "second", ttl=0.6)
+    # TTLs far longer than any stall of a loaded machine while a lease must hold.
+    assert lease.acquire("job", "first", ttl=60)
+    assert not lease.acquire("job", "second", ttl=60)
+    assert lease.acquire("other-job", "second", ttl=60)
+    assert lease.renew("job", "first", ttl=60)
+    assert not lease.renew("job", "second", ttl=60)
     lease.release("job", "second")  # not the owner: no effect
-    assert not lease.acquire("job", "second", ttl=0.6)
+    assert not lease.acquire("job", "second", ttl=60)
     lease.release("job", "first")
-    assert lease.acquire("job", "second", ttl=0.3)
-    time.sleep(0.5)  # the holder died: its lease lapses
-    assert lease.acquire("job", "third", ttl=0.3)
+    assert lease.acquire("job", "second", ttl=0.2)
+    # The holder died without releasing: its lease lapses on its own.
+    wait_for(lambda: lease.acquire("job", "third", ttl=60), 30, "the lapsed lease to free up")
+    assert not lease.renew("job", "second", ttl=60)  # the dead holder lost it
+
+
+class _Clock:
+    """A wall clock that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def test_keep_alive_renews_until_the_block_ends(tmp_path: Path) -> None:
-    lease = SqliteLease(tmp_path / "leases.sqlite3")
-    assert lease.acquire("job", "me", ttl=0.4)
-    with keep_alive(0.1, [lambda: lease.renew("job", "me", 0.4)]):
-        time.sleep(0.8)  # twice the TTL: still held thanks to the renewals
-        assert not lease.acquire("job", "other", ttl=0.4)
-    time.sleep(0.6)
-    assert lease.acquire("job", "other", ttl=0.4)
+    clock = _Clock()
+    lease = SqliteLease(tmp_path / "leases.sqlite3", clock=clock)
+    assert lease.acquire("job", "me", ttl=10)
+    renewals: list[float] = []
+
+    def renew() -> bool:
+        renewals.append(clock.now)
+        return bool(lease.renew("job", "me", 10))
+
+    with keep_alive(0.01, [renew]):
+        clock.now += 8  # close to expiry: only a renewal from now on keeps it
+        wait_for(lambda: renewals and renewals[-1] == clock.now, 30, "a renewal at t+8")
+        clock.now += 7  # past the first TTL, within the renewed one
+        assert not lease.acquire("job", "other", ttl=10)
+    beats = len(renewals)
+    clock.now += 11  # past the last renewal's TTL
+    assert lease.acquire("job", "other", ttl=10)
+    assert len(renewals) == beats, "keep_alive went on renewing after its block ended"
 
 
 def test_delivery_toucher_refreshes_only_an_existing_delivery(redis_url: str) -> None:

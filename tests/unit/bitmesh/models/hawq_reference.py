@@ -1,14 +1,14 @@
-"""Read HAWQ-V3's ResNet tables (shared/reference/hawq-v3) and map their layer names."""
+"""Read HAWQ-V3's ResNet tables (the solver package's copy) and map their layer names."""
 
 from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
-#: shared/ sits beside the repository (locally and in CI).
-HAWQ_DIR = Path(__file__).resolve().parents[4].parent / "shared" / "reference" / "hawq-v3"
+from solver_svc.hawq import default_reference_dir
+
+HAWQ_DIR = default_reference_dir()
 
 _NAME = re.compile(r"stage(\d+)\.unit(\d+)\.quant_(convbn(\d+)|identity_convbn)")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -53,21 +52,19 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_trains_to_over_95_percent_test_accuracy_in_seconds() -> None:
+def test_trains_to_over_95_percent_test_accuracy() -> None:
     torch.manual_seed(0)
     train = make_loader(load_dataset(DatasetSpec("digits", split="train")), 64, True, seed=0)
     test = make_loader(load_dataset(DatasetSpec("digits", split="test")), 256, False)
     model = DigitsCNN()
     assert _accuracy(model, test) < 0.5  # untrained: near chance
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    start = time.perf_counter()
     for _ in range(6):
         model.train()
         for images, labels in train:
             optimizer.zero_grad()
             nn.functional.cross_entropy(model(images), labels).backward()
             optimizer.step()
-    elapsed = time.perf_counter() - start
     accuracy = _accuracy(model, test)
-    assert accuracy > 0.95, accuracy  # measured 0.99 for seeds 0-2, in about 2 s
-    assert elapsed < 30, elapsed  # a loose bound: catches thread thrashing, not noise
+    assert accuracy > 0.95, accuracy  # measured 0.99 for seeds 0-2
+    # How long it takes (and thread thrashing) is measured by bench_timing.py.

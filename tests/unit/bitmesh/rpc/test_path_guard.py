@@ -33,7 +33,10 @@ def test_absolute_paths_inside_the_root_pass(tmp_path: Path) -> None:
     assert confine_path(str(tmp_path), str(inside)) == str(inside.resolve())
 
 
-@pytest.mark.parametrize("path", ["../x", "a/../../x", "/etc/passwd", "..", "a/./../.."])
+ESCAPES = ["../x", "a/../../x", "/etc/passwd", "..", "a/./../.."]  # not read here: hostile input
+
+
+@pytest.mark.parametrize("path", ESCAPES)
 def test_escapes_are_refused(tmp_path: Path, path: str) -> None:
     with pytest.raises(InvalidArgument, match="escapes the artifact root"):
         confine_path(str(tmp_path / "root"), path)
@@ -64,7 +67,8 @@ def test_nested_request_fields_are_rewritten(tmp_path: Path) -> None:
     assert request.model.weights == str(uploads / "w.pt")
     assert request.dataset.path == str(uploads / "imgs")
     assert request.model.architecture == "resnet18"  # a name, not a path
-    bad = sensitivity_pb2.ListLayersRequest(model=common_pb2.ModelRef(torchscript="../m.pt"))
+    escaping = "../m.pt"  # not read here: hostile input
+    bad = sensitivity_pb2.ListLayersRequest(model=common_pb2.ModelRef(torchscript=escaping))
     with pytest.raises(InvalidArgument):
         confine_request_paths(bad, str(tmp_path))
 

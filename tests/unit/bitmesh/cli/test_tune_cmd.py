@@ -1,4 +1,4 @@
-"""The edges: CLI parsing (bitmesh tune) and proto conversion of results."""
+"""``bitmesh tune``: knob and rung syntax, and the request it builds."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import pytest
 from bitmesh.cli.main import build_parser
 from bitmesh.cli.tune_cmd import parse_knob, parse_rung, search_request
 from bitmesh.errors import InvalidArgument
-from bitmesh.jobs.records import JobRecord, JobState
 from bitmesh.v1 import proxy_nas_pb2 as p
-from proxy_nas_svc.convert import result_to_pb, search_from_pb
+from proxy_nas_svc.convert import search_from_pb
 
 pytestmark = pytest.mark.unit
 
@@ -58,27 +57,3 @@ def test_bitmesh_tune_builds_the_request() -> None:
     assert request.default_option.weight.name == "int4"
     domain = search_from_pb(request, {})
     assert domain.space["learning_rate"].domain.choices == ("0.02", "0.2")  # type: ignore[union-attr]
-
-
-def test_a_running_search_reports_its_trials_from_events() -> None:
-    trial = {
-        "number": 3,
-        "params": {"learning_rate": "0.2"},
-        "rung": 0,
-        "score": 0.5,
-        "state": "promoted",
-        "reason": "",
-        "training_steps": 8,
-        "rung_scores": [0.5],
-        "full_score": None,
-    }
-    record = JobRecord(job_id="tune-x", kind="tune", state=JobState.RUNNING)
-    events = [
-        {"state": "running", "trial": {**trial, "state": "running", "rung_scores": []}},
-        {"state": "running", "trial": trial, "best": trial},
-    ]
-    reply = result_to_pb(record, events)
-    assert [t.number for t in reply.trials] == [3]
-    assert reply.trials[0].state == p.TRIAL_STATE_PROMOTED
-    assert not reply.trials[0].HasField("full_score")
-    assert reply.best_trial == 3 and reply.best_params["learning_rate"] == "0.2"
