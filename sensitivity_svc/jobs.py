@@ -19,6 +19,7 @@ anything else is loaded and checked as usual.
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import os
 import threading
@@ -29,7 +30,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
 from bitmesh.artifacts import ArtifactStore, cache_key
@@ -128,7 +128,7 @@ def request_fingerprint(
         asdict(model_spec),
         files,
         torch.__version__,
-        torchvision.__version__,
+        importlib.metadata.version("torchvision"),  # without importing it (~3 s)
         dataset_digest,
         batch_size,
         estimator,

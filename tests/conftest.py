@@ -10,6 +10,47 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+_WORKER_REDIS_PIDFILE = "_bitmesh_worker_redis_pidfile"
+
+
+def _start_private_redis(pidfile: Path) -> str:
+    """A redis-server of our own on a free loopback port (scripts/redis.sh)."""
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env["BITMESH_REDIS_PIDFILE"] = str(pidfile)
+    return subprocess.run(
+        [str(REPO_ROOT / "scripts" / "redis.sh")],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def _stop_private_redis(pidfile: Path) -> None:
+    if pidfile.exists():
+        server_pidfile = Path(pidfile.read_text().strip())
+        if server_pidfile.exists():
+            os.kill(int(server_pidfile.read_text().strip()), 15)
+        pidfile.unlink(missing_ok=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each worker gets its own Redis, set as REDIS_URL for
+    the worker and every process it starts. Why: tests flush databases and
+    run Celery queues of fixed names; two workers sharing one server would
+    consume or delete each other's jobs."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return
+    pidfile = REPO_ROOT / f".pytest-redis-{worker}-{os.getpid()}.pid"
+    os.environ["REDIS_URL"] = _start_private_redis(pidfile)
+    setattr(config, _WORKER_REDIS_PIDFILE, pidfile)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    pidfile = getattr(config, _WORKER_REDIS_PIDFILE, None)
+    if pidfile is not None:
+        _stop_private_redis(pidfile)
 
 
 @pytest.fixture(scope="session")
@@ -19,20 +60,9 @@ def redis_url() -> Iterator[str]:
     if url:
         yield url
         return
-    pidfile = REPO_ROOT / ".pytest-redis.pid"
-    env = {**os.environ, "BITMESH_REDIS_PIDFILE": str(pidfile)}
-    url = subprocess.run(
-        [str(REPO_ROOT / "scripts" / "redis.sh")],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    yield url
-    server_pidfile = Path(pidfile.read_text().strip())
-    if server_pidfile.exists():
-        os.kill(int(server_pidfile.read_text().strip()), 15)
-    pidfile.unlink(missing_ok=True)
+    pidfile = REPO_ROOT / f".pytest-redis-{os.getpid()}.pid"
+    yield _start_private_redis(pidfile)
+    _stop_private_redis(pidfile)
 
 
 @pytest.fixture

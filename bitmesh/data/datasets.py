@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from bitmesh.data.array_cache import cached_arrays
 from bitmesh.errors import InvalidArgument, NotFound
 
 __all__ = [
@@ -135,7 +136,20 @@ class DatasetSpec:
 
 @functools.lru_cache(maxsize=1)
 def _digits_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The fixed, normalised digits splits (cached: every call returns copies)."""
+    """The fixed, normalised digits splits (cached: every call returns copies).
+
+    Computed with scikit-learn once per machine (``array_cache``), so a
+    process that only needs the arrays does not import scikit-learn.
+    """
+    import importlib.metadata
+
+    version = importlib.metadata.version("scikit-learn")
+    key = f"digits-v1-sklearn{version}-test{_TEST_FRACTION}-seed{_SPLIT_SEED}"
+    arrays = cached_arrays(key, _compute_digits_splits)
+    return {split: (arrays[f"{split}_x"], arrays[f"{split}_y"]) for split in _SPLITS}
+
+
+def _compute_digits_splits() -> dict[str, np.ndarray]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -150,8 +164,10 @@ def _digits_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     )
     mean, std = float(x_train.mean()), float(x_train.std())
     return {
-        "train": (((x_train - mean) / std).reshape(-1, *DIGITS_SHAPE), y_train),
-        "test": (((x_test - mean) / std).reshape(-1, *DIGITS_SHAPE), y_test),
+        "train_x": ((x_train - mean) / std).reshape(-1, *DIGITS_SHAPE),
+        "train_y": y_train,
+        "test_x": ((x_test - mean) / std).reshape(-1, *DIGITS_SHAPE),
+        "test_y": y_test,
     }
 
 
