@@ -40,7 +40,7 @@ def test_health_is_serving(mesh: dict[str, ServiceProcess], service: str) -> Non
     with grpc.insecure_channel(mesh[service].address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for name in ("", EXPECTED_NAMES[service]):
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=30)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -49,7 +49,7 @@ def test_reflection_lists_the_service(mesh: dict[str, ServiceProcess], service: 
     with grpc.insecure_channel(mesh[service].address) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         replies = stub.ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=30
         )
         names = {s.name for reply in replies for s in reply.list_services_response.service}
     assert EXPECTED_NAMES[service] in names
@@ -58,7 +58,7 @@ def test_reflection_lists_the_service(mesh: dict[str, ServiceProcess], service: 
 
 def _client(mesh: dict[str, ServiceProcess]) -> Client:
     return Client(
-        load_settings(), addresses={name: p.address for name, p in mesh.items()}, timeout=10
+        load_settings(), addresses={name: p.address for name, p in mesh.items()}, timeout=60
     )
 
 
@@ -69,7 +69,7 @@ def test_unknown_jobs_are_not_found(mesh: dict[str, ServiceProcess]) -> None:
         with pytest.raises(NotFound):
             client.get_tuning("proxy-nope")
         with pytest.raises(NotFound):
-            list(client.watch_analysis("sensitivity-nope", timeout=5))
+            list(client.watch_analysis("sensitivity-nope", timeout=60))
         assert len(client.list_training().jobs) == 0  # a fresh store lists nothing
 
 
