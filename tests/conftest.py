@@ -38,10 +38,20 @@ def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist each worker gets its own Redis, set as REDIS_URL for
     the worker and every process it starts. Why: tests flush databases and
     run Celery queues of fixed names; two workers sharing one server would
-    consume or delete each other's jobs."""
+    consume or delete each other's jobs.
+
+    Each worker, and every service or Celery worker it starts, also runs
+    torch on one thread: two workers on two cores each spinning two
+    intra-op threads spent most of their time waiting for each other (one
+    Hessian test went from 9 s alone to 48 s beside another worker).
+    """
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if not worker:
         return
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
     pidfile = REPO_ROOT / f".pytest-redis-{worker}-{os.getpid()}.pid"
     os.environ["REDIS_URL"] = _start_private_redis(pidfile)
     setattr(config, _WORKER_REDIS_PIDFILE, pidfile)

@@ -68,7 +68,11 @@ def _uniform_bops(client: Client, key: str) -> float:
 def test_pipeline_meets_budget_beats_int4_and_exports(client: Client, tmp_path: Path) -> None:
     int4, int8 = _uniform_bops(client, "int4"), _uniform_bops(client, "int8")
     budget = int4 + 0.4 * (int8 - int4)
-    request = PipelineRequest(model="digits_cnn", budgets={"max_bops": budget}, method="lcpaq")
+    # FP32 keeps its 300 steps (its accuracy is checked); QAT stages need
+    # only enough steps to show the comparison's plumbing.
+    request = PipelineRequest(
+        model="digits_cnn", budgets={"max_bops": budget}, method="lcpaq", qat_steps=80
+    )
     events: list[tuple[str, float, str]] = []
     start = time.monotonic()
     report = run_pipeline(client, request, tmp_path, lambda *e: events.append(e))
@@ -145,7 +149,9 @@ def test_both_methods_are_run_and_compared(client: Client, tmp_path: Path) -> No
         model="digits_cnn",
         budgets={"max_bops": budget},
         method="both",
-        search_steps=200,
+        fp32_steps=150,
+        qat_steps=60,
+        search_steps=150,
         proxy_trials=0,
     )
     report = run_pipeline(client, request, tmp_path)
@@ -171,7 +177,8 @@ def test_cli_runs_and_resumes(
     monkeypatch.setenv("BITMESH_ARTIFACT_ROOT", client.settings.artifact_root)
     int4, int8 = _uniform_bops(client, "int4"), _uniform_bops(client, "int8")
     argv = ["run", "--model", "digits_cnn", "--max-bops", f"{(int4 + int8) / 2:.0f}"]
-    argv += ["--out", str(tmp_path), "--proxy-trials", "0", "--qat-steps", "60"]
+    argv += ["--out", str(tmp_path), "--proxy-trials", "0", "--qat-steps", "40"]
+    argv += ["--fp32-steps", "100"]  # plumbing: the CLI, its output, the resume
     for service, address in client.addresses.items():
         argv += ["--address", f"{service}={address}"]
     assert main(argv) == 0
