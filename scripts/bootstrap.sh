@@ -19,7 +19,9 @@ fi
 echo "bootstrap: installing the environment into .venv/ (first run takes a few minutes)" >&2
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install --quiet -r requirements.lock
+# --no-compile: byte-compiling every module of torch and its CUDA wheels up
+# front costs about a minute of CPU; Python compiles what is imported, once.
+.venv/bin/python -m pip install --quiet --no-compile -r requirements.lock
 .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
 echo "$want" > .venv/.bootstrap-hash
 echo "bootstrap: done" >&2

@@ -40,9 +40,11 @@ def _state(mesh: TrainerMesh, job_id: str) -> t.TrainingResult:
 
 
 def test_cancel_and_a_restarted_service(mesh: TrainerMesh) -> None:
+    # 5,000 steps: progress every 50 steps (so the first shows within
+    # seconds), and far longer than the test if the cancel did nothing.
     with mesh.client() as client:
-        running_id = client.start_training(_search(100_000, 10_000)).job_id
-        queued_id = client.start_training(_search(100_000, 10_000)).job_id
+        running_id = client.start_training(_search(5_000, 0)).job_id
+        queued_id = client.start_training(_search(5_000, 0)).job_id
     wait_for(lambda: _state(mesh, running_id).steps_done >= 20, 90, "the first job to train")
 
     # The service goes away and comes back: the job is still there, still running.
@@ -56,8 +58,9 @@ def test_cancel_and_a_restarted_service(mesh: TrainerMesh) -> None:
         assert client.cancel_training(queued_id).state == c.JOB_STATE_CANCELLED
         assert client.cancel_training(running_id).message == "cancelling"
     wait_for(
-        lambda: _state(mesh, running_id).status.state == c.JOB_STATE_CANCELLED, 5, "the cancel"
+        lambda: _state(mesh, running_id).status.state == c.JOB_STATE_CANCELLED, 60, "the cancel"
     )
+    assert _state(mesh, running_id).steps_done < 5_000  # stopped between steps
     # The worker then takes the cancelled job's message and does nothing with it.
     wait_for(lambda: mesh.queue_length() == 0, 30, "the queue to drain")
     assert _state(mesh, queued_id).status.state == c.JOB_STATE_CANCELLED
