@@ -19,7 +19,13 @@ FP32_OPTION = QuantOption(weight=FORMATS["fp32"], activation=FORMATS["fp32"])
 def config_costs(layers: Sequence[LayerProfile], config: Mapping[str, QuantOption]) -> LayerCosts:
     """Total costs of ``config`` over all of the model's layers."""
     return total_costs(
-        option_costs(p.parameters, p.macs, config.get(p.name, FP32_OPTION), p.output_channels)
+        option_costs(
+            p.parameters,
+            p.macs,
+            config.get(p.name, FP32_OPTION),
+            p.output_channels,
+            weight_shape=p.weight_shape,
+        )
         for p in layers
     )
 
