@@ -22,6 +22,7 @@ from onnx import helper, numpy_helper
 from torch import Tensor
 
 from bitmesh.errors import FailedPrecondition
+from bitmesh.export.blocked_weights import blocked_form_of, blocked_nodes
 from bitmesh.export.onnx_types import OnnxQuantType
 from bitmesh.export.qdq_plan import LayerPlan
 from bitmesh.formats import Granularity, NumericFormat
@@ -122,6 +123,12 @@ def rewrite_weight(graph: GraphEditor, plan: LayerPlan, weight: Tensor) -> None:
     if plan.entry.weight == "float":
         return
     name = tensor.name
+    if plan.entry.weight == "blocked":
+        form = blocked_form_of(option.weight)
+        assert form is not None
+        graph.graph.initializer.remove(tensor)
+        graph.insert_before(None, blocked_nodes(graph, layer, option.weight, form, weight, name))
+        return
     if plan.entry.weight == "dequantized":
         with torch.no_grad():
             values = fake_quantize(
