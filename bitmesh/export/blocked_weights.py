@@ -33,7 +33,6 @@ decode table and the constants are shared by the whole graph.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -42,7 +41,8 @@ import torch
 from onnx import helper
 from torch import Tensor
 
-from bitmesh.export.onnx_types import OnnxQuantType, qdq_type_of
+from bitmesh.export.blocked_forms import BlockedForm, blocked_form_of
+from bitmesh.export.onnx_types import qdq_type_of
 from bitmesh.formats import BlockRecipe, FormatKind, NumericFormat, get_format
 from bitmesh.quant.blocked import BlockCodes, quantize_blocked
 
@@ -51,63 +51,6 @@ __all__ = ["BlockedForm", "blocked_form_of", "blocked_nodes"]
 #: E2M1 code (sign << 3 | magnitude index) -> twice its value.
 _E2M1_TIMES_TWO = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.int8)
 _LUT_NAME = "bitmesh.e2m1_times_two"
-
-
-@dataclass(frozen=True)
-class BlockedForm:
-    """How one block format is written: the codes' ONNX type (its
-    ``min_opset`` is the opset the form needs) and a description."""
-
-    codes: OnnxQuantType
-    description: str
-
-
-#: DequantizeLinear takes ``block_size`` from opset 21.
-_BLOCKED_OPSET = 21
-
-
-def _blocked_type(qtype: OnnxQuantType) -> OnnxQuantType:
-    return OnnxQuantType(
-        qtype.onnx_name, max(qtype.min_opset, _BLOCKED_OPSET), runtime_opset=qtype.runtime_opset
-    )
-
-
-def blocked_form_of(fmt: NumericFormat) -> BlockedForm | None:
-    """The runnable form of a block format, or None (dequantize it)."""
-    block = fmt.block
-    if block is None:
-        return None
-    if block.recipe is BlockRecipe.GROUP:
-        qtype = qdq_type_of(fmt.element)
-        if qtype is None:
-            return None
-        scale = "FP16" if block.scale_format == "fp16" else "FP32"
-        zp = f", {qtype.onnx_name} zero points" if block.zero_point else ""
-        return BlockedForm(
-            _blocked_type(qtype),
-            f"{qtype.onnx_name} codes, {scale} scales{zp}, DequantizeLinear block_size "
-            f"{block.block_size}",
-        )
-    if fmt.element.name in ("e4m3", "e5m2") or fmt.kind is FormatKind.INT:
-        qtype = qdq_type_of(get_format("int8") if fmt.kind is FormatKind.INT else fmt.element)
-        assert qtype is not None
-        return BlockedForm(
-            _blocked_type(qtype),
-            f"{qtype.onnx_name} codes, E8M0 scales as UINT8 exponents, DequantizeLinear "
-            "block_size 32",
-        )
-    if fmt.element.name == "e2m1":
-        scales = (
-            "FLOAT8E4M3FN block scales and an FP32 tensor scale"
-            if block.tensor_scale
-            else "E8M0 scales as UINT8 exponents"
-        )
-        return BlockedForm(
-            OnnxQuantType("UINT4", _BLOCKED_OPSET),
-            f"E2M1 codes as UINT4 through a 16-entry table, {scales}, DequantizeLinear "
-            f"block_size {block.block_size}",
-        )
-    return None
 
 
 class Graph(Protocol):

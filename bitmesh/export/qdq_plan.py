@@ -31,7 +31,7 @@ from typing import Literal
 import onnx
 
 from bitmesh.errors import InvalidArgument
-from bitmesh.export.blocked_weights import blocked_form_of
+from bitmesh.export.blocked_forms import blocked_form_of
 from bitmesh.export.onnx_types import (
     CAST_TYPES,
     MIN_EXPORT_OPSET,
