@@ -98,7 +98,7 @@ def test_unsupported_formats_stop_the_run_before_training(tmp_path: Path) -> Non
     )
     # Nothing listens at these addresses: the run must stop before calling any.
     client = Client(addresses=dict.fromkeys(SERVICES, "127.0.0.1:9"))
-    with pytest.raises(InvalidArgument, match="mxfp6_e2m3.*Nothing was trained"):
+    with pytest.raises(InvalidArgument, match=r"mxfp6_e2m3.*Nothing was trained"):
         run_pipeline(client, request, tmp_path)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["status"] == "unsupported_format"
