@@ -89,21 +89,19 @@ class _Builder:
         return out
 
 
-def _onnx_layout(values: Tensor, shape: tuple[int, ...]) -> np.ndarray:
-    """``(pre, nb, 1, post)`` block values as ``(out, nb, *kernel)``."""
-    return values.reshape((shape[0], values.shape[1], *shape[2:])).numpy()
+def _onnx_layout(values: Tensor, codes: BlockCodes) -> np.ndarray:
+    """A per-block tensor as ``(out, nb, *kernel)`` (ONNX's blocked layout)."""
+    return codes.per_block(values).contiguous().numpy()
 
 
 def _codes(codes: BlockCodes) -> np.ndarray:
-    pre, blocks, size, post = codes.elements.shape
-    rows = codes.elements.reshape(pre, blocks * size, post)[:, : codes.channels]
-    return rows.reshape(codes.shape).numpy()
+    return codes.elements_in_shape().numpy()
 
 
 def _e8m0_scale(b: _Builder, codes: BlockCodes, factor: float) -> str:
     """E8M0 exponent codes as UINT8, decoded to ``2^(code - 127) * factor``."""
     exponent = torch.log2(codes.block_scale).round()
-    stored = b.tensor("scale_e8m0", (_onnx_layout(exponent, codes.shape) + 127).astype(np.uint8))
+    stored = b.tensor("scale_e8m0", (_onnx_layout(exponent, codes) + 127).astype(np.uint8))
     as_float = b.node("Cast", [stored], to=onnx.TensorProto.FLOAT)
     unbiased = b.node("Sub", [as_float, b.shared("bitmesh.e8m0_bias", np.array(127.0, np.float32))])
     power = b.node("Pow", [b.shared("bitmesh.two", np.array(2.0, np.float32)), unbiased])
@@ -133,7 +131,7 @@ def blocked_nodes(
     if block.recipe is BlockRecipe.GROUP:
         qdtype = form.codes.numpy_dtype
         inputs = [b.tensor("quantized", _codes(codes).astype(qdtype))]
-        scales = _onnx_layout(codes.scale, codes.shape)
+        scales = _onnx_layout(codes.scale, codes)
         if block.scale_format == "fp16":
             stored = b.tensor("scale_fp16", scales.astype(np.float16))
             inputs.append(b.node("Cast", [stored], to=onnx.TensorProto.FLOAT))
@@ -141,7 +139,7 @@ def blocked_nodes(
             inputs.append(b.tensor("scale", scales.astype(np.float32)))
         if codes.zero_point is not None:
             inputs.append(
-                b.tensor("zero_point", _onnx_layout(codes.zero_point, codes.shape).astype(qdtype))
+                b.tensor("zero_point", _onnx_layout(codes.zero_point, codes).astype(qdtype))
             )
         b.node("DequantizeLinear", inputs, output, **attrs)
         return b.nodes
@@ -156,7 +154,7 @@ def blocked_nodes(
             assert e4m3_type is not None
             block_scales = b.tensor(
                 "block_scale_e4m3",
-                _onnx_layout(codes.block_scale, codes.shape).astype(e4m3_type.numpy_dtype),
+                _onnx_layout(codes.block_scale, codes).astype(e4m3_type.numpy_dtype),
             )
             tensor_scale = b.tensor(
                 "tensor_scale", codes.tensor_scale.reshape(()).numpy().astype(np.float32)

@@ -4,8 +4,14 @@ A tensor is viewed as ``(pre, C, post)`` around its block axis (dim 1 of a
 weight: the input channels; the channel axis of an activation), ``C`` split
 into blocks of ``B`` (the last one padded with zeros for its scale, see
 ``bitmesh.formats``), so a block's elements are ``[:, j*B:(j+1)*B, :]`` of
-one ``(pre, post)`` row. Each recipe turns a block's max |x| into a stored
-scale and rounds the elements in the scaled domain:
+one ``(pre, post)`` row. The work runs in a blocks-last copy
+``(pre, post, nb, B)`` (channels last, as tensor cores read it): reductions
+over the last dim vectorise where the strided ones over ``(pre, nb, B,
+post)`` did not (measured 15 ms against 2 ms plus a 3 ms copy for a
+512x512x3x3 weight), and the copy is the buffer every later step works in
+place; the result is returned as a view in the input's shape (channels-last
+strides for a convolution). Each recipe turns a block's max |x| into a
+stored scale and rounds the elements in the scaled domain:
 
 - MX (OCP Microscaling v1.0, section 6.3): ``X = 2^(floor(log2 amax) -
   emax_elem)``, the exponent clamped to E8M0's [-127, 127]; elements are
@@ -44,7 +50,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from bitmesh.errors import InvalidArgument
@@ -62,11 +67,11 @@ _MXINT8_CODE_SCALE = 64.0
 
 @dataclass(frozen=True)
 class BlockCodes:
-    """A block-quantized tensor in the blocked layout ``(pre, nb, B, post)``.
+    """A block-quantized tensor in the blocked layout ``(pre, post, nb, B)``.
 
     ``elements`` are the element values in the scaled domain (FP grid values,
     or integer codes for INT elements: MXINT8's in units of 2^-6);
-    ``scale`` (``(pre, nb, 1, post)``) is what each block's elements are
+    ``scale`` (``(pre, post, nb, 1)``) is what each block's elements are
     multiplied by when decoded (MX: 2^e; NVFP4: ``s_b * s_t``; GROUP: ``s``);
     ``block_scale`` is the stored scale as the target reads it (MX: 2^e;
     NVFP4: the E4M3 value ``s_b``; GROUP: ``s``), ``tensor_scale`` NVFP4's
@@ -83,12 +88,29 @@ class BlockCodes:
     axis: int
     channels: int
 
-    def dequantize(self) -> Tensor:
-        """The decoded values in the original shape (float32)."""
-        q = self.elements if self.zero_point is None else self.elements - self.zero_point
-        if self.elements.dtype != torch.float32:
-            q = q.to(torch.float32)
-        return _unblock(q.mul(self.scale), self.shape, self.axis, self.channels)
+    def dequantize(self, *, in_place: bool = False) -> Tensor:
+        """The decoded values in the original shape (float32; a view with the
+        blocks-last strides). ``in_place`` reuses (and spoils) ``elements``."""
+        q = self.elements
+        if self.zero_point is not None:
+            q = q.sub_(self.zero_point) if in_place else q - self.zero_point
+            in_place = True
+        q = q.mul_(self.scale) if in_place else q * self.scale
+        return unblock(q, self.shape, self.axis, self.channels)
+
+    def elements_in_shape(self) -> Tensor:
+        """The element codes in the original shape (contiguous)."""
+        return unblock(self.elements, self.shape, self.axis, self.channels).contiguous()
+
+    def per_block(self, values: Tensor) -> Tensor:
+        """A per-block tensor (``scale``, ``zero_point``) as ``(pre, nb, *post
+        dims)``: ONNX's blocked layout for a weight ``(out, nb, kh, kw)``."""
+        pre, post, blocks, _ = values.shape
+        return (
+            values.reshape(pre, post, blocks)
+            .transpose(1, 2)
+            .reshape((*self.shape[: self.axis], blocks, *self.shape[self.axis + 1 :]))
+        )
 
 
 def _block_axis(x: Tensor, axis: int) -> int:
@@ -99,33 +121,47 @@ def _block_axis(x: Tensor, axis: int) -> int:
     return axis % x.dim()
 
 
-def _blocked_view(
+def _blocked_copy(
     x: Tensor, block: BlockScaling, axis: int, allow_partial: bool
-) -> tuple[Tensor, int]:
-    """``x`` as ``(pre, nb, B, post)`` (zero padded when C % B), and C."""
+) -> tuple[Tensor, bool, int]:
+    """``x`` as ``(pre, post, nb, B)`` (zero padded when C % B), whether that
+    is a fresh buffer the caller may overwrite, and C."""
     channels = int(x.shape[axis])
     blocks = block.blocks_along(channels, allow_partial=allow_partial)
     pre = int(torch.Size(x.shape[:axis]).numel())
     post = int(torch.Size(x.shape[axis + 1 :]).numel())
-    rows = x.reshape(pre, channels, post)
+    rows = x.reshape(pre, channels, post).transpose(1, 2)
     padded = blocks * block.block_size
+    owned = padded != channels or (post > 1 and not rows.is_contiguous())
     if padded != channels:
-        rows = F.pad(rows, (0, 0, 0, padded - channels))
-    return rows.view(pre, blocks, block.block_size, post), channels
+        buffer = x.new_zeros((pre, post, padded))
+        buffer[:, :, :channels] = rows
+        rows = buffer
+    elif owned:
+        rows = rows.contiguous()
+    return rows.view(pre, post, blocks, block.block_size), owned, channels
 
 
-def _unblock(values: Tensor, shape: tuple[int, ...], axis: int, channels: int) -> Tensor:
-    pre, blocks, size, post = values.shape
-    rows = values.reshape(pre, blocks * size, post)
+def unblock(values: Tensor, shape: tuple[int, ...], axis: int, channels: int) -> Tensor:
+    """Blocks-last values back in ``shape`` (a view where strides allow)."""
+    pre, post, blocks, size = values.shape
+    rows = values.reshape(pre, post, blocks * size)
     if blocks * size != channels:
-        rows = rows[:, :channels]
-    return rows.reshape(shape)
+        rows = rows[:, :, :channels]
+    return rows.transpose(1, 2).reshape(shape)
 
 
 def _amax(xb: Tensor) -> Tensor:
-    """Max |x| per block, NaN where a block holds a NaN (max(amax, -amin)
-    allocates no |x| temporary)."""
-    return torch.maximum(xb.amax(dim=2, keepdim=True), xb.amin(dim=2, keepdim=True).neg())
+    """Max |x| per block, NaN where a block holds a NaN.
+
+    For blocks of 32 and more, max(amax, -amin) allocates no |x| temporary
+    (1.0 + 0.7 ms on 2.4M weights here); torch's reduction over a last dim
+    of 16 is 2.5-4x slower than over 32, so NVFP4's blocks take |x| once
+    and reduce once (about 1 + 3.9 ms against 3.9 + 5.1).
+    """
+    if xb.shape[3] < 32:
+        return xb.abs().amax(dim=3, keepdim=True)
+    return torch.maximum(xb.amax(dim=3, keepdim=True), xb.amin(dim=3, keepdim=True).neg())
 
 
 def _pow2(exponent: Tensor) -> Tensor:
@@ -147,7 +183,14 @@ def _round_elements_(v: Tensor, element: NumericFormat) -> Tensor:
     return round_fp_grid_(v.clamp_(-element.max_value, element.max_value), element)
 
 
-def _mx(xb: Tensor, fmt: NumericFormat) -> tuple[Tensor, Tensor, Tensor]:
+def _scaled(xb: Tensor, owned: bool, factor: Tensor, divide: bool = False) -> Tensor:
+    """``xb * factor`` (or ``/``), in place when the buffer is the caller's."""
+    if owned:
+        return xb.div_(factor) if divide else xb.mul_(factor)
+    return xb / factor if divide else xb * factor
+
+
+def _mx(xb: Tensor, owned: bool, fmt: NumericFormat) -> tuple[Tensor, Tensor, Tensor]:
     amax = _amax(xb)
     top = _floor_log2(amax)
     exponent = (top - fmt.mx_emax).clamp_(-127, 127)
@@ -159,9 +202,10 @@ def _mx(xb: Tensor, fmt: NumericFormat) -> tuple[Tensor, Tensor, Tensor]:
     if fmt.kind is FormatKind.INT:
         # Two exact multiplications: 2^-e * 64 alone overflows at e = -127.
         # (+0: integer codes have no -0, see _group.)
-        codes = (xb * inverse).mul_(_MXINT8_CODE_SCALE).round_().clamp_(-127, 127).add_(0.0)
+        codes = _scaled(xb, owned, inverse).mul_(_MXINT8_CODE_SCALE)
+        codes.round_().clamp_(-127, 127).add_(0.0)
         return codes, scale / _MXINT8_CODE_SCALE, scale
-    return _round_elements_(xb * inverse, fmt.element), scale, scale
+    return _round_elements_(_scaled(xb, owned, inverse), fmt.element), scale, scale
 
 
 def _stored_e4m3(value: Tensor) -> Tensor:
@@ -170,7 +214,7 @@ def _stored_e4m3(value: Tensor) -> Tensor:
 
 
 def _nvfp4(
-    xb: Tensor, fmt: NumericFormat, tensor_amax: Tensor | None
+    xb: Tensor, owned: bool, fmt: NumericFormat, tensor_amax: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     amax = _amax(xb)
     finite = torch.isfinite(amax)
@@ -186,7 +230,9 @@ def _nvfp4(
     zero = scale == 0
     scale = scale.masked_fill(zero, 0.0)  # +0, also where the block's max was -0.0
     divisor = scale.masked_fill(zero, 1.0)
-    elements = _round_elements_(xb / divisor, fmt.element).masked_fill_(zero, 0.0)
+    elements = _round_elements_(_scaled(xb, owned, divisor, divide=True), fmt.element)
+    if bool(zero.any()):  # rare; a full pass over the codes otherwise
+        elements.masked_fill_(zero, 0.0)
     return elements, scale, block_scale, tensor_scale
 
 
@@ -196,11 +242,11 @@ def _stored_scale(scale: Tensor, block: BlockScaling) -> Tensor:
     return scale
 
 
-def _group(xb: Tensor, fmt: NumericFormat) -> tuple[Tensor, Tensor, Tensor | None]:
+def _group(xb: Tensor, owned: bool, fmt: NumericFormat) -> tuple[Tensor, Tensor, Tensor | None]:
     block = fmt.block
     assert block is not None
-    top = xb.amax(dim=2, keepdim=True)
-    bottom = xb.amin(dim=2, keepdim=True)
+    top = xb.amax(dim=3, keepdim=True)
+    bottom = xb.amin(dim=3, keepdim=True)
     special = ~(torch.isfinite(top) & torch.isfinite(bottom))
     if block.zero_point:
         hi = float((1 << fmt.bits) - 1)
@@ -217,7 +263,7 @@ def _group(xb: Tensor, fmt: NumericFormat) -> tuple[Tensor, Tensor, Tensor | Non
     # Integer codes have no -0: adding +0 turns round(-0.3) = -0.0 into 0, so
     # a code 0 decodes to +0 as DequantizeLinear's does (with a zero point,
     # adding it does the same).
-    codes = (xb / divisor).round_()
+    codes = _scaled(xb, owned, divisor, divide=True).round_()
     if not block.zero_point:
         codes.add_(0.0)
     point: Tensor | None = None
@@ -226,7 +272,9 @@ def _group(xb: Tensor, fmt: NumericFormat) -> tuple[Tensor, Tensor, Tensor | Non
         point = point.masked_fill(special, 0.0)
         codes.add_(point)
     # A scale stored as zero decodes its group to zeros (codes and point 0).
-    codes.clamp_(lo, hi).masked_fill_(zero, 0.0)
+    codes.clamp_(lo, hi)
+    if bool(zero.any()):  # rare; a full pass over the codes otherwise
+        codes.masked_fill_(zero, 0.0)
     if point is not None:
         point = point.masked_fill(zero, 0.0)
     return codes, scale, point
@@ -250,16 +298,18 @@ def quantize_blocked(
     axis = _block_axis(x, axis)
     with torch.no_grad():
         xw = x.detach().to(torch.float32)
-        xb, channels = _blocked_view(xw, block, axis, allow_partial)
+        xb, owned, channels = _blocked_copy(xw, block, axis, allow_partial)
+        # A dtype conversion made xw a fresh tensor: the work may overwrite it.
+        owned = owned or xw.data_ptr() != x.data_ptr()
         tensor_scale: Tensor | None = None
         point: Tensor | None = None
         if block.recipe is BlockRecipe.MX:
-            elements, scale, stored = _mx(xb, fmt)
+            elements, scale, stored = _mx(xb, owned, fmt)
         elif block.recipe is BlockRecipe.NVFP4:
             amax = None if tensor_amax is None else torch.as_tensor(tensor_amax)
-            elements, scale, stored, tensor_scale = _nvfp4(xb, fmt, amax)
+            elements, scale, stored, tensor_scale = _nvfp4(xb, owned, fmt, amax)
         else:
-            elements, scale, point = _group(xb, fmt)
+            elements, scale, point = _group(xb, owned, fmt)
             stored = scale
     return BlockCodes(
         elements=elements,
@@ -290,7 +340,7 @@ class _BlockSTE(torch.autograd.Function):
         codes = quantize_blocked(
             x, fmt, axis=axis, tensor_amax=tensor_amax, allow_partial=allow_partial
         )
-        return codes.dequantize().to(x.dtype)
+        return codes.dequantize(in_place=True).to(x.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
@@ -322,4 +372,4 @@ def fake_quantize_blocked(
         out: Tensor = _BlockSTE.apply(x, fmt, axis, amax, allow_partial)
         return out
     codes = quantize_blocked(x, fmt, axis=axis, tensor_amax=amax, allow_partial=allow_partial)
-    return codes.dequantize().to(x.dtype)
+    return codes.dequantize(in_place=True).to(x.dtype)

@@ -22,11 +22,13 @@ from bitmesh.formats import NumericFormat
 __all__ = ["round_fp_grid_", "round_int_grid_"]
 
 # Exponent-field masks: ANDing a float's bits with them keeps 2^floor(log2|v|)
-# (exactly, for normal numbers; 0 for zero and float subnormals).
-_EXPONENT_MASKS: Mapping[torch.dtype, tuple[torch.dtype, int]] = MappingProxyType(
+# (exactly, for normal numbers; 0 for zero and float subnormals). They are
+# 0-dim tensors of the integer dtype: ``int32_tensor & python_int`` took
+# 8.7 ms on 2.4M elements here, ``& int32 0-dim tensor`` 1.8 ms.
+_EXPONENT_MASKS: Mapping[torch.dtype, tuple[torch.dtype, Tensor]] = MappingProxyType(
     {
-        torch.float32: (torch.int32, 0x7F800000),
-        torch.float64: (torch.int64, 0x7FF0000000000000),
+        torch.float32: (torch.int32, torch.tensor(0x7F800000, dtype=torch.int32)),
+        torch.float64: (torch.int64, torch.tensor(0x7FF0000000000000, dtype=torch.int64)),
     }
 )
 
