@@ -63,6 +63,8 @@ _NVFP4_DENOMINATOR = 6.0 * 448.0
 _FP16_MAX = 65504.0
 #: MXINT8's implicit element scale 2^-6, as a multiplier into code units.
 _MXINT8_CODE_SCALE = 64.0
+#: float32 bits without the sign (a 0-dim tensor: ``& python_int`` is slow).
+_MAGNITUDE_BITS = torch.tensor(0x7FFFFFFF, dtype=torch.int32)
 
 
 @dataclass(frozen=True)
@@ -155,12 +157,15 @@ def _amax(xb: Tensor) -> Tensor:
     """Max |x| per block, NaN where a block holds a NaN.
 
     For blocks of 32 and more, max(amax, -amin) allocates no |x| temporary
-    (1.0 + 0.7 ms on 2.4M weights here); torch's reduction over a last dim
-    of 16 is 2.5-4x slower than over 32, so NVFP4's blocks take |x| once
-    and reduce once (about 1 + 3.9 ms against 3.9 + 5.1).
+    (1.0 + 0.7 ms on 2.4M weights here). torch's float reduction over a last
+    dim of 16 is 4-5x slower than over 32, its int32 one less so: NVFP4's
+    blocks take the max of the bit patterns with the sign cleared (ordered
+    as the magnitudes, a NaN above inf), 3.7 ms against 6.8 for
+    ``abs().amax()``.
     """
     if xb.shape[3] < 32:
-        return xb.abs().amax(dim=3, keepdim=True)
+        bits = xb.view(torch.int32) & _MAGNITUDE_BITS
+        return bits.amax(dim=3, keepdim=True).view(torch.float32)
     return torch.maximum(xb.amax(dim=3, keepdim=True), xb.amin(dim=3, keepdim=True).neg())
 
 
