@@ -87,7 +87,7 @@ class BlockRecipe(StrEnum):
     #: OCP MX v1.0: X = 2^(floor(log2 amax) - emax_elem), stored as E8M0.
     MX = "mx"
     #: NVIDIA NVFP4: FP32 tensor scale amax / (6 * 448), E4M3 block scale
-    #: amax_block / (6 * tensor scale).
+    #: amax_block / 6 / tensor scale (clamped to [2^-6, 448]).
     NVFP4 = "nvfp4"
     #: Per-group integers: s = amax / qmax (or range / (2^b - 1) with a zero
     #: point), rounded to the scale's storage format.

@@ -19,12 +19,14 @@ stored scale and rounds the elements in the scaled domain:
   largest normal (MXINT8: codes ``round(V / X * 64)`` clamped to +-127, the
   symmetric range the microxcaling reference uses). An all-zero block gets
   the smallest scale 2^-127.
-- NVFP4 (NVIDIA's recipe, as ModelOpt computes it): tensor scale
-  ``s_t = amax_tensor / (6 * 448)`` in FP32 (1 when the tensor is all zero),
-  block scale ``s_b = E4M3(min(amax_block / (6 * s_t), 448))``, elements
-  ``E2M1(V / (s_b * s_t))`` (half to even, saturating at 6), decoded as
-  ``q * (s_b * s_t)``. ``tensor_amax`` (an activation's calibrated range)
-  replaces the tensor's own max; elements beyond it saturate.
+- NVFP4 (NVIDIA's recipe in the arithmetic of its kernels, which torchao's
+  ``nvfp4_quantize`` reproduces): tensor scale ``s_t = amax_tensor / (6 *
+  448)`` in FP32 (1 when the tensor is all zero), block scale
+  ``s_b = E4M3(clamp(amax_block / 6 / s_t, 2^-6, 448))`` (never zero or
+  subnormal), elements ``E2M1(V * ((1 / s_t) / s_b))`` (half to even,
+  saturating at 6), decoded as ``q * (s_t * s_b)``. ``tensor_amax`` (an
+  activation's calibrated range) replaces the tensor's own max; elements
+  beyond it saturate.
 - GROUP: ``s = amax / qmax`` (with a zero point: ``s = (max(x, 0) -
   min(x, 0)) / (2^b - 1)``, ``z = clamp(round(-min / s), 0, 2^b - 1)``),
   rounded to its storage format (FP16 with saturation at 65504, or FP32);
@@ -34,9 +36,8 @@ stored scale and rounds the elements in the scaled domain:
 Special values, one rule for every recipe: a block holding a NaN or an
 infinity decodes to all NaN (MX: its E8M0 scale is the NaN code 0xFF, which
 makes every element NaN, as the spec and the microxcaling reference do); a
-block whose stored scale rounds to zero (NVFP4, GROUP: far below the tensor's
-range or FP16's) decodes to zeros. NVFP4's tensor scale uses the finite
-elements only.
+GROUP block whose stored scale rounds to zero (far below FP16's range)
+decodes to zeros. NVFP4's tensor scale uses the finite elements only.
 
 The work is done in float32 (the formats are defined on FP32 inputs), whatever
 the input's dtype, and cast back. Gradients: straight-through (every element
@@ -214,8 +215,9 @@ def _mx(xb: Tensor, owned: bool, fmt: NumericFormat) -> tuple[Tensor, Tensor, Te
 
 
 def _stored_e4m3(value: Tensor) -> Tensor:
-    """Round non-negative values to E4M3 (half to even, saturating at 448)."""
-    return round_fp_grid_(value.clamp(0.0, _E4M3.max_value), _E4M3)
+    """Round to E4M3 (half to even), clamped to [2^-6, 448]: NVFP4 block
+    scales are never zero or subnormal, as NVIDIA's kernels clamp them."""
+    return round_fp_grid_(value.clamp(_E4M3.min_normal, _E4M3.max_value), _E4M3)
 
 
 def _nvfp4(
@@ -229,15 +231,13 @@ def _nvfp4(
         top = tensor_amax.to(torch.float32).reshape(())
     tensor_scale = top / _NVFP4_DENOMINATOR
     tensor_scale = torch.where(tensor_scale > 0, tensor_scale, torch.ones_like(tensor_scale))
-    block_scale = _stored_e4m3(amax / (6.0 * tensor_scale))
-    scale = block_scale * tensor_scale
-    scale = scale.masked_fill(~finite, float("nan"))
-    zero = scale == 0
-    scale = scale.masked_fill(zero, 0.0)  # +0, also where the block's max was -0.0
-    divisor = scale.masked_fill(zero, 1.0)
-    elements = _round_elements_(_scaled(xb, owned, divisor, divide=True), fmt.element)
-    if bool(zero.any()):  # rare; a full pass over the codes otherwise
-        elements.masked_fill_(zero, 0.0)
+    block_scale = _stored_e4m3(amax / 6.0 / tensor_scale)
+    # Encode with the reciprocal of the decode scale, in the kernels' order:
+    # x * ((1 / s_t) / s_b); decode q * (s_t * s_b).
+    encode = (1.0 / tensor_scale) / block_scale
+    scale = (tensor_scale * block_scale).masked_fill(~finite, float("nan"))
+    encode = encode.masked_fill(~finite, float("nan"))
+    elements = _round_elements_(_scaled(xb, owned, encode), fmt.element)
     return elements, scale, block_scale, tensor_scale
 
 

@@ -103,7 +103,10 @@ def f32(value: float | np.ndarray) -> np.ndarray:
 
 
 def ref_nvfp4_tensor(rows: np.ndarray, tensor_amax: float | None = None) -> np.ndarray:
-    """NVIDIA's NVFP4 recipe on a (rows, C) float32 array, blocks of 16."""
+    """NVIDIA's NVFP4 recipe on a (rows, C) float32 array, blocks of 16, in
+    its kernels' float32 arithmetic: s_t = amax / 2688, s_b = E4M3 of
+    amax_b / 6 / s_t clamped to [2^-6, 448], q = E2M1(x * ((1 / s_t) / s_b)),
+    decoded q * (s_t * s_b)."""
     out = np.empty(rows.shape, dtype=np.float32)
     mags = np.abs(rows.astype(np.float64))
     if tensor_amax is None:
@@ -118,13 +121,11 @@ def ref_nvfp4_tensor(rows: np.ndarray, tensor_amax: float | None = None) -> np.n
             if not np.isfinite(amax):
                 out[r, j : j + 16] = np.nan
                 continue
-            s_b = f32(rne(np.array([f32(amax) / (f32(6.0) * s_t)], np.float64), e4m3)[0])
-            d = s_b * s_t
-            if d == 0:
-                out[r, j : j + 16] = 0.0
-                continue
-            q = rne((block / d).astype(np.float64), e2m1)
-            out[r, j : j + 16] = f32(q) * d
+            raw = np.clip(f32(amax) / f32(6.0) / s_t, 2.0**-6, 448.0)
+            s_b = f32(rne(np.array([raw], np.float64), e4m3)[0])
+            encode = (f32(1.0) / s_t) / s_b
+            q = rne((block * encode).astype(np.float64), e2m1)
+            out[r, j : j + 16] = f32(q) * (s_t * s_b)
     return out
 
 
@@ -273,8 +274,8 @@ def test_mx_matches_the_spec_bit_for_bit(name: str) -> None:
 
 def test_nvfp4_matches_the_recipe_bit_for_bit() -> None:
     rows = sweep("nvfp4")
-    # Row-scaled copies put blocks far below the tensor's range (E4M3 block
-    # scales that underflow to zero) next to the largest ones.
+    # Row-scaled copies put blocks far below the tensor's range (block scales
+    # clamped at E4M3's smallest normal) next to the largest ones.
     rows[::3] *= np.float32(1e-7)
     finite = np.where(np.isfinite(rows), rows, 0.0)
     got = fake_quantize(torch.from_numpy(rows), get_format("nvfp4")).numpy()
@@ -344,6 +345,7 @@ def test_codes_and_scales_are_what_the_formats_store() -> None:
     nv = quantize_blocked(x, get_format("nvfp4"))
     assert nv.tensor_scale is not None
     assert torch.equal(nv.block_scale, nv.block_scale.to(torch.float8_e4m3fn).to(torch.float32))
+    assert float(nv.block_scale.min()) >= 2.0**-6
     group = quantize_blocked(x, get_format("int4_g32_zp"))
     assert group.zero_point is not None
     assert group.elements.min() >= 0 and group.elements.max() <= 15
@@ -397,3 +399,23 @@ def test_mx_matches_torchao_where_installed(name: str) -> None:
     scale, data = mx_tensor.to_mx(x, elem, 32)
     theirs = mx_tensor.to_dtype(data, scale, elem, 32, torch.float32)
     assert bits_equal(fake_quantize(x, get_format(name)).numpy(), theirs.numpy())
+
+
+def test_nvfp4_matches_torchao_where_installed() -> None:
+    """torchao 0.18's ``nvfp4_quantize`` with a per-tensor scale (NVIDIA's
+    kernel numerics) agrees bit for bit on finite inputs."""
+    nvfp4 = pytest.importorskip("torchao.prototype.mx_formats.nvfp4_tensor")
+    kernels = pytest.importorskip("torchao.prototype.mx_formats.kernels")
+    rows = sweep("nvfp4", seed=7)
+    rows = rows[:, : (rows.shape[1] // 16) * 16]
+    rows = np.ascontiguousarray(np.where(np.isfinite(rows), rows, 0.0).astype(np.float32))
+    rows[::3] *= np.float32(1e-7)
+    x = torch.from_numpy(rows)
+    amax = x.abs().max()
+    tensor_scale = nvfp4.per_tensor_amax_to_scale(amax)
+    scales, packed = nvfp4.nvfp4_quantize(x, 16, tensor_scale)
+    values = kernels.f4_unpacked_to_f32(kernels.unpack_uint4(packed)).reshape(x.shape)
+    decode = (tensor_scale * scales.to(torch.float32)).reshape(x.shape[0], -1, 1)
+    theirs = (values.reshape(x.shape[0], -1, 16) * decode).reshape(x.shape)
+    ours = fake_quantize(x, get_format("nvfp4")).numpy()
+    assert np.array_equal(ours, theirs.numpy())  # -0.0 == 0.0: their codes keep the sign
