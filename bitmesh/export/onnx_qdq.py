@@ -228,7 +228,7 @@ def export_onnx(
     graph = GraphEditor(proto.graph)
     for plan in plans:
         rewrite_weight(graph, plan, weights[plan.entry.layer])
-        rewrite_activation(graph, plan)
+        rewrite_activation(graph, plan, weights[plan.entry.layer])
     proto.ir_version = max(proto.ir_version, ir_version_for(chosen))
     _drop_provenance(proto)
     _record_formats(proto, plans)

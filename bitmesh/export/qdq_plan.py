@@ -12,9 +12,10 @@ activation ``qdq``         QuantizeLinear/DequantizeLinear in the format's type
 activation ``qdq_clipped`` INT without an ONNX type: INT8/UINT8 codes, a Clip to
                            the format's range, DequantizeLinear (exact, e.g. int3)
 activation ``cast``        bf16/fp16: a Cast there and back
+activation ``blocked``     a block format: scales from each block of the live
+                           input, computed with standard ops (``blocked_inputs``)
 ``not_represented``        FP without a usable ONNX type (FP6/FP4 when asked to
-                           dequantize them), or a block format (dynamic block
-                           scales have no ONNX operator): the input stays float32
+                           dequantize them): the input stays float32
 activation ``float``       fp32: nothing to do
 =========================  ======================================================
 
@@ -51,10 +52,11 @@ __all__ = [
 ]
 
 WeightExport = Literal["qdq", "blocked", "dequantized", "float"]
-ActivationExport = Literal["qdq", "qdq_clipped", "cast", "not_represented", "float"]
+ActivationExport = Literal["qdq", "qdq_clipped", "blocked", "cast", "not_represented", "float"]
 
-#: Activation exports that need the layer's clip.
-USES_CLIP: frozenset[str] = frozenset({"qdq", "qdq_clipped"})
+#: Activation exports that need the layer's clip (a block format's: NVFP4's
+#: tensor range; the others ignore it).
+USES_CLIP: frozenset[str] = frozenset({"qdq", "qdq_clipped", "blocked"})
 #: Clip and Cast on the types used here exist since opset 13.
 _CLIP_CAST_OPSET = 13
 
@@ -136,10 +138,10 @@ def _plan_activation(
 ) -> tuple[ActivationExport, OnnxQuantType | None, str]:
     if fmt.is_blocked:
         why = (
-            f"{fmt.name} input quantization (scales from each block of the live input) has "
-            "no ONNX operator: the input stays float32"
+            f"{fmt.name} input quantization computed in the graph from each block of the live "
+            "input (standard ops: onnxruntime has no block-scaled QuantizeLinear)"
         )
-        return "not_represented", None, why
+        return "blocked", None, why
     qtype = qdq_type_of(fmt)
     if fmt.is_identity:
         return "float", None, ""

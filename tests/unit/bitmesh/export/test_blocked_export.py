@@ -10,11 +10,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from torch.utils.data import TensorDataset
 
 from bitmesh.costs import option_costs
 from bitmesh.export.onnx_qdq import export_onnx
-from bitmesh.formats import QuantOption
+from bitmesh.formats import QuantOption, get_format
 from bitmesh.models.digits_cnn import DigitsCNN
 from bitmesh.models.layers import discover_layers
 from bitmesh.quant.fake_quant import fake_quantize
@@ -150,12 +151,65 @@ def test_other_forms_decode_and_unrunnable_formats_are_dequantized_with_the_form
     assert {k: v for k, v in report.weight_bytes.items() if k in runnable} == {
         k: v for k, v in budget.items() if k in runnable
     }
-    assert report.layer("fc1").activation == "not_represented"
+    assert report.layer("fc1").activation == "blocked"  # MXFP8 scales computed in the graph
     metadata = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     recorded = json.loads(metadata["bitmesh.quantization"])
     assert recorded["fc1"] == {
-        "activation": "not_represented",
+        "activation": "blocked",
         "option": "mxfp6_e3m2/mxfp8_e4m3",
         "weight": "dequantized",
         "weight_onnx_type": None,
     }
+
+
+class _Branches(torch.nn.Module):
+    """Every layer reads the graph input itself, so onnxruntime and torch
+    quantize the very same values: conv branches block along channels (40:
+    a partial block of 32), linear branches along the flattened input."""
+
+    CONVS = ("mxfp4", "nvfp4", "int4_g32_zp", "mxfp6_e3m2")
+    LINEARS = ("mxfp8_e4m3", "mxint8", "int8_g32_fp32")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = torch.nn.ModuleList(torch.nn.Conv2d(40, 2, 1) for _ in self.CONVS)
+        self.linears = torch.nn.ModuleList(torch.nn.Linear(640, 2) for _ in self.LINEARS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [conv(x).flatten(1) for conv in self.convs]
+        outs += [linear(x.flatten(1)) for linear in self.linears]
+        return torch.cat(outs, dim=1)
+
+
+def test_block_inputs_are_computed_in_the_graph_bit_for_bit(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _Branches().eval()
+    x = torch.randn(3, 40, 4, 4) * 2
+    x[0, :, 0, 0] = 0.0  # an all-zero block
+    clip = float(x.abs().max()) * 0.8  # NVFP4 saturates beyond its tensor range
+    names = [f"convs.{i}" for i in range(4)] + [f"linears.{i}" for i in range(3)]
+    formats = _Branches.CONVS + _Branches.LINEARS
+    config = parse_config({n: f"fp32/{f}" for n, f in zip(names, formats, strict=True)})
+    path = tmp_path / "inputs.onnx"
+    report = export_onnx(model, config, dict.fromkeys(names, clip), (40, 4, 4), path)
+    assert report.onnxruntime_loadable, report.onnxruntime_error
+    assert {e.activation for e in report.layers} == {"blocked"}
+    proto = onnx.load(str(path))
+    quantized_inputs = {}
+    for node in proto.graph.node:
+        weight = next((i for i in node.input if i.endswith(".weight")), None)
+        if node.op_type in ("Conv", "Gemm", "MatMul") and weight is not None:
+            quantized_inputs[weight.removesuffix(".weight")] = node.input[0]
+    for value in quantized_inputs.values():
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(value, 1, None))
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    outputs = session.run(
+        list(quantized_inputs.values()), {session.get_inputs()[0].name: x.numpy()}
+    )
+    got = dict(zip(quantized_inputs, outputs, strict=True))
+    for name, fmt in zip(names, formats, strict=True):
+        source = x if name.startswith("convs") else x.flatten(1)
+        want = fake_quantize(
+            source, get_format(fmt), clip=clip, block_axis=1 if name.startswith("convs") else -1
+        )
+        assert np.array_equal(got[name].reshape(want.shape), want.numpy()), (name, fmt)
