@@ -141,7 +141,11 @@ def _plans(
     for layer, option in config.items():
         plan = plan_layer(layer, option, dequantize)
         if plan.entry.activation in USES_CLIP:
-            clip = _checked_clip(layer, activation_ranges.get(layer))
+            given = activation_ranges.get(layer)
+            block = option.activation.block
+            if given is None and block is not None and not block.tensor_scale:
+                given = 1.0  # MX and group scales come from the blocks: no range needed
+            clip = _checked_clip(layer, given)
             plan = replace(plan, entry=replace(plan.entry, activation_clip=clip))
         plans.append(plan)
     return plans
