@@ -66,7 +66,13 @@ def budget_problem(model_spec: ModelSpec, candidates: Sequence[QuantOption]) -> 
                 option=option_to_pb(option),
                 omega=weight_error_sq(weight, option.weight, option.granularity),  # type: ignore[arg-type]
                 costs=costs_to_pb(
-                    option_costs(layer.parameters, layer.macs, option, layer.output_channels)
+                    option_costs(
+                        layer.parameters,
+                        layer.macs,
+                        option,
+                        layer.output_channels,
+                        weight_shape=layer.weight_shape,
+                    )
                 ),
                 weight_bits=option.weight_bits,
             )

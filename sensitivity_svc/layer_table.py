@@ -26,7 +26,13 @@ def layer_table(spec: ModelSpec, options: list[QuantOption]) -> LayerTable:
     layers = discover_layers(model, spec.input_shape)
     costs = {
         layer.name: {
-            option.key: option_costs(layer.parameters, layer.macs, option, layer.output_channels)
+            option.key: option_costs(
+                layer.parameters,
+                layer.macs,
+                option,
+                layer.output_channels,
+                weight_shape=layer.weight_shape,
+            )
             for option in options
         }
         for layer in layers

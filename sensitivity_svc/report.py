@@ -279,7 +279,11 @@ def layer_sensitivity(
                 weight_error_sq=error_sq,
                 omega=normalized * error_sq,
                 costs=option_costs(
-                    profile.parameters, profile.macs, option, profile.output_channels
+                    profile.parameters,
+                    profile.macs,
+                    option,
+                    profile.output_channels,
+                    weight_shape=tuple(weight.shape),
                 ),
             )
         )

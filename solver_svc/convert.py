@@ -6,7 +6,12 @@ from typing import Any
 
 from bitmesh.errors import InvalidArgument
 from bitmesh.formats import parse_option
-from bitmesh.rpc.convert import option_from_pb, option_to_pb
+from bitmesh.rpc.convert import (
+    option_from_pb,
+    option_to_pb,
+    size_accounting_from_pb,
+    size_accounting_to_pb,
+)
 from bitmesh.v1 import common_pb2, solver_pb2
 from solver_svc.problem import FixedCosts, LayerChoice, OptionCost, Problem
 from solver_svc.solution import Solution
@@ -85,6 +90,7 @@ def problem_from_pb(msg: solver_pb2.Problem) -> Problem:
         ties=tuple(tuple(t.layers) for t in msg.ties),
         pins=tuple((p.layer, tuple(p.allowed_keys)) for p in msg.pins),
         name=msg.name,
+        size_accounting=size_accounting_from_pb(msg.size_accounting),
     )
 
 
@@ -111,7 +117,9 @@ def _assignment_pb(layer: str, key: str, cost: OptionCost | None) -> solver_pb2.
     if cost is not None and cost.weight_format:
         try:
             given = option_to_pb(parse_option(f"{cost.weight_format}/{cost.act_format}"))
-            if cost.granularity == "per_tensor":
+            if cost.granularity == "per_tensor" and given.granularity != (
+                common_pb2.GRANULARITY_PER_BLOCK
+            ):
                 given.granularity = common_pb2.GRANULARITY_PER_TENSOR
         except InvalidArgument:
             given = None
@@ -136,6 +144,7 @@ def _solution_head_pb(solution: Solution, problem_id: str) -> solver_pb2.Solutio
         engine=solution.engine,
         answered_from=solution.answered_from,
         problem_id=problem_id,
+        size_accounting=size_accounting_to_pb(totals.size_accounting),
     )
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bitmesh.errors import InvalidArgument, NotFound
+from bitmesh.formats import BLOCK_FORMATS
 from solver_svc.problem import LayerChoice, OptionCost, Problem
 
 __all__ = [
@@ -53,8 +54,12 @@ _NATIVE_BITS = {"fp8": 8, "fp16": 16, "bf16": 16, "fp32": 32, "tf32": 32, "fp64"
 
 def format_bits(name: str) -> tuple[str, int]:
     """``("int" | "float", bits)`` of a format name: ``int4``, ``uint8``,
-    ``e4m3``, ``fp16``, ``bf16``, ``fp32``..."""
+    ``e4m3``, ``fp16``, ``bf16``, ``fp32``... A block-scaled format computes in
+    its element format (``mxfp4`` and ``nvfp4`` as ``e2m1``, ``int4_g128`` as
+    ``int4``, ``mxint8`` as ``int8``)."""
     text = name.strip().lower()
+    if text in BLOCK_FORMATS:
+        return format_bits(BLOCK_FORMATS[text].element.name)
     if m := re.fullmatch(r"u?int(\d+)", text):
         return "int", int(m.group(1))
     if m := re.fullmatch(r"(?:fp\d*_?)?e(\d+)m(\d+)(?:fn)?", text):
@@ -297,7 +302,8 @@ def with_latency(
 
     For a roofline, a layer's MACs default to ``bops / (b_w * b_a)`` (the cost
     model's definition of BOPs), its weight bytes are the option's
-    ``size_bytes`` and activation bytes ``act_elements * b_a / 8`` when given.
+    ``size_bytes`` plus ``scale_bytes`` (the scales are read too) and
+    activation bytes ``act_elements * b_a / 8`` when given.
     """
     layers = []
     for layer in problem.layers:
@@ -316,7 +322,7 @@ def with_latency(
                     layer_macs,
                     option.weight_format,
                     option.act_format,
-                    option.size_bytes,
+                    option.size_bytes + option.scale_bytes,
                     act_bytes,
                 )
             options.append(replace(option, latency_ms=ms))

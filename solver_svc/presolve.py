@@ -16,6 +16,11 @@ Two steps, each a pure function:
 The average-weight-bits budget is linear once multiplied out:
 ``sum_l P_l b_w(l) + P_fixed b_fixed <= bits * (sum_l P_l + P_fixed)`` over the
 searched and the fixed layers, so its row holds ``P_l * b_w`` per option.
+
+What the size and bits budgets count follows ``Problem.size_accounting``: by
+default the ``size_bytes`` row is codes plus scales and the bits row adds
+``8 * scale_bytes``; with ``"weights_only"`` both leave the scales out. The
+``code_bytes`` and ``scale_bytes`` rows keep the two parts for the totals.
 """
 
 from __future__ import annotations
@@ -39,7 +44,15 @@ __all__ = [
 ]
 
 #: Row order of ``PreparedProblem.values``.
-ROWS: tuple[str, ...] = ("size_bytes", "bops", "latency_ms", "wbits", "omega", "scale_bytes")
+ROWS: tuple[str, ...] = (
+    "size_bytes",
+    "bops",
+    "latency_ms",
+    "wbits",
+    "omega",
+    "scale_bytes",
+    "code_bytes",
+)
 _ROW = {name: i for i, name in enumerate(ROWS)}
 #: Budget axis -> row it constrains.
 _AXIS_ROW = {
@@ -160,7 +173,9 @@ def prepare(problem: Problem) -> PreparedProblem:
     valid = np.zeros((num_groups, width), dtype=bool)
     # Plain Python floats first, one array at the end: element-wise numpy
     # writes made this the largest part of a 54-layer solve's set-up.
-    cells: list[tuple[float, float, float, float, float, float]] = []
+    cells: list[tuple[float, float, float, float, float, float, float]] = []
+    # The share of the scales in the budgeted rows (0 for weights-only budgets).
+    share = 1.0 if problem.size_accounting == "weights_and_scales" else 0.0
     at_g: list[int] = []
     at_k: list[int] = []
     for g, group in enumerate(groups):
@@ -171,7 +186,15 @@ def prepare(problem: Problem) -> PreparedProblem:
             for k, key in enumerate(keys[g]):
                 o = by_key[key]
                 cells.append(
-                    (o.size_bytes, o.bops, o.latency_ms, p * o.weight_bits, o.omega, o.scale_bytes)
+                    (
+                        o.size_bytes + share * o.scale_bytes,
+                        o.bops,
+                        o.latency_ms,
+                        p * o.weight_bits + share * 8 * o.scale_bytes,
+                        o.omega,
+                        o.scale_bytes,
+                        o.size_bytes,
+                    )
                 )
                 at_g.append(g)
                 at_k.append(k)
@@ -182,7 +205,15 @@ def prepare(problem: Problem) -> PreparedProblem:
     values = np.ascontiguousarray(by_cell.transpose(2, 0, 1))
     f = problem.fixed
     fixed = np.array(
-        [f.size_bytes, f.bops, f.latency_ms, f.parameters * f.weight_bits, 0.0, f.scale_bytes],
+        [
+            f.size_bytes + share * f.scale_bytes,
+            f.bops,
+            f.latency_ms,
+            f.parameters * f.weight_bits + share * 8 * f.scale_bytes,
+            0.0,
+            f.scale_bytes,
+            f.size_bytes,
+        ],
         dtype=np.float64,
     )
     total_parameters = float(sum(layer.parameters for layer in problem.layers) + f.parameters)

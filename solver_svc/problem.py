@@ -13,6 +13,13 @@ would turn a NaN into a silently wrong optimum. Omega may be negative
 The plain-dict round trip (``to_json``/``from_json``) and ``content_hash`` let
 the service store a problem by id in the artifact store so that what-if
 queries need not resend the tables.
+
+Size budgets count what the weights store: ``size_bytes`` (the element codes)
+plus ``scale_bytes`` (every scale, zero point and tensor scale), and the
+average-weight-bits budget likewise, unless ``size_accounting`` is
+``"weights_only"`` (HAWQ-V3's convention, which the published sizes follow).
+A block format's scales are a twelfth of an MXFP4 model's bytes, so a budget
+that left them out would accept files larger than it allows.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bitmesh.costs import SizeAccounting, check_size_accounting
 from bitmesh.errors import InvalidArgument
 
 __all__ = [
@@ -68,7 +76,9 @@ class OptionCost:
     ties compare keys, so tied layers must use the same keys. The format
     strings are descriptive only (the solver never parses them).
     ``weight_bits`` is the bits per weight used by the average-weight-bits
-    budget. ``scale_bytes`` is carried into the totals, not constrained.
+    budget (the element bits; the scale share comes from ``scale_bytes``).
+    ``scale_bytes`` counts toward the size and average-bits budgets unless the
+    problem's ``size_accounting`` is ``"weights_only"``; totals state it apart.
     """
 
     key: str
@@ -149,6 +159,8 @@ class Problem:
 
     ``pins`` is a tuple of ``(layer, allowed_keys)`` pairs so the object stays
     hashable; ``ties`` that share a layer are merged into one group.
+    ``size_accounting`` says what the size and average-bits budgets count
+    (see the module doc).
     """
 
     layers: tuple[LayerChoice, ...]
@@ -156,8 +168,10 @@ class Problem:
     ties: tuple[tuple[str, ...], ...] = ()
     pins: tuple[tuple[str, tuple[str, ...]], ...] = ()
     name: str = ""
+    size_accounting: SizeAccounting = "weights_and_scales"
 
     def __post_init__(self) -> None:
+        check_size_accounting(self.size_accounting)
         object.__setattr__(self, "layers", tuple(self.layers))
         object.__setattr__(self, "ties", tuple(tuple(t) for t in self.ties))
         object.__setattr__(self, "pins", tuple((p[0], tuple(p[1])) for p in self.pins))
@@ -216,6 +230,7 @@ class Problem:
         equal problem."""
         return {
             "name": self.name,
+            "size_accounting": self.size_accounting,
             "layers": [
                 {
                     "name": layer.name,
@@ -270,7 +285,14 @@ class Problem:
             pins = tuple((p["layer"], tuple(p["keys"])) for p in data.get("pins", ()))
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArgument(f"malformed problem JSON: {exc!r}") from exc
-        return cls(layers=layers, fixed=fixed, ties=ties, pins=pins, name=data.get("name", ""))
+        return cls(
+            layers=layers,
+            fixed=fixed,
+            ties=ties,
+            pins=pins,
+            name=data.get("name", ""),
+            size_accounting=data.get("size_accounting", "weights_and_scales"),
+        )
 
     def content_hash(self) -> str:
         """SHA-256 of the canonical JSON: equal problems get equal ids."""

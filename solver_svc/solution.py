@@ -13,25 +13,47 @@ Status = Literal["optimal", "feasible", "infeasible"]
 
 @dataclass(frozen=True)
 class Totals:
-    """Whole-model totals of a configuration, fixed layers included."""
+    """Whole-model totals of a configuration, fixed layers included.
+
+    ``size_bytes`` is the element codes, ``scale_bytes`` every scale, zero
+    point and tensor scale; ``size_accounting`` says which of them the size
+    budget counted, and :attr:`budgeted_bytes` is that number.
+    """
 
     size_bytes: float
     bops: float
     latency_ms: float
     scale_bytes: float = 0.0
+    size_accounting: str = "weights_and_scales"
 
-    def to_json(self) -> dict[str, float]:
+    @property
+    def total_bytes(self) -> float:
+        """Codes plus scales: what the weights of a deployed file take."""
+        return self.size_bytes + self.scale_bytes
+
+    @property
+    def budgeted_bytes(self) -> float:
+        """What the size budget compared: all bytes, or the codes only."""
+        if self.size_accounting == "weights_only":
+            return self.size_bytes
+        return self.total_bytes
+
+    def to_json(self) -> dict[str, Any]:
         return {
             "size_bytes": self.size_bytes,
             "bops": self.bops,
             "latency_ms": self.latency_ms,
             "scale_bytes": self.scale_bytes,
+            "size_accounting": self.size_accounting,
         }
 
 
 @dataclass(frozen=True)
 class Solution:
     """A configuration and what it costs.
+
+    ``avg_weight_bits`` and ``axis_value("size_bytes")`` count the scales
+    unless ``totals.size_accounting`` is ``"weights_only"``.
 
     ``status`` is ``"optimal"`` when proven (within the 1e-9 relative tolerance
     documented in ``solver_svc.tolerance``), ``"feasible"`` when a time limit
@@ -60,6 +82,8 @@ class Solution:
             return self.total_omega
         if axis == "avg_weight_bits":
             return self.avg_weight_bits
+        if axis == "size_bytes":
+            return self.totals.budgeted_bytes
         value: float = getattr(self.totals, axis)
         return value
 

@@ -211,14 +211,16 @@ class ProblemSolver:
 
     def totals_of(self, original: np.ndarray) -> tuple[float, Totals, float]:
         """(total omega, totals, average weight bits) of a choice of prepared
-        option indices per group, fixed layers included."""
+        option indices per group, fixed layers included. The average bits
+        count the scales unless the problem's budgets are weights-only."""
         groups = np.arange(self.prepared.num_groups)
         sums = self.prepared.values[:, groups, original].sum(axis=1) + self.prepared.fixed
         totals = Totals(
-            size_bytes=float(sums[_ROW["size_bytes"]]),
+            size_bytes=float(sums[_ROW["code_bytes"]]),
             bops=float(sums[_ROW["bops"]]),
             latency_ms=float(sums[_ROW["latency_ms"]]),
             scale_bytes=float(sums[_ROW["scale_bytes"]]),
+            size_accounting=self.problem.size_accounting,
         )
         params = self.prepared.total_parameters
         avg_bits = float(sums[_ROW["wbits"]]) / params if params > 0 else 0.0

@@ -21,6 +21,7 @@ from bitmesh.rpc.convert import (
     job_event_status_to_pb,
     job_status_to_pb,
     option_from_pb,
+    size_accounting_from_pb,
 )
 from bitmesh.rpc.convert_ml import dataset_spec_from_pb, model_spec_from_pb
 from bitmesh.v1 import common_pb2, trainer_pb2
@@ -177,6 +178,7 @@ def search_from_pb(msg: trainer_pb2.SearchSpec) -> SearchSpec:
         plain_baseline=msg.plain_baseline,
         reward_holdout=msg.reward_holdout_fraction,
         learned_clips=msg.learned_clips,
+        size_accounting=size_accounting_from_pb(msg.size_accounting),
         **numbers,
     )
 

@@ -94,7 +94,9 @@ class SampledCost:
 
     Per layer it keeps (MACs or weight count, weight decision, activation
     decision); the bits of choice ``k`` are ``bits[k]``. BOPs = MACs x b_w x
-    b_a, size = P x b_w / 8; layers outside the search count at FP32.
+    b_a, size = P x b_w / 8, or ``weight_bytes[layer][k]`` when given (the
+    bytes with the format's scales, ``costing.weight_bytes_table``); layers
+    outside the search count at FP32.
     """
 
     def __init__(
@@ -103,9 +105,12 @@ class SampledCost:
         decisions: Sequence[Decision],
         bits: Sequence[int],
         axis: str,
+        weight_bytes: Mapping[str, Sequence[float]] | None = None,
     ) -> None:
         self.bits = list(bits)
         self.axis = axis
+        # Per term (searched layer), the bytes of each choice (size axis).
+        self.sizes: list[list[float]] = []
         weight_of: dict[str, int] = {}
         activation_of: dict[str, int] = {}
         for index, decision in enumerate(decisions):
@@ -120,6 +125,11 @@ class SampledCost:
             amount = p.macs if axis == "bops" else p.parameters
             if p.name in weight_of:
                 self.terms.append((amount, weight_of[p.name], activation_of[p.name]))
+                self.sizes.append(
+                    list(weight_bytes[p.name])
+                    if weight_bytes is not None
+                    else [p.parameters * b / 8 for b in self.bits]
+                )
             else:
                 self.fixed += amount * 32 * 32 if axis == "bops" else amount * 32 / 8
         self.num_decisions = len(decisions)
@@ -134,7 +144,7 @@ class SampledCost:
         n, w, a = self.terms[index]
         if self.axis == "bops":
             return float(n * self.bits[actions[w]] * self.bits[actions[a]])
-        return n * self.bits[actions[w]] / 8
+        return self.sizes[index][actions[w]]
 
     def __call__(self, actions: Sequence[int]) -> float:
         return self.fixed + sum(self._term(i, actions) for i in range(len(self.terms)))

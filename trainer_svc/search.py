@@ -21,7 +21,7 @@ from trainer_svc.loop import LoopIO, train
 from trainer_svc.outcome import Outcome, weights_bytes
 from trainer_svc.prepare import prepare
 from trainer_svc.specs import SearchSpec
-from trainer_svc.workspace import Workspace, search_target
+from trainer_svc.workspace import Workspace, search_target, search_weight_bytes
 
 
 def run_search(ws: Workspace, io: LoopIO) -> Outcome:
@@ -75,7 +75,13 @@ def run_search(ws: Workspace, io: LoopIO) -> Outcome:
         controller,
         decisions,
         layers,
-        SampledCost(ws.layers, decisions, [f.bits for f in spec.formats], spec.axis),
+        SampledCost(
+            ws.layers,
+            decisions,
+            [f.bits for f in spec.formats],
+            spec.axis,
+            search_weight_bytes(ws.layers, spec),
+        ),
         quality=held_out_quality if held_out is not None else None,
     )
 

@@ -13,6 +13,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
+from bitmesh.costs import SizeAccounting, check_size_accounting
 from bitmesh.data.datasets import DatasetSpec
 from bitmesh.errors import InvalidArgument
 from bitmesh.formats import Granularity, NumericFormat, QuantOption, get_format, parse_option
@@ -247,6 +248,9 @@ class SearchSpec:
     #: trained model): 0.3 % lower accuracy on two seeds and 3-10 % more time
     #: per step, so off by default.
     learned_clips: bool = False
+    #: What the size axis counts: the weights with their scales (block
+    #: scales, zero points, tensor scales), or the element codes only.
+    size_accounting: SizeAccounting = "weights_and_scales"
 
     def __post_init__(self) -> None:
         _require(
@@ -254,12 +258,13 @@ class SearchSpec:
             f"reward_holdout must be in [0, 0.5], got {self.reward_holdout}",
         )
         _require(len(self.formats) >= 1, "the search space is empty: give at least one format")
+        check_size_accounting(self.size_accounting)
         names = [f.name for f in self.formats]
         repeated = sorted({n for n in names if names.count(n) > 1})
         _require(not repeated, f"formats repeated in the search space: {', '.join(repeated)}")
         for fmt in self.formats:
             _require(
-                not (fmt.kind.value == "int" and not fmt.signed),
+                not (fmt.kind.value == "int" and not fmt.signed and not fmt.is_blocked),
                 f"search formats are weight formats too: use int{fmt.bits}, not {fmt.name} "
                 "(activations after a ReLU get the unsigned grid automatically)",
             )
@@ -323,6 +328,7 @@ class SearchSpec:
             "plain_baseline": self.plain_baseline,
             "reward_holdout": self.reward_holdout,
             "learned_clips": self.learned_clips,
+            "size_accounting": self.size_accounting,
         }
 
     @classmethod
@@ -345,6 +351,7 @@ class SearchSpec:
             plain_baseline=bool(data.get("plain_baseline", False)),
             reward_holdout=float(data.get("reward_holdout", 0.0)),
             learned_clips=bool(data.get("learned_clips", False)),
+            size_accounting=data.get("size_accounting", "weights_and_scales"),
         )
 
 

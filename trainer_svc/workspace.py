@@ -27,6 +27,7 @@ from trainer_svc.costing import (
     config_costs,
     search_bounds,
     uniform_config,
+    weight_bytes_table,
 )
 from trainer_svc.specs import CalibrationSpec, QatSpec, SearchSpec, TrainingRequest
 
@@ -111,7 +112,13 @@ def search_target(layers: list[LayerProfile], spec: SearchSpec) -> float:
     if spec.cost_target > 0:
         return spec.cost_target
     assert spec.target_option is not None
-    return axis_value(config_costs(layers, uniform_config(layers, spec.target_option)), spec.axis)
+    costs = config_costs(layers, uniform_config(layers, spec.target_option))
+    return axis_value(costs, spec.axis, spec.size_accounting)
+
+
+def search_weight_bytes(layers: list[LayerProfile], spec: SearchSpec) -> dict[str, list[float]]:
+    """Per layer and search format, the weight's bytes the size axis counts."""
+    return weight_bytes_table(layers, spec.formats, spec.weight_granularity, spec.size_accounting)
 
 
 def _check_search(layers: list[LayerProfile], spec: SearchSpec) -> None:
@@ -122,7 +129,9 @@ def _check_search(layers: list[LayerProfile], spec: SearchSpec) -> None:
             raise InvalidArgument(
                 f"tie group {','.join(group)} names layers the model lacks: {', '.join(missing)}"
             )
-    bounds = search_bounds(layers, [f.bits for f in spec.formats], spec.axis)
+    bounds = search_bounds(
+        layers, [f.bits for f in spec.formats], spec.axis, search_weight_bytes(layers, spec)
+    )
     check_target_reachable(
         search_target(layers, spec),
         bounds,

@@ -39,6 +39,7 @@ def request_from(args: argparse.Namespace) -> PipelineRequest:
         search_steps=args.search_steps,
         proxy_trials=args.proxy_trials,
         seed=args.seed,
+        size_accounting="weights_only" if args.weights_only_size else "weights_and_scales",
     )
 
 
@@ -101,6 +102,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--proxy-trials", type=int, default=3, help="LCPAQ's learning-rate search (0 = skip)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--weights-only-size",
+        action="store_true",
+        help="size and bits budgets count the element codes only (HAWQ-V3's convention); "
+        "by default they count every scale, zero point and tensor scale too",
+    )
     parser.add_argument(
         "--address",
         action="append",

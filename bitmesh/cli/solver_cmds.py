@@ -110,11 +110,23 @@ def print_solution(solution: solver_pb2.Solution) -> None:
         table.add_row(item.layer, item.option_key)
     console.print(table)
     totals = solution.totals
+    counted = "weights only" if _weights_only(solution) else "weights and scales"
     console.print(
-        f"total Omega {solution.total_omega:.6g}; size {human_bytes(totals.size_bytes)}; "
-        f"BOPs {human_count(totals.bops)}; latency {totals.latency_ms:.3g} ms; "
-        f"avg weight bits {solution.avg_weight_bits:.3g}"
+        f"total Omega {solution.total_omega:.6g}; size {human_bytes(budgeted_size(solution))} "
+        f"({human_bytes(totals.size_bytes)} codes + {human_bytes(totals.scale_bytes)} scales; "
+        f"the budget counts {counted}); BOPs {human_count(totals.bops)}; latency "
+        f"{totals.latency_ms:.3g} ms; avg weight bits {solution.avg_weight_bits:.3g}"
     )
+
+
+def _weights_only(solution: solver_pb2.Solution) -> bool:
+    return solution.size_accounting == common_pb2.SIZE_ACCOUNTING_WEIGHTS_ONLY
+
+
+def budgeted_size(solution: solver_pb2.Solution) -> float:
+    """The size the budget compared: codes plus scales, or codes only."""
+    totals = solution.totals
+    return totals.size_bytes + (0.0 if _weights_only(solution) else totals.scale_bytes)
 
 
 def cmd_solve(args: argparse.Namespace) -> int:
@@ -162,7 +174,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     for i, p in enumerate(reply.points):
         table.add_row(
             str(i),
-            human_bytes(p.totals.size_bytes),
+            human_bytes(budgeted_size(p)),
             human_count(p.totals.bops),
             f"{p.totals.latency_ms:.3g}",
             f"{p.avg_weight_bits:.3g}",
@@ -174,7 +186,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
 
 def axis_values(reply: solver_pb2.FrontierResponse, axis: str) -> list[float]:
     pick = {
-        "size": lambda p: p.totals.size_bytes / 1e6,
+        "size": lambda p: budgeted_size(p) / 1e6,
         "bops": lambda p: p.totals.bops / 1e9,
         "latency": lambda p: p.totals.latency_ms,
         "bits": lambda p: p.avg_weight_bits,

@@ -6,10 +6,14 @@ weight ``dequantized``     no ONNX type (int3, int5..7), a cast (bf16, fp16), or
                            asked for (``dequantize_formats``): the fake-quantized
                            float32 values
 weight ``float``           fp32: untouched
+weight ``blocked``         a block format in its own bits (codes, block scales,
+                           zero points): ``blocked_weights`` says how
 activation ``qdq``         QuantizeLinear/DequantizeLinear in the format's type
 activation ``qdq_clipped`` INT without an ONNX type: INT8/UINT8 codes, a Clip to
                            the format's range, DequantizeLinear (exact, e.g. int3)
 activation ``cast``        bf16/fp16: a Cast there and back
+activation ``blocked``     a block format: scales from each block of the live
+                           input, computed with standard ops (``blocked_inputs``)
 ``not_represented``        FP without a usable ONNX type (FP6/FP4 when asked to
                            dequantize them): the input stays float32
 activation ``float``       fp32: nothing to do
@@ -28,6 +32,7 @@ from typing import Literal
 import onnx
 
 from bitmesh.errors import InvalidArgument
+from bitmesh.export.blocked_forms import blocked_form_of
 from bitmesh.export.onnx_types import (
     CAST_TYPES,
     MIN_EXPORT_OPSET,
@@ -46,11 +51,12 @@ __all__ = [
     "plan_layer",
 ]
 
-WeightExport = Literal["qdq", "dequantized", "float"]
-ActivationExport = Literal["qdq", "qdq_clipped", "cast", "not_represented", "float"]
+WeightExport = Literal["qdq", "blocked", "dequantized", "float"]
+ActivationExport = Literal["qdq", "qdq_clipped", "blocked", "cast", "not_represented", "float"]
 
-#: Activation exports that need the layer's clip.
-USES_CLIP: frozenset[str] = frozenset({"qdq", "qdq_clipped"})
+#: Activation exports that need the layer's clip (a block format's: NVFP4's
+#: tensor range; the others ignore it).
+USES_CLIP: frozenset[str] = frozenset({"qdq", "qdq_clipped", "blocked"})
 #: Clip and Cast on the types used here exist since opset 13.
 _CLIP_CAST_OPSET = 13
 
@@ -94,6 +100,18 @@ class LayerPlan:
 def _plan_weight(
     fmt: NumericFormat, dequantize: frozenset[str]
 ) -> tuple[WeightExport, OnnxQuantType | None, str]:
+    if fmt.is_blocked:
+        form = blocked_form_of(fmt)
+        if form is not None and fmt.name not in dequantize:
+            return "blocked", form.codes, form.description
+        if form is not None:
+            return "dequantized", None, f"{fmt.name} weights stored as dequantized float32 (asked)"
+        return (
+            "dequantized",
+            None,
+            f"onnxruntime 1.31 cannot run {fmt.name} in its own bits (no kernel for its "
+            "element type): weights stored as dequantized float32, the format in the metadata",
+        )
     qtype = qdq_type_of(fmt)
     if fmt.is_identity:
         return "float", None, ""
@@ -118,6 +136,12 @@ def _container(fmt: NumericFormat) -> OnnxQuantType:
 def _plan_activation(
     fmt: NumericFormat, dequantize: frozenset[str]
 ) -> tuple[ActivationExport, OnnxQuantType | None, str]:
+    if fmt.is_blocked:
+        why = (
+            f"{fmt.name} input quantization computed in the graph from each block of the live "
+            "input (standard ops: onnxruntime has no block-scaled QuantizeLinear)"
+        )
+        return "blocked", None, why
     qtype = qdq_type_of(fmt)
     if fmt.is_identity:
         return "float", None, ""

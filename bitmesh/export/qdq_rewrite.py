@@ -22,6 +22,8 @@ from onnx import helper, numpy_helper
 from torch import Tensor
 
 from bitmesh.errors import FailedPrecondition
+from bitmesh.export.blocked_inputs import blocked_input_nodes
+from bitmesh.export.blocked_weights import blocked_form_of, blocked_nodes
 from bitmesh.export.onnx_types import OnnxQuantType
 from bitmesh.export.qdq_plan import LayerPlan
 from bitmesh.formats import Granularity, NumericFormat
@@ -122,6 +124,12 @@ def rewrite_weight(graph: GraphEditor, plan: LayerPlan, weight: Tensor) -> None:
     if plan.entry.weight == "float":
         return
     name = tensor.name
+    if plan.entry.weight == "blocked":
+        form = blocked_form_of(option.weight)
+        assert form is not None
+        graph.graph.initializer.remove(tensor)
+        graph.insert_before(None, blocked_nodes(graph, layer, option.weight, form, weight, name))
+        return
     if plan.entry.weight == "dequantized":
         with torch.no_grad():
             values = fake_quantize(
@@ -237,19 +245,63 @@ def _qdq_nodes(
     return nodes, output
 
 
-def rewrite_activation(graph: GraphEditor, plan: LayerPlan) -> None:
-    """Quantize the input of every op that multiplies by the layer's weight."""
+def _rank_of(graph: GraphEditor, value: str, node: onnx.NodeProto, weight: Tensor) -> int:
+    """The rank of a compute op's activation input: a convolution's is its
+    weight's, a Gemm's 2, a MatMul's from the graph's shape information."""
+    if node.op_type in ("Conv", "ConvTranspose"):
+        return int(weight.dim())
+    if node.op_type == "Gemm":
+        return 2
+    for info in (*graph.graph.value_info, *graph.graph.input, *graph.graph.output):
+        if info.name == value and info.type.tensor_type.HasField("shape"):
+            return len(info.type.tensor_type.shape.dim)
+    raise FailedPrecondition(
+        f"the rank of {value!r} (the input of a MatMul) is unknown in the exported graph, so its "
+        "block quantization cannot be written"
+    )
+
+
+def _blocked_input(
+    graph: GraphEditor, plan: LayerPlan, node: onnx.NodeProto, index: int, weight: Tensor
+) -> tuple[list[onnx.NodeProto], str]:
+    source = node.input[index]
+    groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+    conv = node.op_type in ("Conv", "ConvTranspose")
+    clip = plan.entry.activation_clip
+    assert clip is not None
+    return blocked_input_nodes(
+        graph,
+        graph.fresh(f"{plan.entry.layer}.input_{plan.option.activation.name}"),
+        plan.option.activation,
+        clip,
+        source,
+        channel_axis=1 if conv else -1,
+        rank=_rank_of(graph, source, node, weight),
+        channels=int(weight.shape[1]) * (groups if conv else 1),
+    )
+
+
+def rewrite_activation(graph: GraphEditor, plan: LayerPlan, weight: Tensor | None = None) -> None:
+    """Quantize the input of every op that multiplies by the layer's weight
+    (``weight``, the layer's, tells a block format its channels)."""
     if plan.entry.activation in ("float", "not_represented"):
         return
     layer = plan.entry.layer
-    qtype = plan.activation_type
-    assert qtype is not None
     uses = _compute_uses(graph, f"{layer}.weight")
     if not uses:
         raise FailedPrecondition(
             f"cannot find the op that multiplies by {layer}.weight in the exported graph, so the "
             f"input of layer {layer!r} cannot be quantized there"
         )
+    if plan.entry.activation == "blocked":
+        assert weight is not None
+        for node, index in uses:
+            nodes, output = _blocked_input(graph, plan, node, index, weight)
+            graph.insert_before(node, nodes)
+            node.input[index] = output
+        return
+    qtype = plan.activation_type
+    assert qtype is not None
     for node, index in uses:
         if plan.entry.activation == "cast":
             nodes, output = _cast_nodes(

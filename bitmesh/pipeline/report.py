@@ -28,11 +28,18 @@ def versions() -> dict[str, str]:
 
 
 def budget_checks(
-    costs: dict[str, float], budgets: dict[str, float], extra: dict[str, float] | None = None
+    costs: dict[str, float],
+    budgets: dict[str, float],
+    extra: dict[str, float] | None = None,
+    size_accounting: str = "weights_and_scales",
 ) -> dict[str, dict[str, Any]]:
     """Each budget against the measured value (``extra`` adds e.g. avg weight
-    bits); a value not measured is reported as ``None``, not as met."""
+    bits); a value not measured is reported as ``None``, not as met. The size
+    budget compares the codes plus every scale unless ``size_accounting`` is
+    ``weights_only``."""
     values = {**costs, **(extra or {})}
+    if size_accounting == "weights_and_scales" and "size_bytes" in costs:
+        values["size_bytes"] = costs["size_bytes"] + costs.get("scale_bytes", 0.0)
     checks: dict[str, dict[str, Any]] = {}
     for name, limit in budgets.items():
         value = values.get(_BUDGET_FIELDS[name])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from bitmesh.costs import check_size_accounting
 from bitmesh.errors import InvalidArgument
 
 Method = Literal["lcpaq", "fliqs", "both"]
@@ -19,6 +20,8 @@ class PipelineRequest:
     ``max_avg_weight_bits`` to limits (``latency_profile`` names the profile of
     a latency budget). Step counts are small by default: they are what the
     digits model needs, and a larger model asks for more explicitly.
+    ``size_accounting`` says what the size and bits budgets count: the weights
+    with every scale (the default) or the element codes only.
     """
 
     model: str
@@ -41,8 +44,10 @@ class PipelineRequest:
     proxy_learning_rates: tuple[float, ...] = (0.002, 0.01, 0.05)
     proxy_steps: int = 30
     seed: int = 0
+    size_accounting: str = "weights_and_scales"
 
     def __post_init__(self) -> None:
+        check_size_accounting(self.size_accounting)
         if self.method not in METHODS:
             raise InvalidArgument(f"method {self.method!r}: use one of {', '.join(METHODS)}")
         known = {"max_size_bytes", "max_bops", "max_latency_ms", "max_avg_weight_bits"}

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from bitmesh.client import Client
-from bitmesh.errors import BitmeshError, FailedPrecondition
+from bitmesh.errors import BitmeshError, FailedPrecondition, InvalidArgument
 from bitmesh.formats import parse_option
 from bitmesh.pipeline import report as rep
 from bitmesh.pipeline import stages
 from bitmesh.pipeline.cache import StageCache
+from bitmesh.pipeline.file_size import check_file_size, file_size_report
 from bitmesh.pipeline.request import PipelineRequest
 from bitmesh.pipeline.stages import Progress
 
@@ -81,6 +82,7 @@ def run_pipeline(
         "baselines": {},
     }
     stages_out = report["stages"]
+    _check_export_support(request, report, out)
 
     fp32 = _timed(
         cache,
@@ -246,6 +248,15 @@ def run_pipeline(
         report["onnx"] = {"export": {"exported": False, "error": exc.message}, "verify": None}
     timings["export"] = time.monotonic() - start
     show("export", 1.0, "done")
+    export = report["onnx"]["export"]
+    if export.get("exported", False) and "weight_bytes" in export:
+        sizes = file_size_report(export, chosen["costs"], request.budgets, request.size_accounting)
+        report["onnx"]["file_size"] = sizes
+        if not sizes["ok"]:
+            report["status"] = "file_exceeds_budget"
+            report["error"] = sizes["message"]
+            _write(out, report)
+            check_file_size(sizes)
 
     report["status"] = "ok"
     report["cached_stages"] = cache.hits
@@ -258,6 +269,28 @@ def run_pipeline(
     plot_layers(report, out / "layers.png")
     (out / "summary.md").write_text(rep.summary_markdown(report))
     return report
+
+
+def _check_export_support(request: PipelineRequest, report: dict[str, Any], out: Path) -> None:
+    """Before any training: formats the export target cannot store in their
+    own bits. With a size budget the run stops (the file could not meet it);
+    without one the report notes them."""
+    from bitmesh.export.support import EXPORT_TARGET, unsupported_weight_formats
+
+    unsupported = unsupported_weight_formats(parse_option(o).weight for o in request.options)
+    report["export_support"] = {"target": EXPORT_TARGET, "unsupported": unsupported}
+    if not unsupported:
+        return
+    listed = "; ".join(unsupported.values())
+    if "max_size_bytes" in request.budgets:
+        report["status"] = "unsupported_format"
+        report["error"] = listed
+        _write(out, report)
+        raise InvalidArgument(
+            f"the size budget cannot be checked on the exported file: {listed}. Nothing was "
+            f"trained; drop {', '.join(sorted(unsupported))} from the formats"
+        )
+    report["notes"].append(f"not stored in their own bits by {EXPORT_TARGET}: {listed}")
 
 
 def _choose(
@@ -275,7 +308,7 @@ def _choose(
                 "avg_weight_bits": solver["solution"]["avg_weight_bits"],
                 "latency_ms": solver["solution"]["costs"]["latency_ms"],
             }
-        checks = rep.budget_checks(result["costs"], request.budgets, extra)
+        checks = rep.budget_checks(result["costs"], request.budgets, extra, request.size_accounting)
         label = _LABELS[method]
         report["trained"][label] = {"accuracy": result["accuracy"], "costs": result["costs"]}
         scored.append((rep.meets(checks), result["accuracy"], method, checks))

@@ -16,7 +16,12 @@ from bitmesh.client import Client
 from bitmesh.errors import FailedPrecondition
 from bitmesh.formats import get_format, parse_option
 from bitmesh.pipeline.request import PipelineRequest
-from bitmesh.rpc.convert import option_from_pb, option_to_pb
+from bitmesh.rpc.convert import (
+    option_from_pb,
+    option_to_pb,
+    size_accounting_from_pb,
+    size_accounting_to_pb,
+)
 from bitmesh.v1 import common_pb2, proxy_nas_pb2, sensitivity_pb2, solver_pb2, trainer_pb2
 
 #: ``progress(stage, fraction 0..1, message)``: what a stage reports while it runs.
@@ -237,6 +242,7 @@ def search_request(request: PipelineRequest, weights: str) -> trainer_pb2.StartT
         target_axis=common_pb2.COST_AXIS_BOPS if bops else common_pb2.COST_AXIS_SIZE,
         cost_target=request.budgets["max_bops" if bops else "max_size_bytes"],
         one_sided=True,
+        size_accounting=size_accounting_to_pb(request.size_accounting),
     )
     return trainer_pb2.StartTrainingRequest(
         model=model_ref(request, weights),
@@ -308,9 +314,12 @@ def run_sensitivity(
 # -- solver -----------------------------------------------------------------------
 
 
-def problem_from(sensitivity: dict[str, Any], name: str) -> solver_pb2.Problem:
-    """The solver's problem: one layer per analysed layer, one option per key."""
-    problem = solver_pb2.Problem(name=name)
+def problem_from(
+    sensitivity: dict[str, Any], name: str, size_accounting: str = "weights_and_scales"
+) -> solver_pb2.Problem:
+    """The solver's problem: one layer per analysed layer, one option per key;
+    ``size_accounting`` says what its size and bits budgets count."""
+    problem = solver_pb2.Problem(name=name, size_accounting=size_accounting_to_pb(size_accounting))
     for layer in sensitivity["layers"]:
         entry = solver_pb2.ProblemLayer(name=layer["name"], parameters=layer["parameters"])
         for key, data in layer["options"].items():
@@ -335,6 +344,7 @@ def solution_dict(solution: solver_pb2.Solution) -> dict[str, Any]:
         "total_omega": solution.total_omega,
         "costs": _costs(solution.totals),
         "avg_weight_bits": solution.avg_weight_bits,
+        "size_accounting": size_accounting_from_pb(solution.size_accounting),
         "engine": solution.engine,
         "seconds": solution.seconds,
     }
@@ -348,7 +358,9 @@ def run_solver(
     An infeasible budget raises the solver's FailedPrecondition (with its
     explanation) before any quantized training starts.
     """
-    reply = client.register_problem(problem_from(sensitivity, f"{request.model}-pipeline"))
+    reply = client.register_problem(
+        problem_from(sensitivity, f"{request.model}-pipeline", request.size_accounting)
+    )
     progress("solver", 0.2, f"problem {reply.problem_id}")
     axis_name = budget_axis(request)
     others = {k: v for k, v in request.budgets.items() if k != axis_name}

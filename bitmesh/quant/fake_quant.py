@@ -37,6 +37,8 @@ from torch import Tensor, nn
 
 from bitmesh.errors import FailedPrecondition, InvalidArgument
 from bitmesh.formats import FormatKind, Granularity, NumericFormat, QuantOption
+from bitmesh.quant.grids import round_fp_grid_ as _round_fp_
+from bitmesh.quant.grids import round_int_grid_ as _round_int_
 from bitmesh.quant.range_estimators import RangeEstimator, update_range
 
 __all__ = [
@@ -51,41 +53,7 @@ Clip = float | Tensor | None
 Role = Literal["weight", "activation"]
 
 
-# --- rounding onto a grid, in the scaled domain (in place, no autograd) -----
-#
-# The rounders overwrite their argument: on CPU every fresh full-size tensor
-# costs page faults that can exceed the arithmetic, so the no-grad path runs
-# in one buffer (plus the FP step). On this 2-core box that took per-channel
-# int4 of a 2.4M-weight tensor from about 10 ms to 1.3 ms (one thread).
-
-
-# Exponent-field masks: ANDing a float's bits with them keeps 2^floor(log2|v|)
-# (exactly, for normal numbers; 0 for zero and float subnormals).
-_EXPONENT_MASKS: Mapping[torch.dtype, tuple[torch.dtype, int]] = MappingProxyType(
-    {
-        torch.float32: (torch.int32, 0x7F800000),
-        torch.float64: (torch.int64, 0x7FF0000000000000),
-    }
-)
-
-
-def _round_int_(v: Tensor, fmt: NumericFormat) -> Tensor:
-    return v.round_()  # half to even
-
-
-def _round_fp_(v: Tensor, fmt: NumericFormat) -> Tensor:
-    """Round onto the ExMy grid: step 2^(max(floor(log2|v|), 1 - bias) - y).
-
-    The power 2^floor(log2|v|) is read from the exponent bits and floored at
-    the smallest normal 2^(1 - bias), which also covers v == 0 and gives the
-    subnormals: exact, no log2 of zero, and far cheaper than torch.frexp (about
-    8x slower than the mask here) or log2/exp2 (not guaranteed exact).
-    """
-    int_dtype, mask = _EXPONENT_MASKS[v.dtype]
-    step = (v.view(int_dtype) & mask).view(v.dtype)
-    step.clamp_min_(fmt.min_normal).mul_(2.0**-fmt.mantissa_bits)
-    return v.div_(step).round_().mul_(step)
-
+# --- rounding onto a grid: bitmesh.quant.grids (shared with the block formats)
 
 _Rounder = Callable[[Tensor, NumericFormat], Tensor]
 
@@ -220,7 +188,12 @@ def compute_scale(
 ) -> Tensor:
     """The scale ``s`` fake quantization uses (0-dim, or shaped to broadcast
     per channel), in float32 (float64 for float64 inputs): what an exporter
-    writes next to the codes."""
+    writes next to the codes. Block formats: ``blocked.quantize_blocked``."""
+    if fmt.block is not None:
+        raise InvalidArgument(
+            f"{fmt.name} has one scale per block; read them with "
+            "bitmesh.quant.blocked.quantize_blocked"
+        )
     axis = _normalise_axis(x, granularity, axis)
     return _scale(x.to(_work_dtype(x)), fmt, granularity, axis, clip)
 
@@ -304,21 +277,34 @@ def fake_quantize(
     granularity: Granularity = Granularity.PER_TENSOR,
     axis: int = 0,
     clip: Clip = None,
+    block_axis: int = 1,
 ) -> Tensor:
     """Quantize ``x`` to ``fmt`` and dequantize, in ``x``'s dtype.
 
     ``clip`` (a float, a 0-dim tensor, or one value per channel along
     ``axis``) sets the scale; without it the scale comes from max |x| (per
     tensor or per channel), without gradient.
+
+    Block-scaled formats (``fmt.block``) go to ``bitmesh.quant.blocked``:
+    blocks run along ``block_axis`` (dim 1: a weight's input channels, a
+    convolution input's channels; a Linear input blocks along its last dim),
+    ``granularity`` and ``axis`` do not apply, and ``clip`` is only NVFP4's
+    tensor range.
     """
+    if fmt.block is not None:
+        from bitmesh.quant.blocked import fake_quantize_blocked
+
+        amax = clip if fmt.block.tensor_scale else None
+        return fake_quantize_blocked(x, fmt, axis=block_axis, tensor_amax=amax)
     return _IMPLEMENTATIONS[fmt.kind](x, fmt, granularity, axis, clip)
 
 
 def weight_error_sq(
     w: Tensor, fmt: NumericFormat, granularity: Granularity, *, axis: int = 0
 ) -> float:
-    """||Q(w) - w||_2^2 with the scale from max |w|: the perturbation factor
-    of Omega_l(f) in METHODS.md section 3 (summed in float64)."""
+    """||Q(w) - w||_2^2 with the scale from max |w| (block formats: from
+    each block): the perturbation factor of Omega_l(f) in METHODS.md
+    section 3 (summed in float64)."""
     with torch.no_grad():
         diff = fake_quantize(w, fmt, granularity=granularity, axis=axis) - w
         return float(diff.to(torch.float64).square().sum().item())

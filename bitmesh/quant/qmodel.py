@@ -40,6 +40,15 @@ What a wrapped layer computes (METHODS.md sections 1, 5 and 6):
   meant for QAT that starts from a trained model; gamma and beta stay
   trainable.
 
+- Block-scaled formats (MX, NVFP4, per-group INT): the weight blocks along
+  its input channels (dim 1) with scales from each block, recomputed every
+  call like any weight scale; an activation blocks along its channel axis
+  (dim 1 of a convolution's input, the last dim of a Linear's) with scales
+  from each block of the live tensor, as block-scaled matmuls quantize both
+  operands. Only NVFP4 uses the running range (as its tensor scale, as
+  ModelOpt calibrates it); the MX and group recipes need none, so learned
+  clips and clip refreshes do not apply to them.
+
 Layers a configuration does not name are left as they are (FP32) and cost
 nothing extra.
 """
@@ -95,7 +104,7 @@ class LayerSpace:
         if not self.weight_formats or not self.activation_formats:
             raise InvalidArgument("a layer needs at least one weight and one activation format")
         for fmt in self.weight_formats:
-            if fmt.kind is FormatKind.INT and not fmt.signed:
+            if fmt.kind is FormatKind.INT and not fmt.signed and not fmt.is_blocked:
                 raise InvalidArgument(
                     f"weight format {fmt.name} is unsigned; weights are quantized "
                     f"symmetrically, use int{fmt.bits}"
@@ -125,7 +134,13 @@ class QuantSettings:
 def _effective_activation(
     fmt: NumericFormat, nonnegative: bool, settings: QuantSettings
 ) -> NumericFormat:
-    if settings.unsigned_activations and nonnegative and fmt.kind is FormatKind.INT and fmt.signed:
+    if (
+        settings.unsigned_activations
+        and nonnegative
+        and fmt.kind is FormatKind.INT
+        and fmt.signed
+        and not fmt.is_blocked
+    ):
         return FORMATS[f"uint{fmt.bits}"]
     return fmt
 
@@ -219,6 +234,9 @@ class QuantLayer(nn.Module):
         self.estimator = settings.estimator
         self.switchable = settings.switchable_clipping
         self.input_nonnegative = input_nonnegative
+        # Block formats block an input along its channels: dim 1 of a
+        # convolution's input, the last dim of a Linear's.
+        self.block_axis = -1 if isinstance(inner, nn.Linear) else 1
         self.w_index = 0
         self.a_index = 0
         self.observing = False
@@ -295,6 +313,10 @@ class QuantLayer(nn.Module):
             raise FailedPrecondition(
                 f"activation quantizer ({fmt.name}) has no range yet: run batches in training "
                 "mode or calibrate before evaluating"
+            )
+        if fmt.is_blocked:
+            return fake_quantize(
+                x, fmt, clip=self.act_range[slot].clamp_min(_MIN_CLIP), block_axis=self.block_axis
             )
         if self.act_clip is None:
             if self.clip_refresh and self.training:

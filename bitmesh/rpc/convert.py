@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from bitmesh.costs import LayerCosts
+from bitmesh.costs import LayerCosts, SizeAccounting, check_size_accounting
 from bitmesh.errors import InvalidArgument
 from bitmesh.formats import (
     FormatKind,
@@ -25,6 +25,7 @@ from bitmesh.v1 import common_pb2 as pb
 _GRANULARITY_FROM_PB = {
     pb.GRANULARITY_PER_TENSOR: Granularity.PER_TENSOR,
     pb.GRANULARITY_PER_CHANNEL: Granularity.PER_CHANNEL,
+    pb.GRANULARITY_PER_BLOCK: Granularity.PER_BLOCK,
 }
 _GRANULARITY_TO_PB = {v: k for k, v in _GRANULARITY_FROM_PB.items()}
 _NATIVE_BY_LAYOUT = {(8, 7): "bf16", (5, 10): "fp16", (8, 23): "fp32"}
@@ -93,6 +94,31 @@ def config_to_pb(config: dict[str, QuantOption]) -> pb.QuantConfig:
     return pb.QuantConfig(
         layers=[pb.LayerConfig(layer=k, option=option_to_pb(v)) for k, v in config.items()]
     )
+
+
+_ACCOUNTING_FROM_PB: dict[int, SizeAccounting] = {
+    pb.SIZE_ACCOUNTING_UNSPECIFIED: "weights_and_scales",
+    pb.SIZE_ACCOUNTING_WEIGHTS_AND_SCALES: "weights_and_scales",
+    pb.SIZE_ACCOUNTING_WEIGHTS_ONLY: "weights_only",
+}
+_ACCOUNTING_TO_PB: dict[str, pb.SizeAccounting] = {
+    "weights_and_scales": pb.SIZE_ACCOUNTING_WEIGHTS_AND_SCALES,
+    "weights_only": pb.SIZE_ACCOUNTING_WEIGHTS_ONLY,
+}
+
+
+def size_accounting_from_pb(value: int) -> SizeAccounting:
+    """What a size budget counts; unset means weights and scales."""
+    found = _ACCOUNTING_FROM_PB.get(value)
+    if found is None:
+        raise InvalidArgument(
+            f"unknown size accounting {value}; use WEIGHTS_AND_SCALES or WEIGHTS_ONLY"
+        )
+    return found
+
+
+def size_accounting_to_pb(value: str) -> pb.SizeAccounting:
+    return _ACCOUNTING_TO_PB[check_size_accounting(value)]
 
 
 def costs_to_pb(costs: LayerCosts) -> pb.LayerCosts:

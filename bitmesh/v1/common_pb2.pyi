@@ -28,6 +28,13 @@ class Granularity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GRANULARITY_UNSPECIFIED: _ClassVar[Granularity]
     GRANULARITY_PER_TENSOR: _ClassVar[Granularity]
     GRANULARITY_PER_CHANNEL: _ClassVar[Granularity]
+    GRANULARITY_PER_BLOCK: _ClassVar[Granularity]
+
+class SizeAccounting(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SIZE_ACCOUNTING_UNSPECIFIED: _ClassVar[SizeAccounting]
+    SIZE_ACCOUNTING_WEIGHTS_AND_SCALES: _ClassVar[SizeAccounting]
+    SIZE_ACCOUNTING_WEIGHTS_ONLY: _ClassVar[SizeAccounting]
 
 class CostAxis(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -55,6 +62,10 @@ SPLIT_TEST: Split
 GRANULARITY_UNSPECIFIED: Granularity
 GRANULARITY_PER_TENSOR: Granularity
 GRANULARITY_PER_CHANNEL: Granularity
+GRANULARITY_PER_BLOCK: Granularity
+SIZE_ACCOUNTING_UNSPECIFIED: SizeAccounting
+SIZE_ACCOUNTING_WEIGHTS_AND_SCALES: SizeAccounting
+SIZE_ACCOUNTING_WEIGHTS_ONLY: SizeAccounting
 COST_AXIS_UNSPECIFIED: CostAxis
 COST_AXIS_SIZE: CostAxis
 COST_AXIS_BOPS: CostAxis

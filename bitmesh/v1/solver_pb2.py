@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from bitmesh.v1 import common_pb2 as bitmesh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x62itmesh/v1/solver.proto\x12\nbitmesh.v1\x1a\x17\x62itmesh/v1/common.proto\"\x90\x01\n\rProblemOption\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x06option\x18\x02 \x01(\x0b\x32\x17.bitmesh.v1.QuantOption\x12\r\n\x05omega\x18\x03 \x01(\x01\x12%\n\x05\x63osts\x18\x04 \x01(\x0b\x32\x16.bitmesh.v1.LayerCosts\x12\x13\n\x0bweight_bits\x18\x05 \x01(\x05\"\\\n\x0cProblemLayer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nparameters\x18\x02 \x01(\x03\x12*\n\x07options\x18\x03 \x03(\x0b\x32\x19.bitmesh.v1.ProblemOption\"\x15\n\x03Tie\x12\x0e\n\x06layers\x18\x01 \x03(\t\"*\n\x03Pin\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x14\n\x0c\x61llowed_keys\x18\x02 \x03(\t\"\xe1\x01\n\x07Problem\x12(\n\x06layers\x18\x01 \x03(\x0b\x32\x18.bitmesh.v1.ProblemLayer\x12+\n\x0b\x66ixed_costs\x18\x02 \x01(\x0b\x32\x16.bitmesh.v1.LayerCosts\x12\x18\n\x10\x66ixed_parameters\x18\x03 \x01(\x03\x12\x19\n\x11\x66ixed_weight_bits\x18\x04 \x01(\x01\x12\x1d\n\x04ties\x18\x05 \x03(\x0b\x32\x0f.bitmesh.v1.Tie\x12\x1d\n\x04pins\x18\x06 \x03(\x0b\x32\x0f.bitmesh.v1.Pin\x12\x0c\n\x04name\x18\x07 \x01(\t\">\n\x16RegisterProblemRequest\x12$\n\x07problem\x18\x01 \x01(\x0b\x32\x13.bitmesh.v1.Problem\"n\n\x17RegisterProblemResponse\x12\x12\n\nproblem_id\x18\x01 \x01(\t\x12\x0e\n\x06layers\x18\x02 \x01(\x05\x12\x0f\n\x07options\x18\x03 \x01(\x05\x12\x1e\n\x16options_after_presolve\x18\x04 \x01(\x05\"\xea\x01\n\x0cSolveRequest\x12\x14\n\nproblem_id\x18\x01 \x01(\tH\x00\x12&\n\x07problem\x18\x02 \x01(\x0b\x32\x13.bitmesh.v1.ProblemH\x00\x12$\n\x07\x62udgets\x18\x03 \x01(\x0b\x32\x13.bitmesh.v1.Budgets\x12(\n\tobjective\x18\x04 \x01(\x0e\x32\x15.bitmesh.v1.Objective\x12\x16\n\tmax_omega\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x14\n\x0ctime_limit_s\x18\x06 \x01(\x01\x42\x10\n\x0eproblem_sourceB\x0c\n\n_max_omega\"X\n\nAssignment\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x12\n\noption_key\x18\x02 \x01(\t\x12\'\n\x06option\x18\x03 \x01(\x0b\x32\x17.bitmesh.v1.QuantOption\"\x8e\x02\n\x08Solution\x12\'\n\x06status\x18\x01 \x01(\x0e\x32\x17.bitmesh.v1.SolveStatus\x12\x0b\n\x03gap\x18\x02 \x01(\x01\x12*\n\nassignment\x18\x03 \x03(\x0b\x32\x16.bitmesh.v1.Assignment\x12\x13\n\x0btotal_omega\x18\x04 \x01(\x01\x12&\n\x06totals\x18\x05 \x01(\x0b\x32\x16.bitmesh.v1.LayerCosts\x12\x17\n\x0f\x61vg_weight_bits\x18\x06 \x01(\x01\x12\x0f\n\x07seconds\x18\x07 \x01(\x01\x12\x0e\n\x06\x65ngine\x18\x08 \x01(\t\x12\x15\n\ranswered_from\x18\t \x01(\t\x12\x12\n\nproblem_id\x18\n \x01(\t\"\x8b\x02\n\x0f\x46rontierRequest\x12\x14\n\nproblem_id\x18\x01 \x01(\tH\x00\x12&\n\x07problem\x18\x02 \x01(\x0b\x32\x13.bitmesh.v1.ProblemH\x00\x12\"\n\x04\x61xis\x18\x03 \x01(\x0e\x32\x14.bitmesh.v1.CostAxis\x12(\n\x0b\x63onstraints\x18\x04 \x01(\x0b\x32\x13.bitmesh.v1.Budgets\x12\x0e\n\x06points\x18\x05 \x01(\x05\x12\x16\n\tmin_limit\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x16\n\tmax_limit\x18\x07 \x01(\x01H\x02\x88\x01\x01\x42\x10\n\x0eproblem_sourceB\x0c\n\n_min_limitB\x0c\n\n_max_limit\"m\n\x10\x46rontierResponse\x12$\n\x06points\x18\x01 \x03(\x0b\x32\x14.bitmesh.v1.Solution\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\x12\"\n\x04\x61xis\x18\x03 \x01(\x0e\x32\x14.bitmesh.v1.CostAxis\"I\n\rWhatIfRequest\x12\x12\n\nproblem_id\x18\x01 \x01(\t\x12$\n\x07\x62udgets\x18\x02 \x01(\x0b\x32\x13.bitmesh.v1.Budgets\"\x1c\n\x1aListLatencyProfilesRequest\"@\n\x12LatencyProfileInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\"O\n\x1bListLatencyProfilesResponse\x12\x30\n\x08profiles\x18\x01 \x03(\x0b\x32\x1e.bitmesh.v1.LatencyProfileInfo*\x8a\x01\n\tObjective\x12\x19\n\x15OBJECTIVE_UNSPECIFIED\x10\x00\x12\x17\n\x13OBJECTIVE_MIN_OMEGA\x10\x01\x12\x16\n\x12OBJECTIVE_MIN_SIZE\x10\x02\x12\x16\n\x12OBJECTIVE_MIN_BOPS\x10\x03\x12\x19\n\x15OBJECTIVE_MIN_LATENCY\x10\x04*}\n\x0bSolveStatus\x12\x1c\n\x18SOLVE_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14SOLVE_STATUS_OPTIMAL\x10\x01\x12\x19\n\x15SOLVE_STATUS_FEASIBLE\x10\x02\x12\x1b\n\x17SOLVE_STATUS_INFEASIBLE\x10\x03\x32\x8e\x03\n\rSolverService\x12Z\n\x0fRegisterProblem\x12\".bitmesh.v1.RegisterProblemRequest\x1a#.bitmesh.v1.RegisterProblemResponse\x12\x37\n\x05Solve\x12\x18.bitmesh.v1.SolveRequest\x1a\x14.bitmesh.v1.Solution\x12\x45\n\x08\x46rontier\x12\x1b.bitmesh.v1.FrontierRequest\x1a\x1c.bitmesh.v1.FrontierResponse\x12\x39\n\x06WhatIf\x12\x19.bitmesh.v1.WhatIfRequest\x1a\x14.bitmesh.v1.Solution\x12\x66\n\x13ListLatencyProfiles\x12&.bitmesh.v1.ListLatencyProfilesRequest\x1a\'.bitmesh.v1.ListLatencyProfilesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x62itmesh/v1/solver.proto\x12\nbitmesh.v1\x1a\x17\x62itmesh/v1/common.proto\"\x90\x01\n\rProblemOption\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x06option\x18\x02 \x01(\x0b\x32\x17.bitmesh.v1.QuantOption\x12\r\n\x05omega\x18\x03 \x01(\x01\x12%\n\x05\x63osts\x18\x04 \x01(\x0b\x32\x16.bitmesh.v1.LayerCosts\x12\x13\n\x0bweight_bits\x18\x05 \x01(\x05\"\\\n\x0cProblemLayer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nparameters\x18\x02 \x01(\x03\x12*\n\x07options\x18\x03 \x03(\x0b\x32\x19.bitmesh.v1.ProblemOption\"\x15\n\x03Tie\x12\x0e\n\x06layers\x18\x01 \x03(\t\"*\n\x03Pin\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x14\n\x0c\x61llowed_keys\x18\x02 \x03(\t\"\x96\x02\n\x07Problem\x12(\n\x06layers\x18\x01 \x03(\x0b\x32\x18.bitmesh.v1.ProblemLayer\x12+\n\x0b\x66ixed_costs\x18\x02 \x01(\x0b\x32\x16.bitmesh.v1.LayerCosts\x12\x18\n\x10\x66ixed_parameters\x18\x03 \x01(\x03\x12\x19\n\x11\x66ixed_weight_bits\x18\x04 \x01(\x01\x12\x1d\n\x04ties\x18\x05 \x03(\x0b\x32\x0f.bitmesh.v1.Tie\x12\x1d\n\x04pins\x18\x06 \x03(\x0b\x32\x0f.bitmesh.v1.Pin\x12\x0c\n\x04name\x18\x07 \x01(\t\x12\x33\n\x0fsize_accounting\x18\x08 \x01(\x0e\x32\x1a.bitmesh.v1.SizeAccounting\">\n\x16RegisterProblemRequest\x12$\n\x07problem\x18\x01 \x01(\x0b\x32\x13.bitmesh.v1.Problem\"n\n\x17RegisterProblemResponse\x12\x12\n\nproblem_id\x18\x01 \x01(\t\x12\x0e\n\x06layers\x18\x02 \x01(\x05\x12\x0f\n\x07options\x18\x03 \x01(\x05\x12\x1e\n\x16options_after_presolve\x18\x04 \x01(\x05\"\xea\x01\n\x0cSolveRequest\x12\x14\n\nproblem_id\x18\x01 \x01(\tH\x00\x12&\n\x07problem\x18\x02 \x01(\x0b\x32\x13.bitmesh.v1.ProblemH\x00\x12$\n\x07\x62udgets\x18\x03 \x01(\x0b\x32\x13.bitmesh.v1.Budgets\x12(\n\tobjective\x18\x04 \x01(\x0e\x32\x15.bitmesh.v1.Objective\x12\x16\n\tmax_omega\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x14\n\x0ctime_limit_s\x18\x06 \x01(\x01\x42\x10\n\x0eproblem_sourceB\x0c\n\n_max_omega\"X\n\nAssignment\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x12\n\noption_key\x18\x02 \x01(\t\x12\'\n\x06option\x18\x03 \x01(\x0b\x32\x17.bitmesh.v1.QuantOption\"\xc3\x02\n\x08Solution\x12\'\n\x06status\x18\x01 \x01(\x0e\x32\x17.bitmesh.v1.SolveStatus\x12\x0b\n\x03gap\x18\x02 \x01(\x01\x12*\n\nassignment\x18\x03 \x03(\x0b\x32\x16.bitmesh.v1.Assignment\x12\x13\n\x0btotal_omega\x18\x04 \x01(\x01\x12&\n\x06totals\x18\x05 \x01(\x0b\x32\x16.bitmesh.v1.LayerCosts\x12\x17\n\x0f\x61vg_weight_bits\x18\x06 \x01(\x01\x12\x0f\n\x07seconds\x18\x07 \x01(\x01\x12\x0e\n\x06\x65ngine\x18\x08 \x01(\t\x12\x15\n\ranswered_from\x18\t \x01(\t\x12\x12\n\nproblem_id\x18\n \x01(\t\x12\x33\n\x0fsize_accounting\x18\x0b \x01(\x0e\x32\x1a.bitmesh.v1.SizeAccounting\"\x8b\x02\n\x0f\x46rontierRequest\x12\x14\n\nproblem_id\x18\x01 \x01(\tH\x00\x12&\n\x07problem\x18\x02 \x01(\x0b\x32\x13.bitmesh.v1.ProblemH\x00\x12\"\n\x04\x61xis\x18\x03 \x01(\x0e\x32\x14.bitmesh.v1.CostAxis\x12(\n\x0b\x63onstraints\x18\x04 \x01(\x0b\x32\x13.bitmesh.v1.Budgets\x12\x0e\n\x06points\x18\x05 \x01(\x05\x12\x16\n\tmin_limit\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x16\n\tmax_limit\x18\x07 \x01(\x01H\x02\x88\x01\x01\x42\x10\n\x0eproblem_sourceB\x0c\n\n_min_limitB\x0c\n\n_max_limit\"m\n\x10\x46rontierResponse\x12$\n\x06points\x18\x01 \x03(\x0b\x32\x14.bitmesh.v1.Solution\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\x12\"\n\x04\x61xis\x18\x03 \x01(\x0e\x32\x14.bitmesh.v1.CostAxis\"I\n\rWhatIfRequest\x12\x12\n\nproblem_id\x18\x01 \x01(\t\x12$\n\x07\x62udgets\x18\x02 \x01(\x0b\x32\x13.bitmesh.v1.Budgets\"\x1c\n\x1aListLatencyProfilesRequest\"@\n\x12LatencyProfileInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\"O\n\x1bListLatencyProfilesResponse\x12\x30\n\x08profiles\x18\x01 \x03(\x0b\x32\x1e.bitmesh.v1.LatencyProfileInfo*\x8a\x01\n\tObjective\x12\x19\n\x15OBJECTIVE_UNSPECIFIED\x10\x00\x12\x17\n\x13OBJECTIVE_MIN_OMEGA\x10\x01\x12\x16\n\x12OBJECTIVE_MIN_SIZE\x10\x02\x12\x16\n\x12OBJECTIVE_MIN_BOPS\x10\x03\x12\x19\n\x15OBJECTIVE_MIN_LATENCY\x10\x04*}\n\x0bSolveStatus\x12\x1c\n\x18SOLVE_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14SOLVE_STATUS_OPTIMAL\x10\x01\x12\x19\n\x15SOLVE_STATUS_FEASIBLE\x10\x02\x12\x1b\n\x17SOLVE_STATUS_INFEASIBLE\x10\x03\x32\x8e\x03\n\rSolverService\x12Z\n\x0fRegisterProblem\x12\".bitmesh.v1.RegisterProblemRequest\x1a#.bitmesh.v1.RegisterProblemResponse\x12\x37\n\x05Solve\x12\x18.bitmesh.v1.SolveRequest\x1a\x14.bitmesh.v1.Solution\x12\x45\n\x08\x46rontier\x12\x1b.bitmesh.v1.FrontierRequest\x1a\x1c.bitmesh.v1.FrontierResponse\x12\x39\n\x06WhatIf\x12\x19.bitmesh.v1.WhatIfRequest\x1a\x14.bitmesh.v1.Solution\x12\x66\n\x13ListLatencyProfiles\x12&.bitmesh.v1.ListLatencyProfilesRequest\x1a\'.bitmesh.v1.ListLatencyProfilesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bitmesh.v1.solver_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OBJECTIVE']._serialized_start=2010
-  _globals['_OBJECTIVE']._serialized_end=2148
-  _globals['_SOLVESTATUS']._serialized_start=2150
-  _globals['_SOLVESTATUS']._serialized_end=2275
+  _globals['_OBJECTIVE']._serialized_start=2116
+  _globals['_OBJECTIVE']._serialized_end=2254
+  _globals['_SOLVESTATUS']._serialized_start=2256
+  _globals['_SOLVESTATUS']._serialized_end=2381
   _globals['_PROBLEMOPTION']._serialized_start=65
   _globals['_PROBLEMOPTION']._serialized_end=209
   _globals['_PROBLEMLAYER']._serialized_start=211
@@ -45,29 +45,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PIN']._serialized_start=328
   _globals['_PIN']._serialized_end=370
   _globals['_PROBLEM']._serialized_start=373
-  _globals['_PROBLEM']._serialized_end=598
-  _globals['_REGISTERPROBLEMREQUEST']._serialized_start=600
-  _globals['_REGISTERPROBLEMREQUEST']._serialized_end=662
-  _globals['_REGISTERPROBLEMRESPONSE']._serialized_start=664
-  _globals['_REGISTERPROBLEMRESPONSE']._serialized_end=774
-  _globals['_SOLVEREQUEST']._serialized_start=777
-  _globals['_SOLVEREQUEST']._serialized_end=1011
-  _globals['_ASSIGNMENT']._serialized_start=1013
-  _globals['_ASSIGNMENT']._serialized_end=1101
-  _globals['_SOLUTION']._serialized_start=1104
-  _globals['_SOLUTION']._serialized_end=1374
-  _globals['_FRONTIERREQUEST']._serialized_start=1377
-  _globals['_FRONTIERREQUEST']._serialized_end=1644
-  _globals['_FRONTIERRESPONSE']._serialized_start=1646
-  _globals['_FRONTIERRESPONSE']._serialized_end=1755
-  _globals['_WHATIFREQUEST']._serialized_start=1757
-  _globals['_WHATIFREQUEST']._serialized_end=1830
-  _globals['_LISTLATENCYPROFILESREQUEST']._serialized_start=1832
-  _globals['_LISTLATENCYPROFILESREQUEST']._serialized_end=1860
-  _globals['_LATENCYPROFILEINFO']._serialized_start=1862
-  _globals['_LATENCYPROFILEINFO']._serialized_end=1926
-  _globals['_LISTLATENCYPROFILESRESPONSE']._serialized_start=1928
-  _globals['_LISTLATENCYPROFILESRESPONSE']._serialized_end=2007
-  _globals['_SOLVERSERVICE']._serialized_start=2278
-  _globals['_SOLVERSERVICE']._serialized_end=2676
+  _globals['_PROBLEM']._serialized_end=651
+  _globals['_REGISTERPROBLEMREQUEST']._serialized_start=653
+  _globals['_REGISTERPROBLEMREQUEST']._serialized_end=715
+  _globals['_REGISTERPROBLEMRESPONSE']._serialized_start=717
+  _globals['_REGISTERPROBLEMRESPONSE']._serialized_end=827
+  _globals['_SOLVEREQUEST']._serialized_start=830
+  _globals['_SOLVEREQUEST']._serialized_end=1064
+  _globals['_ASSIGNMENT']._serialized_start=1066
+  _globals['_ASSIGNMENT']._serialized_end=1154
+  _globals['_SOLUTION']._serialized_start=1157
+  _globals['_SOLUTION']._serialized_end=1480
+  _globals['_FRONTIERREQUEST']._serialized_start=1483
+  _globals['_FRONTIERREQUEST']._serialized_end=1750
+  _globals['_FRONTIERRESPONSE']._serialized_start=1752
+  _globals['_FRONTIERRESPONSE']._serialized_end=1861
+  _globals['_WHATIFREQUEST']._serialized_start=1863
+  _globals['_WHATIFREQUEST']._serialized_end=1936
+  _globals['_LISTLATENCYPROFILESREQUEST']._serialized_start=1938
+  _globals['_LISTLATENCYPROFILESREQUEST']._serialized_end=1966
+  _globals['_LATENCYPROFILEINFO']._serialized_start=1968
+  _globals['_LATENCYPROFILEINFO']._serialized_end=2032
+  _globals['_LISTLATENCYPROFILESRESPONSE']._serialized_start=2034
+  _globals['_LISTLATENCYPROFILESRESPONSE']._serialized_end=2113
+  _globals['_SOLVERSERVICE']._serialized_start=2384
+  _globals['_SOLVERSERVICE']._serialized_end=2782
 # @@protoc_insertion_point(module_scope)

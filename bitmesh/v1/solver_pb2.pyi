@@ -71,7 +71,7 @@ class Pin(_message.Message):
     def __init__(self, layer: _Optional[str] = ..., allowed_keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Problem(_message.Message):
-    __slots__ = ("layers", "fixed_costs", "fixed_parameters", "fixed_weight_bits", "ties", "pins", "name")
+    __slots__ = ("layers", "fixed_costs", "fixed_parameters", "fixed_weight_bits", "ties", "pins", "name", "size_accounting")
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     FIXED_COSTS_FIELD_NUMBER: _ClassVar[int]
     FIXED_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class Problem(_message.Message):
     TIES_FIELD_NUMBER: _ClassVar[int]
     PINS_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_ACCOUNTING_FIELD_NUMBER: _ClassVar[int]
     layers: _containers.RepeatedCompositeFieldContainer[ProblemLayer]
     fixed_costs: _common_pb2.LayerCosts
     fixed_parameters: int
@@ -86,7 +87,8 @@ class Problem(_message.Message):
     ties: _containers.RepeatedCompositeFieldContainer[Tie]
     pins: _containers.RepeatedCompositeFieldContainer[Pin]
     name: str
-    def __init__(self, layers: _Optional[_Iterable[_Union[ProblemLayer, _Mapping]]] = ..., fixed_costs: _Optional[_Union[_common_pb2.LayerCosts, _Mapping]] = ..., fixed_parameters: _Optional[int] = ..., fixed_weight_bits: _Optional[float] = ..., ties: _Optional[_Iterable[_Union[Tie, _Mapping]]] = ..., pins: _Optional[_Iterable[_Union[Pin, _Mapping]]] = ..., name: _Optional[str] = ...) -> None: ...
+    size_accounting: _common_pb2.SizeAccounting
+    def __init__(self, layers: _Optional[_Iterable[_Union[ProblemLayer, _Mapping]]] = ..., fixed_costs: _Optional[_Union[_common_pb2.LayerCosts, _Mapping]] = ..., fixed_parameters: _Optional[int] = ..., fixed_weight_bits: _Optional[float] = ..., ties: _Optional[_Iterable[_Union[Tie, _Mapping]]] = ..., pins: _Optional[_Iterable[_Union[Pin, _Mapping]]] = ..., name: _Optional[str] = ..., size_accounting: _Optional[_Union[_common_pb2.SizeAccounting, str]] = ...) -> None: ...
 
 class RegisterProblemRequest(_message.Message):
     __slots__ = ("problem",)
@@ -133,7 +135,7 @@ class Assignment(_message.Message):
     def __init__(self, layer: _Optional[str] = ..., option_key: _Optional[str] = ..., option: _Optional[_Union[_common_pb2.QuantOption, _Mapping]] = ...) -> None: ...
 
 class Solution(_message.Message):
-    __slots__ = ("status", "gap", "assignment", "total_omega", "totals", "avg_weight_bits", "seconds", "engine", "answered_from", "problem_id")
+    __slots__ = ("status", "gap", "assignment", "total_omega", "totals", "avg_weight_bits", "seconds", "engine", "answered_from", "problem_id", "size_accounting")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     GAP_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +146,7 @@ class Solution(_message.Message):
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_FROM_FIELD_NUMBER: _ClassVar[int]
     PROBLEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_ACCOUNTING_FIELD_NUMBER: _ClassVar[int]
     status: SolveStatus
     gap: float
     assignment: _containers.RepeatedCompositeFieldContainer[Assignment]
@@ -154,7 +157,8 @@ class Solution(_message.Message):
     engine: str
     answered_from: str
     problem_id: str
-    def __init__(self, status: _Optional[_Union[SolveStatus, str]] = ..., gap: _Optional[float] = ..., assignment: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., total_omega: _Optional[float] = ..., totals: _Optional[_Union[_common_pb2.LayerCosts, _Mapping]] = ..., avg_weight_bits: _Optional[float] = ..., seconds: _Optional[float] = ..., engine: _Optional[str] = ..., answered_from: _Optional[str] = ..., problem_id: _Optional[str] = ...) -> None: ...
+    size_accounting: _common_pb2.SizeAccounting
+    def __init__(self, status: _Optional[_Union[SolveStatus, str]] = ..., gap: _Optional[float] = ..., assignment: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., total_omega: _Optional[float] = ..., totals: _Optional[_Union[_common_pb2.LayerCosts, _Mapping]] = ..., avg_weight_bits: _Optional[float] = ..., seconds: _Optional[float] = ..., engine: _Optional[str] = ..., answered_from: _Optional[str] = ..., problem_id: _Optional[str] = ..., size_accounting: _Optional[_Union[_common_pb2.SizeAccounting, str]] = ...) -> None: ...
 
 class FrontierRequest(_message.Message):
     __slots__ = ("problem_id", "problem", "axis", "constraints", "points", "min_limit", "max_limit")

@@ -83,7 +83,7 @@ class QatSpec(_message.Message):
     def __init__(self, config: _Optional[_Union[_common_pb2.QuantConfig, _Mapping]] = ..., distillation: _Optional[_Union[Distillation, _Mapping]] = ..., fold_bn: _Optional[bool] = ..., weight_granularity: _Optional[_Union[_common_pb2.Granularity, str]] = ..., activation_range: _Optional[_Union[RangeEstimator, str]] = ..., range_momentum: _Optional[float] = ..., range_percentile: _Optional[float] = ..., default_option: _Optional[_Union[_common_pb2.QuantOption, _Mapping]] = ...) -> None: ...
 
 class SearchSpec(_message.Message):
-    __slots__ = ("formats", "separate_activation", "target_axis", "cost_target", "cost_beta", "one_sided", "entropy_beta_max", "warmup_fraction", "baseline_momentum", "switchable_clipping", "tie_groups", "policy_learning_rate", "target_option", "weight_granularity", "plain_baseline", "reward_holdout_fraction", "learned_clips")
+    __slots__ = ("formats", "separate_activation", "target_axis", "cost_target", "cost_beta", "one_sided", "entropy_beta_max", "warmup_fraction", "baseline_momentum", "switchable_clipping", "tie_groups", "policy_learning_rate", "target_option", "weight_granularity", "plain_baseline", "reward_holdout_fraction", "learned_clips", "size_accounting")
     FORMATS_FIELD_NUMBER: _ClassVar[int]
     SEPARATE_ACTIVATION_FIELD_NUMBER: _ClassVar[int]
     TARGET_AXIS_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +101,7 @@ class SearchSpec(_message.Message):
     PLAIN_BASELINE_FIELD_NUMBER: _ClassVar[int]
     REWARD_HOLDOUT_FRACTION_FIELD_NUMBER: _ClassVar[int]
     LEARNED_CLIPS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_ACCOUNTING_FIELD_NUMBER: _ClassVar[int]
     formats: _containers.RepeatedCompositeFieldContainer[_common_pb2.NumericFormat]
     separate_activation: bool
     target_axis: _common_pb2.CostAxis
@@ -118,7 +119,8 @@ class SearchSpec(_message.Message):
     plain_baseline: bool
     reward_holdout_fraction: float
     learned_clips: bool
-    def __init__(self, formats: _Optional[_Iterable[_Union[_common_pb2.NumericFormat, _Mapping]]] = ..., separate_activation: _Optional[bool] = ..., target_axis: _Optional[_Union[_common_pb2.CostAxis, str]] = ..., cost_target: _Optional[float] = ..., cost_beta: _Optional[float] = ..., one_sided: _Optional[bool] = ..., entropy_beta_max: _Optional[float] = ..., warmup_fraction: _Optional[float] = ..., baseline_momentum: _Optional[float] = ..., switchable_clipping: _Optional[bool] = ..., tie_groups: _Optional[_Iterable[str]] = ..., policy_learning_rate: _Optional[float] = ..., target_option: _Optional[_Union[_common_pb2.QuantOption, _Mapping]] = ..., weight_granularity: _Optional[_Union[_common_pb2.Granularity, str]] = ..., plain_baseline: _Optional[bool] = ..., reward_holdout_fraction: _Optional[float] = ..., learned_clips: _Optional[bool] = ...) -> None: ...
+    size_accounting: _common_pb2.SizeAccounting
+    def __init__(self, formats: _Optional[_Iterable[_Union[_common_pb2.NumericFormat, _Mapping]]] = ..., separate_activation: _Optional[bool] = ..., target_axis: _Optional[_Union[_common_pb2.CostAxis, str]] = ..., cost_target: _Optional[float] = ..., cost_beta: _Optional[float] = ..., one_sided: _Optional[bool] = ..., entropy_beta_max: _Optional[float] = ..., warmup_fraction: _Optional[float] = ..., baseline_momentum: _Optional[float] = ..., switchable_clipping: _Optional[bool] = ..., tie_groups: _Optional[_Iterable[str]] = ..., policy_learning_rate: _Optional[float] = ..., target_option: _Optional[_Union[_common_pb2.QuantOption, _Mapping]] = ..., weight_granularity: _Optional[_Union[_common_pb2.Granularity, str]] = ..., plain_baseline: _Optional[bool] = ..., reward_holdout_fraction: _Optional[float] = ..., learned_clips: _Optional[bool] = ..., size_accounting: _Optional[_Union[_common_pb2.SizeAccounting, str]] = ...) -> None: ...
 
 class CalibrationSpec(_message.Message):
     __slots__ = ("config", "calibration_batches", "activation_range", "weight_granularity", "default_option")

@@ -188,3 +188,33 @@ def test_cli_runs_and_resumes(
     assert "reused from" in capsys.readouterr().out
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["result"]["meets_budget"] and report["status"] == "ok"
+
+
+def test_block_formats_meet_a_size_budget_in_the_exported_file(
+    client: Client, tmp_path: Path
+) -> None:
+    """MXFP4, NVFP4 and INT4-g32 under a size budget that counts their scales:
+    the solver meets it, and so does the exported file's weights."""
+    request = PipelineRequest(
+        model="digits_cnn",
+        budgets={"max_size_bytes": 12_900.0},  # uniform MXFP4 12,396 B, INT4-g32 13,392 B
+        method="lcpaq",
+        options=("mxfp4", "nvfp4", "int4_g32", "int8"),
+        fp32_steps=150,
+        qat_steps=20,
+        sensitivity_samples=10,
+        proxy_trials=0,
+    )
+    report = run_pipeline(client, request, tmp_path)
+    assert report["status"] == "ok"
+    solution = report["stages"]["solver"]["solution"]
+    assert solution["size_accounting"] == "weights_and_scales"
+    costs = solution["costs"]
+    assert costs["size_bytes"] + costs["scale_bytes"] <= 12_900.0
+    sizes = report["onnx"]["file_size"]
+    assert sizes["ok"], sizes["message"]
+    assert sizes["weight_bytes"] <= 12_900.0 + costs["scale_bytes"]
+    assert abs(sizes["weight_bytes"] - sizes["predicted_bytes"]) <= costs["scale_bytes"]
+    exported = {layer["layer"]: layer for layer in report["onnx"]["export"]["layers"]}
+    assert all(layer["weight"] in ("blocked", "qdq") for layer in exported.values())
+    assert report["onnx"]["verify"]["agreement"] >= 0.99, report["onnx"]["verify"]

@@ -10,7 +10,9 @@ import pytest
 
 from bitmesh.errors import InvalidArgument
 from bitmesh.formats import (
+    BLOCK_FORMATS,
     FORMATS,
+    BlockRecipe,
     FormatKind,
     Granularity,
     QuantOption,
@@ -183,7 +185,12 @@ def test_option_keys_are_unambiguous_and_round_trip() -> None:
         QuantOption(FORMATS[w], FORMATS[a], g)
         for w in ("int4", "int8", "e4m3", "bf16")
         for a in ("int8", "uint8", "e4m3", "fp32")
-        for g in Granularity
+        for g in (Granularity.PER_TENSOR, Granularity.PER_CHANNEL)
+    ]
+    options += [
+        QuantOption(get_format(w), get_format(a))
+        for w in ("mxfp4", "nvfp4", "int4_g32", "int4_g32_zp")
+        for a in ("int8", "mxfp8_e4m3", "nvfp4")
     ]
     keys = [o.key for o in options]
     assert len(set(keys)) == len(keys)
@@ -237,3 +244,117 @@ def test_formats_import_without_torch() -> None:
         env={"PYTHONPATH": str(REPO)},
     )
     assert result.returncode == 0, result.stderr
+
+
+# --- block-scaled formats -------------------------------------------------------
+
+
+def test_block_registry_names_every_documented_format() -> None:
+    mx = {"mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8"}
+    groups = {
+        f"int{b}_g{g}{s}{z}"
+        for b in range(2, 9)
+        for g in (32, 64, 128)
+        for s in ("", "_fp32")
+        for z in ("", "_zp")
+    }
+    assert set(BLOCK_FORMATS) == mx | {"nvfp4"} | groups
+    assert not set(BLOCK_FORMATS) & set(FORMATS)
+    for name in mx:
+        block = BLOCK_FORMATS[name].block
+        assert block is not None
+        assert (block.recipe, block.block_size, block.scale_format) == (BlockRecipe.MX, 32, "e8m0")
+    nv = BLOCK_FORMATS["nvfp4"]
+    assert nv.element is FORMATS["e2m1"] and nv.block is not None
+    assert (nv.block.block_size, nv.block.scale_format, nv.block.tensor_scale) == (16, "e4m3", True)
+
+
+@pytest.mark.parametrize(
+    ("name", "element", "emax"),
+    [
+        ("mxfp8_e4m3", "e4m3", 8),
+        ("mxfp8_e5m2", "e5m2", 15),
+        ("mxfp6_e3m2", "e3m2", 4),
+        ("mxfp6_e2m3", "e2m3", 2),
+        ("mxfp4", "e2m1", 2),
+        ("mxint8", "int8", 0),
+    ],
+)
+def test_mx_elements_and_emax_follow_the_spec(name: str, element: str, emax: int) -> None:
+    fmt = get_format(name)
+    assert fmt.element is FORMATS[element]
+    assert fmt.bits == FORMATS[element].bits
+    assert fmt.mx_emax == emax
+
+
+def test_group_formats_describe_codes_scale_and_zero_point() -> None:
+    sym = get_format("int4_g128")
+    assert sym.element is FORMATS["int4"] and sym.block is not None
+    assert (sym.block.block_size, sym.block.scale_format, sym.block.zero_point) == (
+        128,
+        "fp16",
+        False,
+    )
+    asym = get_format("INT3-G64-FP32-ZP")
+    assert asym.element is FORMATS["uint3"] and asym.block is not None
+    assert (asym.block.scale_format, asym.block.zero_point) == ("fp32", True)
+    assert get_format("int4_g32_fp16") is get_format("int4_g32")
+    assert get_format("MXFP4_E2M1") is get_format("mxfp4")
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "bits"),
+    [
+        # (out, in, kh, kw): blocks run along `in` for each (out, kh, kw).
+        ("mxfp4", (64, 64, 3, 3), 64 * 9 * 2 * 8),
+        ("mxfp4", (64, 3, 7, 7), 64 * 49 * 1 * 8),  # partial block: a full scale
+        ("nvfp4", (10, 512), 10 * 32 * 8 + 32),
+        ("int4_g32", (10, 512), 10 * 16 * 16),
+        ("int4_g128_zp", (10, 512), 10 * 4 * (16 + 4)),
+        ("int8_g64_fp32", (10, 100), 10 * 2 * 32),
+    ],
+)
+def test_overhead_bits_count_every_scale_and_zero_point(
+    name: str, shape: tuple[int, ...], bits: int
+) -> None:
+    fmt = get_format(name)
+    assert fmt.block is not None
+    assert fmt.block.overhead_bits(shape, fmt.bits) == bits
+
+
+def test_partial_blocks_are_padded_or_refused_with_what_divides() -> None:
+    block = get_format("int4_g32").block
+    assert block is not None
+    assert (
+        block.blocks_along(33) == 2 and block.blocks_along(32) == 1 and block.blocks_along(1) == 1
+    )
+    with pytest.raises(InvalidArgument, match=r"block size 32 .*; block sizes 16 divide"):
+        block.blocks_along(48, allow_partial=False)
+    with pytest.raises(InvalidArgument, match="no offered block size"):
+        block.blocks_along(27, allow_partial=False)
+    with pytest.raises(InvalidArgument, match="blocks run along dim 1"):
+        block.block_count((512,))
+
+
+def test_block_formats_fix_their_granularity() -> None:
+    option = parse_option("mxfp4/e4m3")
+    assert option.granularity is Granularity.PER_BLOCK
+    assert QuantOption(
+        get_format("nvfp4"), FORMATS["int8"], Granularity.PER_TENSOR
+    ).granularity is (Granularity.PER_BLOCK)
+    assert option.key == "mxfp4/e4m3" and parse_option(option.key) == option
+    with pytest.raises(InvalidArgument, match="has its own block scales"):
+        parse_option("mxfp4:pt")
+    with pytest.raises(InvalidArgument, match="needs a block-scaled weight format"):
+        QuantOption(FORMATS["int4"], FORMATS["int4"], Granularity.PER_BLOCK)
+    # Asymmetric group codes are unsigned, and still valid weights.
+    assert parse_option("int4_g32_zp/int8").weight.element is FORMATS["uint4"]
+
+
+def test_unknown_names_explain_the_block_formats() -> None:
+    with pytest.raises(InvalidArgument, match=r"int\{2..8\}_g\{32,64,128\}"):
+        get_format("int4_g48")
+    with pytest.raises(InvalidArgument):
+        format_from_spec(FormatKind.FP, exponent_bits=2, mantissa_bits=1, bits=5)
+    # Structured lookups never return a block format.
+    assert format_from_spec(FormatKind.FP, exponent_bits=2, mantissa_bits=1) is FORMATS["e2m1"]
