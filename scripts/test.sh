@@ -40,9 +40,12 @@ cleanup() {
 trap cleanup EXIT
 # Two processes on two cores: measured 1.4x faster than one (each xdist
 # worker then starts a Redis of its own and runs torch on one thread; see
-# tests/conftest.py). Files stay whole on one worker (module-scoped meshes).
+# tests/conftest.py). Files stay whole on one worker (module-scoped meshes)
+# and are handed out in collection order, the integration files (the longest)
+# first: xdist's default order, most tests first, left the two-test mesh CLI
+# file (about a minute) for the very end.
 workers=${BITMESH_TEST_WORKERS:-2}
 parallel=()
-if [ "$workers" != 0 ]; then parallel=(-n "$workers" --dist loadfile); fi
+if [ "$workers" != 0 ]; then parallel=(-n "$workers" --dist loadfile --no-loadscope-reorder); fi
 echo "== pytest (REDIS_URL=$REDIS_URL, workers: $workers)"
 .venv/bin/python -m pytest -q -p no:cacheprovider "${parallel[@]}" "$@"
