@@ -47,6 +47,7 @@ from bitmesh.formats import get_format, parse_option
 from bitmesh.jobs.records import JobRecord
 from bitmesh.jobs.store import SqliteJobStore, request_cancel
 from bitmesh.models.digits_cnn import DigitsCNN
+from bitmesh.models.loading import ModelSpec
 from bitmesh.rpc.service_main import start_service
 from bitmesh.settings import load_settings
 from bitmesh.v1 import common_pb2, sensitivity_pb2
@@ -135,7 +136,7 @@ def cancel_latency_s() -> float:
         )
         request = TrainingRequest(
             "search",
-            _digits_model(),
+            ModelSpec(source="architecture", name_or_path="digits_cnn", input_shape=(1, 8, 8)),
             DatasetSpec(kind="digits"),
             spec,
             TrainingSettings(steps=5_000, learning_rate=0.05, seed=1),
@@ -149,12 +150,6 @@ def cancel_latency_s() -> float:
         request_cancel(store, "long")
         thread.join()
         return time.perf_counter() - cancelled
-
-
-def _digits_model():  # type: ignore[no-untyped-def]
-    from bitmesh.models.loading import ModelSpec
-
-    return ModelSpec(source="architecture", name_or_path="digits_cnn", input_shape=(1, 8, 8))
 
 
 def main() -> None:

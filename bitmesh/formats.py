@@ -51,7 +51,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -365,17 +365,8 @@ e4m3, e3m2, e2m3, e2m1, bf16, fp16, fp32)."""
 
 
 def _blocked(name: str, element: NumericFormat, block: BlockScaling) -> NumericFormat:
-    return NumericFormat(
-        name=name,
-        kind=element.kind,
-        bits=element.bits,
-        signed=element.signed,
-        exponent_bits=element.exponent_bits,
-        mantissa_bits=element.mantissa_bits,
-        bias=element.bias,
-        max_value=element.max_value,
-        block=block,
-    )
+    """The element format's grid under ``block``'s scales."""
+    return replace(element, name=name, block=block)
 
 
 def _build_block_registry() -> dict[str, NumericFormat]:

@@ -27,25 +27,30 @@ echo "== mypy (bitmesh/, solver_svc/)"
 
 wait "$kernels"
 
-pidfile=$(mktemp)
-export BITMESH_REDIS_PIDFILE=$pidfile
-REDIS_URL=$(scripts/redis.sh)
-export REDIS_URL
-cleanup() {
-  if [ -s "$pidfile" ] && [ -f "$(cat "$pidfile")" ]; then
-    kill "$(cat "$(cat "$pidfile")")" 2>/dev/null || true
-  fi
-  rm -f "$pidfile"
-}
-trap cleanup EXIT
 # Two processes on two cores: measured 1.4x faster than one (each xdist
-# worker then starts a Redis of its own and runs torch on one thread; see
+# worker starts a Redis of its own and runs torch on one thread; see
 # tests/conftest.py). Files stay whole on one worker (module-scoped meshes)
 # and are handed out in collection order, the integration files (the longest)
 # first: xdist's default order, most tests first, left the two-test mesh CLI
-# file (about a minute) for the very end.
+# file (about a minute) for the very end. One process (BITMESH_TEST_WORKERS=0)
+# uses $REDIS_URL, or a private Redis started here.
 workers=${BITMESH_TEST_WORKERS:-2}
 parallel=()
-if [ "$workers" != 0 ]; then parallel=(-n "$workers" --dist loadfile --no-loadscope-reorder); fi
-echo "== pytest (REDIS_URL=$REDIS_URL, workers: $workers)"
+if [ "$workers" != 0 ]; then
+  parallel=(-n "$workers" --dist loadfile --no-loadscope-reorder)
+  echo "== pytest (workers: $workers, a private Redis each)"
+else
+  pidfile=$(mktemp)
+  export BITMESH_REDIS_PIDFILE=$pidfile
+  REDIS_URL=$(scripts/redis.sh)
+  export REDIS_URL
+  cleanup() {
+    if [ -s "$pidfile" ] && [ -f "$(cat "$pidfile")" ]; then
+      kill "$(cat "$(cat "$pidfile")")" 2>/dev/null || true
+    fi
+    rm -f "$pidfile"
+  }
+  trap cleanup EXIT
+  echo "== pytest (REDIS_URL=$REDIS_URL, one process)"
+fi
 .venv/bin/python -m pytest -q -p no:cacheprovider "${parallel[@]}" "$@"

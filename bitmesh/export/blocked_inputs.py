@@ -21,7 +21,7 @@ its last dim, as ``QuantLayer`` does.
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -30,19 +30,12 @@ from onnx import helper
 
 from bitmesh.formats import BlockRecipe, FormatKind, NumericFormat, get_format
 
+if TYPE_CHECKING:  # qdq_rewrite imports this module
+    from bitmesh.export.qdq_rewrite import GraphEditor as Graph
+
 __all__ = ["blocked_input_nodes"]
 
 _F = onnx.TensorProto.FLOAT
-
-
-class Graph(Protocol):
-    """The part of ``qdq_rewrite.GraphEditor`` used here."""
-
-    graph: onnx.GraphProto
-
-    def fresh(self, base: str) -> str: ...
-
-    def add_initializer(self, base: str, array: np.ndarray) -> str: ...
 
 
 class _Ops:

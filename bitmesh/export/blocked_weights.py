@@ -33,7 +33,7 @@ decode table and the constants are shared by the whole graph.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -46,23 +46,14 @@ from bitmesh.export.onnx_types import qdq_type_of
 from bitmesh.formats import BlockRecipe, FormatKind, NumericFormat, get_format
 from bitmesh.quant.blocked import BlockCodes, quantize_blocked
 
+if TYPE_CHECKING:  # qdq_rewrite imports this module
+    from bitmesh.export.qdq_rewrite import GraphEditor as Graph
+
 __all__ = ["BlockedForm", "blocked_form_of", "blocked_nodes"]
 
 #: E2M1 code (sign << 3 | magnitude index) -> twice its value.
 _E2M1_TIMES_TWO = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.int8)
 _LUT_NAME = "bitmesh.e2m1_times_two"
-
-
-class Graph(Protocol):
-    """The part of ``qdq_rewrite.GraphEditor`` used here."""
-
-    graph: onnx.GraphProto
-
-    def fresh(self, base: str) -> str: ...
-
-    def initializer(self, name: str) -> onnx.TensorProto | None: ...
-
-    def add_initializer(self, base: str, array: np.ndarray) -> str: ...
 
 
 class _Builder:
