@@ -154,7 +154,7 @@ def unblock(values: Tensor, shape: tuple[int, ...], axis: int, channels: int) ->
     return rows.transpose(1, 2).reshape(shape)
 
 
-def _amax(xb: Tensor) -> Tensor:
+def _amax(xb: Tensor) -> tuple[Tensor, Tensor | None]:
     """Max |x| per block, NaN where a block holds a NaN.
 
     For blocks of 32 and more, max(amax, -amin) allocates no |x| temporary
@@ -162,12 +162,14 @@ def _amax(xb: Tensor) -> Tensor:
     dim of 16 is 4-5x slower than over 32, its int32 one less so: NVFP4's
     blocks take the max of the bit patterns with the sign cleared (ordered
     as the magnitudes, a NaN above inf), 3.7 ms against 6.8 for
-    ``abs().amax()``.
+    ``abs().amax()``. That full-size int32 buffer is returned too, for the
+    element rounding to reuse as its scratch (None for the float path).
     """
     if xb.shape[3] < 32:
         bits = xb.view(torch.int32) & _MAGNITUDE_BITS
-        return bits.amax(dim=3, keepdim=True).view(torch.float32)
-    return torch.maximum(xb.amax(dim=3, keepdim=True), xb.amin(dim=3, keepdim=True).neg())
+        return bits.amax(dim=3, keepdim=True).view(torch.float32), bits
+    amax = torch.maximum(xb.amax(dim=3, keepdim=True), xb.amin(dim=3, keepdim=True).neg())
+    return amax, None
 
 
 def _pow2(exponent: Tensor) -> Tensor:
@@ -184,9 +186,9 @@ def _floor_log2(amax: Tensor) -> Tensor:
     return ((amax.view(torch.int32) >> 23) & 0xFF) - 127
 
 
-def _round_elements_(v: Tensor, element: NumericFormat) -> Tensor:
+def _round_elements_(v: Tensor, element: NumericFormat, scratch: Tensor | None = None) -> Tensor:
     """Saturate and round half to even onto an FP element grid, in place."""
-    return round_fp_grid_(v.clamp_(-element.max_value, element.max_value), element)
+    return round_fp_grid_(v.clamp_(-element.max_value, element.max_value), element, scratch)
 
 
 def _scaled(xb: Tensor, owned: bool, factor: Tensor, divide: bool = False) -> Tensor:
@@ -197,7 +199,7 @@ def _scaled(xb: Tensor, owned: bool, factor: Tensor, divide: bool = False) -> Te
 
 
 def _mx(xb: Tensor, owned: bool, fmt: NumericFormat) -> tuple[Tensor, Tensor, Tensor]:
-    amax = _amax(xb)
+    amax, scratch = _amax(xb)
     top = _floor_log2(amax)
     exponent = (top - fmt.mx_emax).clamp_(-127, 127)
     scale = _pow2(exponent)
@@ -211,7 +213,7 @@ def _mx(xb: Tensor, owned: bool, fmt: NumericFormat) -> tuple[Tensor, Tensor, Te
         codes = _scaled(xb, owned, inverse).mul_(_MXINT8_CODE_SCALE)
         codes.round_().clamp_(-127, 127).add_(0.0)
         return codes, scale / _MXINT8_CODE_SCALE, scale
-    return _round_elements_(_scaled(xb, owned, inverse), fmt.element), scale, scale
+    return _round_elements_(_scaled(xb, owned, inverse), fmt.element, scratch), scale, scale
 
 
 def _stored_e4m3(value: Tensor) -> Tensor:
@@ -223,7 +225,7 @@ def _stored_e4m3(value: Tensor) -> Tensor:
 def _nvfp4(
     xb: Tensor, owned: bool, fmt: NumericFormat, tensor_amax: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    amax = _amax(xb)
+    amax, scratch = _amax(xb)
     finite = torch.isfinite(amax)
     if tensor_amax is None:
         top = torch.where(finite, amax, torch.zeros_like(amax)).amax()
@@ -235,9 +237,10 @@ def _nvfp4(
     # Encode with the reciprocal of the decode scale, in the kernels' order:
     # x * ((1 / s_t) / s_b); decode q * (s_t * s_b).
     encode = (1.0 / tensor_scale) / block_scale
-    scale = (tensor_scale * block_scale).masked_fill(~finite, float("nan"))
-    encode = encode.masked_fill(~finite, float("nan"))
-    elements = _round_elements_(_scaled(xb, owned, encode), fmt.element)
+    special = ~finite
+    scale = (tensor_scale * block_scale).masked_fill_(special, float("nan"))
+    encode = encode.masked_fill_(special, float("nan"))
+    elements = _round_elements_(_scaled(xb, owned, encode), fmt.element, scratch)
     return elements, scale, block_scale, tensor_scale
 
 
