@@ -51,6 +51,19 @@ class Settings(BaseSettings):
     call_timeout_seconds: float = 30.0
     log_level: str = "INFO"
 
+    # Solver ceilings (solver_svc/limits.py): every call's time, and the size
+    # of a problem before any array is built for it. A dense problem costs
+    # about 60 bytes per cell (layers x widest option list) while it is
+    # solved; the default cap, 1,000,000 cells, is ~60 MiB, well inside the
+    # solver pod's 2 GiB even with several solves at once.
+    solver_default_time_limit_s: float = 30.0
+    solver_max_time_limit_s: float = 600.0
+    solver_max_layers: int = 20_000
+    solver_max_options_per_layer: int = 256
+    solver_max_total_options: int = 500_000
+    solver_max_dense_cells: int = 1_000_000
+    solver_max_frontier_points: int = 1_000
+
     # Security (off on loopback; on in the Kubernetes manifests).
     auth_token: str | None = None
     tls_cert_file: str | None = None

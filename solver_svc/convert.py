@@ -13,6 +13,7 @@ from bitmesh.rpc.convert import (
     size_accounting_to_pb,
 )
 from bitmesh.v1 import common_pb2, solver_pb2
+from solver_svc.limits import SolverLimits
 from solver_svc.problem import FixedCosts, LayerChoice, OptionCost, Problem
 from solver_svc.solution import Solution
 from solver_svc.spec import Budgets
@@ -67,7 +68,12 @@ def option_from_problem_pb(entry: solver_pb2.ProblemOption, layer: str) -> Optio
     )
 
 
-def problem_from_pb(msg: solver_pb2.Problem) -> Problem:
+def problem_from_pb(msg: solver_pb2.Problem, limits: SolverLimits | None = None) -> Problem:
+    """The domain problem; with ``limits``, a problem over a cap is refused on
+    the message's counts, before any option object or array is built."""
+    if limits is not None:
+        widths = [len(layer.options) for layer in msg.layers]
+        limits.check_problem_shape(len(widths), max(widths, default=0), sum(widths))
     layers = tuple(
         LayerChoice(
             name=layer.name,

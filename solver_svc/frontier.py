@@ -46,7 +46,7 @@ import numpy as np
 
 from bitmesh.errors import FailedPrecondition, InvalidArgument
 from solver_svc.solution import Solution, Totals
-from solver_svc.solve import BudgetsInfeasible, BudgetViolation, ProblemSolver
+from solver_svc.solve import BudgetsInfeasible, BudgetViolation, ProblemSolver, SolveTimedOut
 from solver_svc.spec import Budgets, check_axis
 from solver_svc.tolerance import FEAS_RTOL, OBJ_RTOL
 
@@ -67,7 +67,10 @@ class Frontier:
     Pareto point between ``low`` and ``high``. ``least_achievable`` is the
     least value of the axis under the constraints (``None`` if not computed)
     and ``free_omega`` the optimum with the axis unbounded: a lower bound on
-    the optimum at every limit.
+    the optimum at every limit (both proven bounds, also when the time cut
+    their solves short). ``probes`` holds only limits solved to optimality:
+    a point the time limit cut short (``"feasible"``, with its gap) is kept
+    as a feasible configuration but proves no bound.
     """
 
     axis: str
@@ -80,6 +83,8 @@ class Frontier:
     seconds: float
     least_achievable: float | None = None
     free_omega: float = -math.inf
+    #: True when the time limit ended the trace before every limit was solved.
+    timed_out: bool = False
 
     @cached_property
     def _index(self) -> tuple[list[float], list[float], list[int]]:
@@ -101,6 +106,7 @@ class Frontier:
             "seconds": self.seconds,
             "least_achievable": self.least_achievable,
             "free_omega": self.free_omega,
+            "timed_out": self.timed_out,
         }
 
     @classmethod
@@ -116,6 +122,7 @@ class Frontier:
             seconds=float(data["seconds"]),
             least_achievable=data.get("least_achievable"),
             free_omega=float(data.get("free_omega", -math.inf)),
+            timed_out=bool(data.get("timed_out", False)),
         )
 
 
@@ -165,30 +172,41 @@ def frontier(
     high: float | None = None,
     exhaustive: bool = False,
     time_limit_s: float = 30.0,
+    deadline: float | None = None,
     progress: Callable[[Frontier], None] | None = None,
     progress_every: int = 16,
     should_stop: Callable[[], bool] | None = None,
 ) -> Frontier:
     """Trace the frontier of Omega against ``axis`` (see the module doc).
 
-    ``should_stop`` is asked before every exhaustive step; when it says yes
-    the walk ends there and the (incomplete) frontier so far is returned."""
+    ``time_limit_s`` (or ``deadline``, ``time.perf_counter()`` seconds, if
+    sooner) bounds the whole trace, its two end solves included. When it ends
+    the trace, the points so far are returned with ``timed_out`` set; a point
+    whose own solve it cut short is ``"feasible"`` with its gap, and proves
+    nothing to what-if queries. ``should_stop`` is asked before every
+    exhaustive step; when it says yes the walk ends there and the (incomplete)
+    frontier so far is returned."""
     constraints = constraints or Budgets()
     _check_frontier_axis(axis, constraints)
     if not exhaustive and not 1 <= points <= MAX_POINTS:
         raise InvalidArgument(f"points must be between 1 and {MAX_POINTS}, got {points}")
     start = time.perf_counter()
-    deadline = start + time_limit_s
+    end = start + time_limit_s if deadline is None else min(start + time_limit_s, deadline)
     # The ends: the tightest limit any configuration meets, and the loosest
     # that still matters.
     least: float | None = None
+    low_proven = True  # a given low end is the caller's; a computed one must be optimal
     if low is None:
-        least = solver.least_achievable(axis, constraints, time_limit_s)
-        if least is None:
-            solver.solve(constraints, time_limit_s=time_limit_s)  # raises with the reason
+        least_sol = solver.least_solution(axis, constraints, deadline=end)
+        if least_sol is None:
+            solver.solve(constraints, deadline=end)  # raises with the reason
             raise FailedPrecondition("the constraints cannot be met")  # pragma: no cover
-        low = least
-    loose = solver.solve(constraints, time_limit_s=time_limit_s)
+        low = least_sol.axis_value(axis)
+        # What what-if may call infeasible: below the least when proven, else
+        # only below the solve's proven bound.
+        least = low if least_sol.status == "optimal" else least_sol.lower_bound
+        low_proven = least_sol.status == "optimal"
+    loose = solver.solve(constraints, deadline=end)
     if high is None:
         high = loose.axis_value(axis)
     if not (math.isfinite(low) and math.isfinite(high)) or high < low:
@@ -196,27 +214,34 @@ def frontier(
     solved: list[tuple[float, Solution]] = []
     # The optimum at the last (looser) limit: optimal at every limit down to its cost.
     previous = loose
+    timed_out = False
 
-    def at(limit: float) -> Solution:
-        nonlocal previous
+    def at(limit: float) -> Solution | None:
+        """The point at ``limit``; None once the time is up."""
+        nonlocal previous, timed_out
         if previous.axis_value(axis) <= limit:
             return previous  # optimal at a looser limit and feasible here
-        remaining = deadline - time.perf_counter()
-        if remaining <= 0:
-            raise FailedPrecondition(
-                f"the frontier took longer than {time_limit_s:g} s; ask for fewer points"
+        if timed_out or end - time.perf_counter() <= 0:
+            timed_out = True
+            return None
+        try:
+            previous = solver.solve(
+                constraints.with_limit(axis, limit),
+                warm_start=previous,
+                explain=False,
+                deadline=end,
             )
-        previous = solver.solve(
-            constraints.with_limit(axis, limit),
-            time_limit_s=remaining,
-            warm_start=previous,
-            explain=False,
-        )
+        except SolveTimedOut:
+            timed_out = True
+            return None
+        if previous.status != "optimal":
+            timed_out = True  # cut short by the deadline: the last point worth solving
         return previous
 
     def partial(complete: bool) -> Frontier:
         fr = _assemble(axis, constraints, solved, low, high, complete, time.perf_counter() - start)
-        return replace(fr, least_achievable=least, free_omega=loose.total_omega)
+        free = loose.total_omega if loose.status == "optimal" else loose.lower_bound
+        return replace(fr, least_achievable=least, free_omega=free, timed_out=timed_out)
 
     complete = False
     if exhaustive:
@@ -231,21 +256,31 @@ def frontier(
             except BudgetsInfeasible:
                 complete = True
                 break
+            if sol is None:
+                break
             solved.append((limit, sol))
             cost = sol.axis_value(axis)
             if cost <= low:
                 complete = True
                 break
+            if timed_out:
+                break
             limit = cost - step
             if progress is not None and len(solved) % progress_every == 0:
                 progress(partial(False))
+        # Complete only when every step was proven: a point the time cut short
+        # may hide better ones between it and the next.
+        complete = complete and not timed_out and low_proven and loose.status == "optimal"
     else:
         limits = np.linspace(low, high, points) if points > 1 else np.array([high])
         for limit in limits[::-1]:
             try:
-                solved.append((float(limit), at(float(limit))))
+                sol = at(float(limit))
             except BudgetsInfeasible:
                 continue  # below the least achievable by rounding only
+            if sol is None:
+                break
+            solved.append((float(limit), sol))
     return partial(complete)
 
 
@@ -268,6 +303,8 @@ def _assemble(
     costs = [p.axis_value(axis) for p in kept]
     probes = []
     for limit, sol in solved:
+        if sol.status != "optimal":
+            continue  # cut short by the time limit: it proves nothing at its limit
         # The kept point optimal at this limit: the last one (least Omega)
         # whose cost is within the solved point's cost.
         probes.append((limit, bisect_right(costs, sol.axis_value(axis)) - 1))

@@ -35,21 +35,14 @@ from bitmesh.costs import SizeAccounting, check_size_accounting
 from bitmesh.errors import InvalidArgument
 
 __all__ = [
-    "MAX_LAYERS",
-    "MAX_OPTIONS_PER_LAYER",
-    "MAX_TOTAL_OPTIONS",
     "FixedCosts",
     "LayerChoice",
     "OptionCost",
     "Problem",
 ]
 
-#: Size limits: a request over them is refused with INVALID_ARGUMENT before any
-#: array is built (a transformer with 2,000 linear layers and 24 options each
-#: is well inside).
-MAX_LAYERS = 20_000
-MAX_OPTIONS_PER_LAYER = 256
-MAX_TOTAL_OPTIONS = 500_000
+# Size caps are the service's (``solver_svc/limits.py``, settings), checked on
+# the request's counts before these objects are built.
 
 
 def _finite(where: str, name: str, value: float, *, nonnegative: bool) -> float:
@@ -117,11 +110,6 @@ class LayerChoice:
             object.__setattr__(self, "options", tuple(self.options))
         if not self.options:
             raise InvalidArgument(f"layer {self.name!r} has no options; give it at least one")
-        if len(self.options) > MAX_OPTIONS_PER_LAYER:
-            raise InvalidArgument(
-                f"layer {self.name!r} has {len(self.options)} options; "
-                f"the limit is {MAX_OPTIONS_PER_LAYER}"
-            )
         keys = [o.key for o in self.options]
         if len(set(keys)) != len(keys):
             dup = sorted({k for k in keys if keys.count(k) > 1})
@@ -180,15 +168,6 @@ class Problem:
     def _validate(self) -> None:
         if not self.layers:
             raise InvalidArgument("the problem has no layers; give at least one searched layer")
-        if len(self.layers) > MAX_LAYERS:
-            raise InvalidArgument(
-                f"the problem has {len(self.layers)} layers; the limit is {MAX_LAYERS}"
-            )
-        total = sum(len(layer.options) for layer in self.layers)
-        if total > MAX_TOTAL_OPTIONS:
-            raise InvalidArgument(
-                f"the problem has {total} options in all; the limit is {MAX_TOTAL_OPTIONS}"
-            )
         by_name: dict[str, LayerChoice] = {}
         for layer in self.layers:
             if layer.name in by_name:

@@ -25,27 +25,25 @@ from solver_svc.convert import (
 from solver_svc.frontier import frontier, lookup
 from solver_svc.kernels import warm_up
 from solver_svc.latency import list_profiles, load_profile, with_latency
+from solver_svc.limits import SolverLimits
 from solver_svc.registry import LoadedProblem, ProblemRegistry
 from solver_svc.solution import Solution
 from solver_svc.solve import ProblemSolver
 
 SERVICE_NAME = solver_pb2.DESCRIPTOR.services_by_name["SolverService"].full_name
-DEFAULT_TIME_LIMIT_S = 30.0
-MAX_TIME_LIMIT_S = 600.0
 DEFAULT_POINTS = 20
 #: Registered problems whose answer encoders are kept (the registry keeps 64 loaded).
 MAX_ENCODERS = 256
 
 
-def _time_limit(value: float) -> float:
-    if value < 0:
-        raise InvalidArgument(f"time_limit_s must be >= 0 (0 = default), got {value}")
-    return min(value or DEFAULT_TIME_LIMIT_S, MAX_TIME_LIMIT_S)
-
-
 class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
-    def __init__(self, registry: ProblemRegistry) -> None:
+    """Every call is bounded by ``limits`` (solver_svc/limits.py): one
+    deadline from the call's start, conversion and every solve inside it
+    included, and problem sizes refused on the request's counts."""
+
+    def __init__(self, registry: ProblemRegistry, limits: SolverLimits | None = None) -> None:
         self.registry = registry
+        self.limits = limits or SolverLimits()
         # One answer encoder per registered problem (see SolutionEncoder: an
         # answer costs 6-12 us to encode instead of 0.6-1.7 ms).
         self._encoders: dict[str, SolutionEncoder] = {}
@@ -82,7 +80,7 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
                 )
             return loaded, loaded.solver
         if source == "problem":
-            problem = problem_from_pb(request.problem)
+            problem = problem_from_pb(request.problem, self.limits)
             if profile:
                 problem = with_latency(problem, load_profile(profile))
             return None, ProblemSolver(problem)
@@ -91,7 +89,7 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
     def RegisterProblem(
         self, request: solver_pb2.RegisterProblemRequest, context: grpc.ServicerContext
     ) -> solver_pb2.RegisterProblemResponse:
-        loaded = self.registry.register(problem_from_pb(request.problem))
+        loaded = self.registry.register(problem_from_pb(request.problem, self.limits))
         problem = loaded.solver.problem
         return solver_pb2.RegisterProblemResponse(
             problem_id=loaded.problem_id,
@@ -103,6 +101,7 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
     def Solve(
         self, request: solver_pb2.SolveRequest, context: grpc.ServicerContext
     ) -> solver_pb2.Solution:
+        deadline = self.limits.deadline(request.time_limit_s)
         objective = OBJECTIVE_FROM_PB.get(request.objective)
         if objective is None:
             raise InvalidArgument(f"unknown objective {request.objective}")
@@ -115,23 +114,29 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
         budgets = budgets_from_pb(request.budgets, max_omega)
         loaded, solver = self._resolve(request, request.budgets.latency_profile)
         solution = solver.solve(
-            budgets, objective=objective, time_limit_s=_time_limit(request.time_limit_s)
+            budgets,
+            objective=objective,
+            time_limit_s=self.limits.max_time_limit_s,
+            deadline=deadline,
         )
         return self._answer_pb(solution, solver, loaded)
 
     def Frontier(
         self, request: solver_pb2.FrontierRequest, context: grpc.ServicerContext
     ) -> solver_pb2.FrontierResponse:
+        deadline = self.limits.deadline(request.time_limit_s)
         axis = axis_from_pb(request.axis)
+        wanted = self.limits.frontier_points(request.points, DEFAULT_POINTS)
         loaded, solver = self._resolve(request, request.constraints.latency_profile)
         traced = frontier(
             solver,
             axis,
             budgets_from_pb(request.constraints),
-            points=request.points or DEFAULT_POINTS,
+            points=wanted,
             low=request.min_limit if request.HasField("min_limit") else None,
             high=request.max_limit if request.HasField("max_limit") else None,
-            time_limit_s=MAX_TIME_LIMIT_S,
+            time_limit_s=self.limits.max_time_limit_s,
+            deadline=deadline,
         )
         if loaded is not None:
             self.registry.add_frontier(loaded, traced)
@@ -147,12 +152,14 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
             points=points,
             seconds=traced.seconds,
             axis=AXIS_TO_PB[axis],
+            timed_out=traced.timed_out,
         )
 
     def WhatIf(
         self, request: solver_pb2.WhatIfRequest, context: grpc.ServicerContext
     ) -> solver_pb2.Solution:
         start = time.perf_counter()
+        deadline = self.limits.deadline(request.time_limit_s)
         loaded = self.registry.get(request.problem_id)
         if request.budgets.latency_profile:
             raise InvalidArgument(
@@ -165,6 +172,9 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
         # immutable and replaced whole.
         answer, nearest = lookup(budgets, loaded.all_frontiers())
         if answer is not None:
+            # ``lookup`` answers only where the stored points prove optimality
+            # (points the time limit cut short prove nothing), so OPTIMAL with
+            # gap 0 is what this answer is, whatever the stored point's status.
             message = self._encoder(loaded).encode_kept(answer, loaded.problem_id)
             message.answered_from = "frontier"
             message.status = solver_pb2.SOLVE_STATUS_OPTIMAL
@@ -176,7 +186,10 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
         # stored), and the compiled search releases the GIL, so solves of one
         # problem run side by side with each other and its background traces.
         solution = loaded.solver.solve(
-            budgets, time_limit_s=DEFAULT_TIME_LIMIT_S, warm_start=nearest
+            budgets,
+            time_limit_s=self.limits.max_time_limit_s,
+            warm_start=nearest,
+            deadline=deadline,
         )
         message = self._encoder(loaded).encode(solution, loaded.problem_id)
         message.seconds = time.perf_counter() - start
@@ -200,7 +213,7 @@ def build(
     # compile takes several seconds, which no request should wait for.
     warm_up()
     registry = ProblemRegistry(ArtifactStore(settings.artifact_root))
-    servicer = SolverServicer(registry)
+    servicer = SolverServicer(registry, SolverLimits.from_settings(settings))
     return (
         [lambda s: solver_pb2_grpc.add_SolverServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],

@@ -19,6 +19,13 @@ the tolerance of ``tolerance.py``) in ``Solution.extra["cross_check"]``.
 Budgets no configuration meets raise ``BudgetsInfeasible`` (a
 ``FailedPrecondition``) that names each unreachable budget and the least value
 of it achievable under the other budgets.
+
+Time: ``time_limit_s`` bounds the whole call, the cross-check and the
+infeasibility explanation included: they share one deadline (``deadline=``
+lets a caller that makes several solves, a frontier, hand its own down). A
+solve the time ends before it found any configuration raises ``SolveTimedOut``;
+one that found some but did not prove it best answers ``"feasible"`` with its
+gap; an explanation the time ends says which budgets it could not check.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ __all__ = [
     "BudgetViolation",
     "BudgetsInfeasible",
     "ProblemSolver",
+    "SolveTimedOut",
     "solve",
 ]
 
@@ -71,6 +79,9 @@ class BudgetViolation:
     axis: str
     limit: float
     least_achievable: float | None
+    #: False when the time limit ended before this budget could be checked
+    #: (``least_achievable`` is then ``None`` and says nothing).
+    determined: bool = True
 
 
 class BudgetsInfeasible(FailedPrecondition):
@@ -79,6 +90,11 @@ class BudgetsInfeasible(FailedPrecondition):
     def __init__(self, message: str, violations: tuple[BudgetViolation, ...]) -> None:
         super().__init__(message)
         self.violations = violations
+
+
+class SolveTimedOut(FailedPrecondition):
+    """The time limit ended before any configuration meeting the budgets was
+    found, and none was proven impossible."""
 
 
 class ProblemSolver:
@@ -131,12 +147,15 @@ class ProblemSolver:
         hint: Mapping[str, str] | None = None,
         warm_start: Solution | None = None,
         explain: bool = True,
+        deadline: float | None = None,
     ) -> Solution:
         """Minimise ``objective`` under ``budgets``.
 
         ``hint`` (layer -> option key) or ``warm_start`` (an earlier solution of
         this problem, e.g. a neighbouring frontier point) seed the search; they
-        never change the answer, only how fast it comes.
+        never change the answer, only how fast it comes. The call ends by
+        ``time_limit_s`` from now or by ``deadline`` (``time.perf_counter()``
+        seconds), whichever is first, explanation included.
         """
         budgets = budgets or Budgets()
         if engine not in ENGINES:
@@ -144,6 +163,12 @@ class ProblemSolver:
         if not (time_limit_s > 0 and math.isfinite(time_limit_s)):
             raise InvalidArgument(f"time_limit_s must be a positive number, got {time_limit_s!r}")
         start = time.perf_counter()
+        end = start + time_limit_s if deadline is None else min(start + time_limit_s, deadline)
+        allowed_s = end - start
+        if allowed_s <= 0:
+            raise SolveTimedOut(
+                "the time limit ended before this solve could start; allow more time"
+            )
         inst = self.instance(objective, budgets)
         hint_choice = None
         lam0 = None
@@ -155,11 +180,11 @@ class ProblemSolver:
         if hint is not None:
             hint_choice = self._choice_from_assignment(inst, hint)
         name = "cpsat" if engine == "cpsat" else "bb"
-        result = self._run(name, inst, time_limit_s, hint_choice, lam0)
+        result = self._run(name, inst, _left(end), hint_choice, lam0)
         extra: dict[str, Any] = {}
         if cross_check:
             other = self._run(
-                "cpsat" if name == "bb" else "bb", inst, time_limit_s, hint_choice, None
+                "cpsat" if name == "bb" else "bb", inst, _left(end), hint_choice, None
             )
             extra["cross_check"] = _compare(inst, result, other)
             if not extra["cross_check"]["agree"]:
@@ -167,10 +192,10 @@ class ProblemSolver:
         if result.choice is None:
             if result.status == "infeasible":
                 if explain:
-                    raise self._explain(objective, budgets, time_limit_s)
+                    raise self._explain(budgets, end)
                 raise BudgetsInfeasible("no configuration meets the budgets", ())
-            raise FailedPrecondition(
-                f"no configuration meeting the budgets was found within {time_limit_s:g} s, "
+            raise SolveTimedOut(
+                f"no configuration meeting the budgets was found within {allowed_s:.3g} s, "
                 "and none was proven impossible; allow more time"
             )
         return self._solution(inst, result, time.perf_counter() - start, extra)
@@ -267,25 +292,65 @@ class ProblemSolver:
     # -- infeasibility -------------------------------------------------------
 
     def least_achievable(
-        self, axis: str, budgets: Budgets, time_limit_s: float = 30.0
+        self,
+        axis: str,
+        budgets: Budgets,
+        time_limit_s: float = 30.0,
+        *,
+        deadline: float | None = None,
     ) -> float | None:
-        """Least total of ``axis`` under ``budgets`` (``None`` if they cannot be met)."""
+        """Least total of ``axis`` under ``budgets`` (``None`` if they cannot be
+        met); ``SolveTimedOut`` when the time ended before any answer."""
+        sol = self.least_solution(axis, budgets, time_limit_s, deadline=deadline)
+        return None if sol is None else sol.axis_value(axis)
+
+    def least_solution(
+        self,
+        axis: str,
+        budgets: Budgets,
+        time_limit_s: float = 30.0,
+        *,
+        deadline: float | None = None,
+    ) -> Solution | None:
+        """The solution of least ``axis`` under ``budgets`` (``None`` if they
+        cannot be met). It may be only ``"feasible"`` when the time ended: its
+        ``axis_value`` is then an upper bound on the least, not the least."""
         try:
-            sol = self.solve(budgets, objective=axis, time_limit_s=time_limit_s, explain=False)
+            return self.solve(
+                budgets, objective=axis, time_limit_s=time_limit_s, explain=False, deadline=deadline
+            )
+        except SolveTimedOut:
+            raise
         except FailedPrecondition:
             return None
-        return sol.axis_value(axis)
 
-    def _explain(self, objective: str, budgets: Budgets, time_limit_s: float) -> BudgetsInfeasible:
+    def _explain(self, budgets: Budgets, deadline: float) -> BudgetsInfeasible:
+        """Which budgets cannot be met, each checked within what is left of
+        the call's own deadline (never a fresh full time limit per budget)."""
         violations: list[BudgetViolation] = []
         for axis, limit in budgets.items():
             others = budgets.with_limit(axis, None)
-            least = self.least_achievable(axis, others, time_limit_s)
-            if least is None or least > limit:
-                violations.append(BudgetViolation(axis, limit, least))
+            try:
+                least = self.least_solution(axis, others, deadline=deadline)
+            except SolveTimedOut:
+                violations.append(BudgetViolation(axis, limit, None, determined=False))
+                continue
+            if least is None:
+                violations.append(BudgetViolation(axis, limit, None))
+            elif least.status != "optimal":
+                # Only an upper bound on the least: proves nothing unless the
+                # budget is under the solve's proven lower bound.
+                if least.lower_bound > limit:
+                    violations.append(BudgetViolation(axis, limit, least.lower_bound))
+                elif least.axis_value(axis) > limit:
+                    violations.append(BudgetViolation(axis, limit, None, determined=False))
+            elif least.axis_value(axis) > limit:
+                violations.append(BudgetViolation(axis, limit, least.axis_value(axis)))
         parts = []
         for v in violations:
-            if v.least_achievable is None:
+            if not v.determined:
+                parts.append(f"{v.axis} <= {v.limit:.6g} (not checked: the time limit ended)")
+            elif v.least_achievable is None:
                 parts.append(f"{v.axis} <= {v.limit:.6g} (the other budgets cannot be met either)")
             else:
                 parts.append(
@@ -297,6 +362,12 @@ class ProblemSolver:
         return BudgetsInfeasible(
             "no configuration meets the budgets: " + "; ".join(parts), tuple(violations)
         )
+
+
+def _left(end: float) -> float:
+    """Seconds left until ``end`` (at least a token 10 ms, so an engine
+    asked at the edge still returns its incumbent rather than nothing)."""
+    return max(end - time.perf_counter(), 0.01)
 
 
 def _relative_gap(value: float, bound: float) -> float:

@@ -161,7 +161,7 @@ class Solution(_message.Message):
     def __init__(self, status: _Optional[_Union[SolveStatus, str]] = ..., gap: _Optional[float] = ..., assignment: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., total_omega: _Optional[float] = ..., totals: _Optional[_Union[_common_pb2.LayerCosts, _Mapping]] = ..., avg_weight_bits: _Optional[float] = ..., seconds: _Optional[float] = ..., engine: _Optional[str] = ..., answered_from: _Optional[str] = ..., problem_id: _Optional[str] = ..., size_accounting: _Optional[_Union[_common_pb2.SizeAccounting, str]] = ...) -> None: ...
 
 class FrontierRequest(_message.Message):
-    __slots__ = ("problem_id", "problem", "axis", "constraints", "points", "min_limit", "max_limit")
+    __slots__ = ("problem_id", "problem", "axis", "constraints", "points", "min_limit", "max_limit", "time_limit_s")
     PROBLEM_ID_FIELD_NUMBER: _ClassVar[int]
     PROBLEM_FIELD_NUMBER: _ClassVar[int]
     AXIS_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +169,7 @@ class FrontierRequest(_message.Message):
     POINTS_FIELD_NUMBER: _ClassVar[int]
     MIN_LIMIT_FIELD_NUMBER: _ClassVar[int]
     MAX_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    TIME_LIMIT_S_FIELD_NUMBER: _ClassVar[int]
     problem_id: str
     problem: Problem
     axis: _common_pb2.CostAxis
@@ -176,25 +177,30 @@ class FrontierRequest(_message.Message):
     points: int
     min_limit: float
     max_limit: float
-    def __init__(self, problem_id: _Optional[str] = ..., problem: _Optional[_Union[Problem, _Mapping]] = ..., axis: _Optional[_Union[_common_pb2.CostAxis, str]] = ..., constraints: _Optional[_Union[_common_pb2.Budgets, _Mapping]] = ..., points: _Optional[int] = ..., min_limit: _Optional[float] = ..., max_limit: _Optional[float] = ...) -> None: ...
+    time_limit_s: float
+    def __init__(self, problem_id: _Optional[str] = ..., problem: _Optional[_Union[Problem, _Mapping]] = ..., axis: _Optional[_Union[_common_pb2.CostAxis, str]] = ..., constraints: _Optional[_Union[_common_pb2.Budgets, _Mapping]] = ..., points: _Optional[int] = ..., min_limit: _Optional[float] = ..., max_limit: _Optional[float] = ..., time_limit_s: _Optional[float] = ...) -> None: ...
 
 class FrontierResponse(_message.Message):
-    __slots__ = ("points", "seconds", "axis")
+    __slots__ = ("points", "seconds", "axis", "timed_out")
     POINTS_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     AXIS_FIELD_NUMBER: _ClassVar[int]
+    TIMED_OUT_FIELD_NUMBER: _ClassVar[int]
     points: _containers.RepeatedCompositeFieldContainer[Solution]
     seconds: float
     axis: _common_pb2.CostAxis
-    def __init__(self, points: _Optional[_Iterable[_Union[Solution, _Mapping]]] = ..., seconds: _Optional[float] = ..., axis: _Optional[_Union[_common_pb2.CostAxis, str]] = ...) -> None: ...
+    timed_out: bool
+    def __init__(self, points: _Optional[_Iterable[_Union[Solution, _Mapping]]] = ..., seconds: _Optional[float] = ..., axis: _Optional[_Union[_common_pb2.CostAxis, str]] = ..., timed_out: _Optional[bool] = ...) -> None: ...
 
 class WhatIfRequest(_message.Message):
-    __slots__ = ("problem_id", "budgets")
+    __slots__ = ("problem_id", "budgets", "time_limit_s")
     PROBLEM_ID_FIELD_NUMBER: _ClassVar[int]
     BUDGETS_FIELD_NUMBER: _ClassVar[int]
+    TIME_LIMIT_S_FIELD_NUMBER: _ClassVar[int]
     problem_id: str
     budgets: _common_pb2.Budgets
-    def __init__(self, problem_id: _Optional[str] = ..., budgets: _Optional[_Union[_common_pb2.Budgets, _Mapping]] = ...) -> None: ...
+    time_limit_s: float
+    def __init__(self, problem_id: _Optional[str] = ..., budgets: _Optional[_Union[_common_pb2.Budgets, _Mapping]] = ..., time_limit_s: _Optional[float] = ...) -> None: ...
 
 class ListLatencyProfilesRequest(_message.Message):
     __slots__ = ()

@@ -136,3 +136,21 @@ def test_sweep_skips_limits_a_looser_optimum_already_meets() -> None:
         assert fr.points[index].total_omega == pytest.approx(
             optimum(problem, {"bops": limit}), rel=1e-9
         )
+
+
+def test_points_the_time_cut_short_prove_nothing_to_what_if() -> None:
+    """A stored point that is only FEASIBLE (its solve hit the deadline) is
+    never served by ``lookup`` as optimal, where the same point proven is."""
+    from dataclasses import replace
+
+    from solver_svc.frontier import _assemble, lookup
+
+    problem = quant_problem(6, seed=3)
+    solver = ProblemSolver(problem)
+    loose = solver.solve(Budgets())
+    limit = loose.totals.bops
+    for status, served in (("optimal", True), ("feasible", False)):
+        point = replace(loose, status=status, gap=0.5, lower_bound=loose.total_omega / 2)
+        fr = _assemble("bops", Budgets(), [(limit, point)], limit / 2, limit, False, 0.0)
+        answer, _ = lookup(Budgets(bops=limit), [fr])
+        assert (answer is not None) is served, status

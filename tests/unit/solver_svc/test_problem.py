@@ -5,7 +5,6 @@ import math
 import pytest
 
 from bitmesh.errors import InvalidArgument
-from solver_svc import problem as problem_mod
 from solver_svc.problem import FixedCosts, LayerChoice, OptionCost, Problem
 from tests.unit.solver_svc.helpers import quant_problem
 
@@ -65,12 +64,6 @@ def test_duplicates_are_invalid() -> None:
         _layer("x", ("a", "a"))
     with pytest.raises(InvalidArgument, match="no options"):
         LayerChoice(name="x", parameters=1, options=())
-
-
-def test_size_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(problem_mod, "MAX_LAYERS", 3)
-    with pytest.raises(InvalidArgument, match="limit is 3"):
-        Problem(layers=tuple(_layer(f"l{i}") for i in range(4)))
 
 
 def test_json_round_trip_and_hash() -> None:

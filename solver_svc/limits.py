@@ -1,0 +1,128 @@
+"""The solver's ceilings: how long one call may take and how large a problem may be.
+
+Why one module: every request is bounded by the same numbers, and each number
+is a setting (``BITMESH_SOLVER_*``) whose name the refusal carries, so an
+operator who sees RESOURCE_EXHAUSTED knows which knob to turn and a user knows
+what to shrink. The sizes are checked on the counts of the request itself,
+before any option object or array is built: the engines work on dense
+``[layers, widest option list]`` arrays, so a request of a few hundred
+kilobytes (20,000 one-option layers and one 256-option layer) would otherwise
+cost hundreds of MiB before anything could refuse it.
+
+Time: a call's time limit (the request's, else the service default, never more
+than the maximum) is one deadline for the whole call, every solve inside it
+included (a frontier's ends and points, an infeasibility explanation), see
+``solve.ProblemSolver.solve(deadline=...)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from bitmesh.errors import InvalidArgument, ResourceExhausted
+from bitmesh.settings import Settings
+
+__all__ = ["SolverLimits"]
+
+
+@dataclass(frozen=True)
+class SolverLimits:
+    """The ceilings, one field per ``Settings.solver_*`` setting."""
+
+    default_time_limit_s: float = 30.0
+    max_time_limit_s: float = 600.0
+    max_layers: int = 20_000
+    max_options_per_layer: int = 256
+    max_total_options: int = 500_000
+    max_dense_cells: int = 1_000_000
+    max_frontier_points: int = 1_000
+
+    def __post_init__(self) -> None:
+        for name in ("default_time_limit_s", "max_time_limit_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"BITMESH_SOLVER_{name.upper()} must be > 0, got {value!r}")
+        for name in (
+            "max_layers",
+            "max_options_per_layer",
+            "max_total_options",
+            "max_dense_cells",
+            "max_frontier_points",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"BITMESH_SOLVER_{name.upper()} must be >= 1")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SolverLimits:
+        return cls(
+            default_time_limit_s=settings.solver_default_time_limit_s,
+            max_time_limit_s=settings.solver_max_time_limit_s,
+            max_layers=settings.solver_max_layers,
+            max_options_per_layer=settings.solver_max_options_per_layer,
+            max_total_options=settings.solver_max_total_options,
+            max_dense_cells=settings.solver_max_dense_cells,
+            max_frontier_points=settings.solver_max_frontier_points,
+        )
+
+    # -- time ----------------------------------------------------------------
+
+    def time_limit(self, requested: float) -> float:
+        """The seconds one call may take: ``requested`` (0 = the default),
+        never more than the maximum."""
+        if not math.isfinite(requested) or requested < 0:
+            raise InvalidArgument(
+                f"time_limit_s must be a finite number >= 0 (0 = the service default of "
+                f"{self.default_time_limit_s:g} s), got {requested!r}"
+            )
+        return min(requested or self.default_time_limit_s, self.max_time_limit_s)
+
+    def deadline(self, requested: float) -> float:
+        """``time.perf_counter()`` seconds by which the whole call must end."""
+        return time.perf_counter() + self.time_limit(requested)
+
+    # -- size ----------------------------------------------------------------
+
+    def check_problem_shape(self, layers: int, widest: int, total_options: int) -> None:
+        """Refuse a problem over a cap (RESOURCE_EXHAUSTED naming the setting)."""
+        _cap("layers", layers, self.max_layers, "BITMESH_SOLVER_MAX_LAYERS")
+        _cap(
+            "options in one layer",
+            widest,
+            self.max_options_per_layer,
+            "BITMESH_SOLVER_MAX_OPTIONS_PER_LAYER",
+        )
+        _cap(
+            "options in all",
+            total_options,
+            self.max_total_options,
+            "BITMESH_SOLVER_MAX_TOTAL_OPTIONS",
+        )
+        _cap(
+            "dense cells (layers x the widest layer's options, the arrays the engines solve on)",
+            layers * widest,
+            self.max_dense_cells,
+            "BITMESH_SOLVER_MAX_DENSE_CELLS",
+        )
+
+    def frontier_points(self, requested: int, default: int) -> int:
+        """The points a frontier traces: ``requested`` (0 = ``default``)."""
+        if requested < 0:
+            raise InvalidArgument(f"points must be >= 0 (0 = {default}), got {requested}")
+        points = requested or min(default, self.max_frontier_points)
+        _cap(
+            "frontier points",
+            points,
+            self.max_frontier_points,
+            "BITMESH_SOLVER_MAX_FRONTIER_POINTS",
+        )
+        return points
+
+
+def _cap(what: str, value: int, cap: int, setting: str) -> None:
+    if value > cap:
+        raise ResourceExhausted(
+            f"the request has {value:,} {what}; the cap is {cap:,} ({setting}); "
+            "send a smaller problem or ask the operator to raise the cap"
+        )
