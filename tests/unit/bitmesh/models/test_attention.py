@@ -178,3 +178,21 @@ def test_vit_exports_its_projections_quantized(tmp_path: Path) -> None:
     agreement = float(np.mean(onnx_logits.argmax(1) == torch_logits.argmax(1)))
     assert agreement >= 0.99
     assert np.abs(onnx_logits - torch_logits).max() < 1e-3
+
+
+def test_sensitivity_prices_the_projections() -> None:
+    from sensitivity_svc.analysis import SensitivitySettings, analyse
+
+    model = adapt_attention(_tiny_vit())
+    torch.manual_seed(4)
+    batch = (torch.randn(16, *SHAPE), torch.randint(0, 5, (16,)))
+    settings = SensitivitySettings(max_samples=4, min_samples=2, sketch_size=2, workers=1)
+    profiles = [p for p in discover_layers(model, SHAPE) if p.name in (IN_PROJ, OUT_PROJ)]
+    report = analyse(model, [batch], profiles, ["int8/int8", "int2/int8"], settings)
+    by_name = {layer.name: layer for layer in report.layers}
+    for name in (IN_PROJ, OUT_PROJ):
+        layer = by_name[name]
+        assert layer.samples >= 2 and np.isfinite(layer.trace)
+        int8, int2 = (p.weight_error_sq for p in layer.perturbations)
+        assert 0 < int8 < int2  # Omega = normalised trace x these
+        assert layer.perturbations[0].costs.bops == layer.macs * 64
