@@ -7,7 +7,12 @@ from dataclasses import dataclass
 from bitmesh.costs import LayerCosts, option_costs
 from bitmesh.formats import QuantOption
 from bitmesh.models.hashing import model_hash
-from bitmesh.models.layers import LayerProfile, discover_layers
+from bitmesh.models.layers import (
+    LayerProfile,
+    discover_layers,
+    weight_coverage,
+    weight_parameters,
+)
 from bitmesh.models.loading import ModelSpec, load_model
 
 
@@ -18,6 +23,8 @@ class LayerTable:
     total_parameters: int
     total_macs: int
     model_hash: str
+    weight_parameters: int
+    weight_coverage: float
 
 
 def layer_table(spec: ModelSpec, options: list[QuantOption]) -> LayerTable:
@@ -43,4 +50,6 @@ def layer_table(spec: ModelSpec, options: list[QuantOption]) -> LayerTable:
         total_parameters=sum(p.numel() for p in model.parameters()),
         total_macs=sum(layer.macs for layer in layers),
         model_hash=model_hash(model),
+        weight_parameters=weight_parameters(model),
+        weight_coverage=weight_coverage(model, layers),
     )

@@ -73,6 +73,8 @@ class SensitivityServicer(sensitivity_pb2_grpc.SensitivityServiceServicer):
             ],
             total_parameters=table.total_parameters,
             total_macs=table.total_macs,
+            weight_parameters=table.weight_parameters,
+            weight_coverage=table.weight_coverage,
             model_hash=table.model_hash,
         )
 

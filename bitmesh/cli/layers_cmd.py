@@ -53,7 +53,9 @@ def cmd_layers(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(
         f"total parameters {human_count(reply.total_parameters)} ({reply.total_parameters:,}), "
-        f"MACs {human_count(reply.total_macs)}, model hash {reply.model_hash[:12]}"
+        f"MACs {human_count(reply.total_macs)}, model hash {reply.model_hash[:12]}, "
+        f"layers cover {reply.weight_coverage:.1%} of "
+        f"{human_count(reply.weight_parameters)} weight parameters"
     )
     return 0
 

@@ -40,7 +40,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from bitmesh.errors import InvalidArgument
 from bitmesh.models.loading import probe_forward
 
-__all__ = ["QUANTIZABLE_TYPES", "LayerProfile", "discover_layers", "total_macs"]
+__all__ = [
+    "QUANTIZABLE_TYPES",
+    "LayerProfile",
+    "discover_layers",
+    "total_macs",
+    "weight_coverage",
+    "weight_parameters",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +84,22 @@ class LayerProfile:
 def total_macs(layers: Iterable[LayerProfile]) -> int:
     """MACs of one forward pass over all the given layers."""
     return sum(layer.macs for layer in layers)
+
+
+def weight_parameters(model: nn.Module) -> int:
+    """Elements of every parameter tensor with 2 or more dimensions.
+
+    These are what a quantizer could store narrower: layer weights, and also
+    embeddings or position tables no layer owns. Biases and norm scales (1-D)
+    stay float in every integer runtime, so they are not counted.
+    """
+    return sum(p.numel() for p in model.parameters() if p.ndim >= 2)
+
+
+def weight_coverage(model: nn.Module, layers: Iterable[LayerProfile]) -> float:
+    """The share of :func:`weight_parameters` the discovered layers hold (1.0 when none)."""
+    total = weight_parameters(model)
+    return sum(layer.parameters for layer in layers) / total if total else 1.0
 
 
 @contextmanager

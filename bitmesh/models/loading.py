@@ -141,7 +141,25 @@ def build_architecture(name: str, num_classes: int, input_shape: tuple[int, ...]
         )
     import torchvision
 
-    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    from bitmesh.models.attention import adapt_attention
+
+    options: dict[str, object] = {"weights": None, "num_classes": num_classes}
+    if name.startswith("vit_") and len(input_shape) == 3:
+        # ViT's position embeddings are sized for one image size (224 by
+        # default): build it for the input it will see.
+        if input_shape[1] != input_shape[2]:
+            raise InvalidArgument(
+                f"{name} takes square images; got input shape {tuple(input_shape)}"
+            )
+        options["image_size"] = input_shape[1]
+    try:
+        model = torchvision.models.get_model(name, **options)
+    except (AssertionError, ValueError) as exc:
+        raise InvalidArgument(
+            f"cannot build {name} for input shape {tuple(input_shape)}: {_short_reason(exc)}"
+        ) from exc
+    # Attention projections as Linear modules, so they are quantizable layers.
+    return adapt_attention(model)
 
 
 def _require_file(path_text: str, what: str) -> Path:

@@ -67,6 +67,7 @@ from torch import Tensor, nn
 
 from bitmesh.errors import FailedPrecondition, InvalidArgument
 from bitmesh.formats import FORMATS, FormatKind, Granularity, NumericFormat, QuantOption
+from bitmesh.models.attention import torchvision_state_keys
 from bitmesh.quant.fake_quant import fake_quantize, quant_range
 from bitmesh.quant.range_estimators import RangeEstimator, update_range
 
@@ -553,4 +554,4 @@ def plain_state_dict(model: nn.Module, layers: Mapping[str, QuantLayer]) -> dict
         else:
             if not any(key.startswith(f"{n}.") for n in layers):
                 plain[key] = value.detach().clone()
-    return plain
+    return torchvision_state_keys(model, plain)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from bitmesh.v1 import common_pb2 as bitmesh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x62itmesh/v1/sensitivity.proto\x12\nbitmesh.v1\x1a\x17\x62itmesh/v1/common.proto\"b\n\x11ListLayersRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.bitmesh.v1.ModelRef\x12(\n\x07options\x18\x02 \x03(\x0b\x32\x17.bitmesh.v1.QuantOption\"`\n\x0eLayerWithCosts\x12$\n\x05layer\x18\x01 \x01(\x0b\x32\x15.bitmesh.v1.LayerInfo\x12(\n\x07options\x18\x02 \x03(\x0b\x32\x17.bitmesh.v1.OptionCosts\"q\n\x0bOptionCosts\x12\'\n\x06option\x18\x01 \x01(\x0b\x32\x17.bitmesh.v1.QuantOption\x12\x12\n\noption_key\x18\x02 \x01(\t\x12%\n\x05\x63osts\x18\x03 \x01(\x0b\x32\x16.bitmesh.v1.LayerCosts\"\x82\x01\n\x12ListLayersResponse\x12*\n\x06layers\x18\x01 \x03(\x0b\x32\x1a.bitmesh.v1.LayerWithCosts\x12\x18\n\x10total_parameters\x18\x02 \x01(\x03\x12\x12\n\ntotal_macs\x18\x03 \x01(\x03\x12\x12\n\nmodel_hash\x18\x04 \x01(\t\"g\n\x11\x45stimatorSettings\x12\x1a\n\x12target_relative_se\x18\x01 \x01(\x01\x12\x13\n\x0bmax_samples\x18\x02 \x01(\x05\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x13\n\x0bnum_batches\x18\x04 \x01(\x05\"\xdf\x01\n\x14StartAnalysisRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.bitmesh.v1.ModelRef\x12\'\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x16.bitmesh.v1.DatasetRef\x12(\n\x07options\x18\x03 \x03(\x0b\x32\x17.bitmesh.v1.QuantOption\x12/\n\x08settings\x18\x04 \x01(\x0b\x32\x1d.bitmesh.v1.EstimatorSettings\x12\x1e\n\x16\x61\x63tivation_sensitivity\x18\x05 \x01(\x08\"\xa0\x01\n\x12OptionPerturbation\x12\'\n\x06option\x18\x01 \x01(\x0b\x32\x17.bitmesh.v1.QuantOption\x12\x12\n\noption_key\x18\x02 \x01(\t\x12\x17\n\x0fweight_error_sq\x18\x03 \x01(\x01\x12\r\n\x05omega\x18\x04 \x01(\x01\x12%\n\x05\x63osts\x18\x05 \x01(\x0b\x32\x16.bitmesh.v1.LayerCosts\"\xf5\x01\n\x10LayerSensitivity\x12$\n\x05layer\x18\x01 \x01(\x0b\x32\x15.bitmesh.v1.LayerInfo\x12\r\n\x05trace\x18\x02 \x01(\x01\x12\x18\n\x10normalized_trace\x18\x03 \x01(\x01\x12\x16\n\x0estandard_error\x18\x04 \x01(\x01\x12\x0f\n\x07samples\x18\x05 \x01(\x05\x12\x35\n\rperturbations\x18\x06 \x03(\x0b\x32\x1e.bitmesh.v1.OptionPerturbation\x12\x1d\n\x10\x61\x63tivation_trace\x18\x07 \x01(\x01H\x00\x88\x01\x01\x42\x13\n\x11_activation_trace\"\xe8\x01\n\x11SensitivityReport\x12,\n\x06layers\x18\x01 \x03(\x0b\x32\x1c.bitmesh.v1.LayerSensitivity\x12\x12\n\nmodel_hash\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x61taset_hash\x18\x03 \x01(\t\x12/\n\x08settings\x18\x04 \x01(\x0b\x32\x1d.bitmesh.v1.EstimatorSettings\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\x12\x0e\n\x06\x63\x61\x63hed\x18\x06 \x01(\x08\x12)\n\x08\x61rtifact\x18\x07 \x01(\x0b\x32\x17.bitmesh.v1.ArtifactRef\"d\n\rLayerEstimate\x12\r\n\x05layer\x18\x01 \x01(\t\x12\r\n\x05trace\x18\x02 \x01(\x01\x12\x16\n\x0estandard_error\x18\x03 \x01(\x01\x12\x0f\n\x07samples\x18\x04 \x01(\x05\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\"d\n\x10SensitivityEvent\x12%\n\x06status\x18\x01 \x01(\x0b\x32\x15.bitmesh.v1.JobStatus\x12)\n\x06layers\x18\x02 \x03(\x0b\x32\x19.bitmesh.v1.LayerEstimate\"f\n\x0e\x41nalysisResult\x12%\n\x06status\x18\x01 \x01(\x0b\x32\x15.bitmesh.v1.JobStatus\x12-\n\x06report\x18\x02 \x01(\x0b\x32\x1d.bitmesh.v1.SensitivityReport2\xb4\x03\n\x12SensitivityService\x12K\n\nListLayers\x12\x1d.bitmesh.v1.ListLayersRequest\x1a\x1e.bitmesh.v1.ListLayersResponse\x12\x45\n\rStartAnalysis\x12 .bitmesh.v1.StartAnalysisRequest\x1a\x12.bitmesh.v1.JobRef\x12\x43\n\rWatchAnalysis\x12\x12.bitmesh.v1.JobRef\x1a\x1c.bitmesh.v1.SensitivityEvent0\x01\x12=\n\x0bGetAnalysis\x12\x12.bitmesh.v1.JobRef\x1a\x1a.bitmesh.v1.AnalysisResult\x12;\n\x0e\x43\x61ncelAnalysis\x12\x12.bitmesh.v1.JobRef\x1a\x15.bitmesh.v1.JobStatus\x12I\n\x0cListAnalyses\x12\x1b.bitmesh.v1.ListJobsRequest\x1a\x1c.bitmesh.v1.ListJobsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x62itmesh/v1/sensitivity.proto\x12\nbitmesh.v1\x1a\x17\x62itmesh/v1/common.proto\"b\n\x11ListLayersRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.bitmesh.v1.ModelRef\x12(\n\x07options\x18\x02 \x03(\x0b\x32\x17.bitmesh.v1.QuantOption\"`\n\x0eLayerWithCosts\x12$\n\x05layer\x18\x01 \x01(\x0b\x32\x15.bitmesh.v1.LayerInfo\x12(\n\x07options\x18\x02 \x03(\x0b\x32\x17.bitmesh.v1.OptionCosts\"q\n\x0bOptionCosts\x12\'\n\x06option\x18\x01 \x01(\x0b\x32\x17.bitmesh.v1.QuantOption\x12\x12\n\noption_key\x18\x02 \x01(\t\x12%\n\x05\x63osts\x18\x03 \x01(\x0b\x32\x16.bitmesh.v1.LayerCosts\"\xb6\x01\n\x12ListLayersResponse\x12*\n\x06layers\x18\x01 \x03(\x0b\x32\x1a.bitmesh.v1.LayerWithCosts\x12\x18\n\x10total_parameters\x18\x02 \x01(\x03\x12\x12\n\ntotal_macs\x18\x03 \x01(\x03\x12\x12\n\nmodel_hash\x18\x04 \x01(\t\x12\x19\n\x11weight_parameters\x18\x05 \x01(\x03\x12\x17\n\x0fweight_coverage\x18\x06 \x01(\x01\"g\n\x11\x45stimatorSettings\x12\x1a\n\x12target_relative_se\x18\x01 \x01(\x01\x12\x13\n\x0bmax_samples\x18\x02 \x01(\x05\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x13\n\x0bnum_batches\x18\x04 \x01(\x05\"\xdf\x01\n\x14StartAnalysisRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.bitmesh.v1.ModelRef\x12\'\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x16.bitmesh.v1.DatasetRef\x12(\n\x07options\x18\x03 \x03(\x0b\x32\x17.bitmesh.v1.QuantOption\x12/\n\x08settings\x18\x04 \x01(\x0b\x32\x1d.bitmesh.v1.EstimatorSettings\x12\x1e\n\x16\x61\x63tivation_sensitivity\x18\x05 \x01(\x08\"\xa0\x01\n\x12OptionPerturbation\x12\'\n\x06option\x18\x01 \x01(\x0b\x32\x17.bitmesh.v1.QuantOption\x12\x12\n\noption_key\x18\x02 \x01(\t\x12\x17\n\x0fweight_error_sq\x18\x03 \x01(\x01\x12\r\n\x05omega\x18\x04 \x01(\x01\x12%\n\x05\x63osts\x18\x05 \x01(\x0b\x32\x16.bitmesh.v1.LayerCosts\"\xf5\x01\n\x10LayerSensitivity\x12$\n\x05layer\x18\x01 \x01(\x0b\x32\x15.bitmesh.v1.LayerInfo\x12\r\n\x05trace\x18\x02 \x01(\x01\x12\x18\n\x10normalized_trace\x18\x03 \x01(\x01\x12\x16\n\x0estandard_error\x18\x04 \x01(\x01\x12\x0f\n\x07samples\x18\x05 \x01(\x05\x12\x35\n\rperturbations\x18\x06 \x03(\x0b\x32\x1e.bitmesh.v1.OptionPerturbation\x12\x1d\n\x10\x61\x63tivation_trace\x18\x07 \x01(\x01H\x00\x88\x01\x01\x42\x13\n\x11_activation_trace\"\xe8\x01\n\x11SensitivityReport\x12,\n\x06layers\x18\x01 \x03(\x0b\x32\x1c.bitmesh.v1.LayerSensitivity\x12\x12\n\nmodel_hash\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x61taset_hash\x18\x03 \x01(\t\x12/\n\x08settings\x18\x04 \x01(\x0b\x32\x1d.bitmesh.v1.EstimatorSettings\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\x12\x0e\n\x06\x63\x61\x63hed\x18\x06 \x01(\x08\x12)\n\x08\x61rtifact\x18\x07 \x01(\x0b\x32\x17.bitmesh.v1.ArtifactRef\"d\n\rLayerEstimate\x12\r\n\x05layer\x18\x01 \x01(\t\x12\r\n\x05trace\x18\x02 \x01(\x01\x12\x16\n\x0estandard_error\x18\x03 \x01(\x01\x12\x0f\n\x07samples\x18\x04 \x01(\x05\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\"d\n\x10SensitivityEvent\x12%\n\x06status\x18\x01 \x01(\x0b\x32\x15.bitmesh.v1.JobStatus\x12)\n\x06layers\x18\x02 \x03(\x0b\x32\x19.bitmesh.v1.LayerEstimate\"f\n\x0e\x41nalysisResult\x12%\n\x06status\x18\x01 \x01(\x0b\x32\x15.bitmesh.v1.JobStatus\x12-\n\x06report\x18\x02 \x01(\x0b\x32\x1d.bitmesh.v1.SensitivityReport2\xb4\x03\n\x12SensitivityService\x12K\n\nListLayers\x12\x1d.bitmesh.v1.ListLayersRequest\x1a\x1e.bitmesh.v1.ListLayersResponse\x12\x45\n\rStartAnalysis\x12 .bitmesh.v1.StartAnalysisRequest\x1a\x12.bitmesh.v1.JobRef\x12\x43\n\rWatchAnalysis\x12\x12.bitmesh.v1.JobRef\x1a\x1c.bitmesh.v1.SensitivityEvent0\x01\x12=\n\x0bGetAnalysis\x12\x12.bitmesh.v1.JobRef\x1a\x1a.bitmesh.v1.AnalysisResult\x12;\n\x0e\x43\x61ncelAnalysis\x12\x12.bitmesh.v1.JobRef\x1a\x15.bitmesh.v1.JobStatus\x12I\n\x0cListAnalyses\x12\x1b.bitmesh.v1.ListJobsRequest\x1a\x1c.bitmesh.v1.ListJobsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,23 +39,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OPTIONCOSTS']._serialized_start=267
   _globals['_OPTIONCOSTS']._serialized_end=380
   _globals['_LISTLAYERSRESPONSE']._serialized_start=383
-  _globals['_LISTLAYERSRESPONSE']._serialized_end=513
-  _globals['_ESTIMATORSETTINGS']._serialized_start=515
-  _globals['_ESTIMATORSETTINGS']._serialized_end=618
-  _globals['_STARTANALYSISREQUEST']._serialized_start=621
-  _globals['_STARTANALYSISREQUEST']._serialized_end=844
-  _globals['_OPTIONPERTURBATION']._serialized_start=847
-  _globals['_OPTIONPERTURBATION']._serialized_end=1007
-  _globals['_LAYERSENSITIVITY']._serialized_start=1010
-  _globals['_LAYERSENSITIVITY']._serialized_end=1255
-  _globals['_SENSITIVITYREPORT']._serialized_start=1258
-  _globals['_SENSITIVITYREPORT']._serialized_end=1490
-  _globals['_LAYERESTIMATE']._serialized_start=1492
-  _globals['_LAYERESTIMATE']._serialized_end=1592
-  _globals['_SENSITIVITYEVENT']._serialized_start=1594
-  _globals['_SENSITIVITYEVENT']._serialized_end=1694
-  _globals['_ANALYSISRESULT']._serialized_start=1696
-  _globals['_ANALYSISRESULT']._serialized_end=1798
-  _globals['_SENSITIVITYSERVICE']._serialized_start=1801
-  _globals['_SENSITIVITYSERVICE']._serialized_end=2237
+  _globals['_LISTLAYERSRESPONSE']._serialized_end=565
+  _globals['_ESTIMATORSETTINGS']._serialized_start=567
+  _globals['_ESTIMATORSETTINGS']._serialized_end=670
+  _globals['_STARTANALYSISREQUEST']._serialized_start=673
+  _globals['_STARTANALYSISREQUEST']._serialized_end=896
+  _globals['_OPTIONPERTURBATION']._serialized_start=899
+  _globals['_OPTIONPERTURBATION']._serialized_end=1059
+  _globals['_LAYERSENSITIVITY']._serialized_start=1062
+  _globals['_LAYERSENSITIVITY']._serialized_end=1307
+  _globals['_SENSITIVITYREPORT']._serialized_start=1310
+  _globals['_SENSITIVITYREPORT']._serialized_end=1542
+  _globals['_LAYERESTIMATE']._serialized_start=1544
+  _globals['_LAYERESTIMATE']._serialized_end=1644
+  _globals['_SENSITIVITYEVENT']._serialized_start=1646
+  _globals['_SENSITIVITYEVENT']._serialized_end=1746
+  _globals['_ANALYSISRESULT']._serialized_start=1748
+  _globals['_ANALYSISRESULT']._serialized_end=1850
+  _globals['_SENSITIVITYSERVICE']._serialized_start=1853
+  _globals['_SENSITIVITYSERVICE']._serialized_end=2289
 # @@protoc_insertion_point(module_scope)

@@ -34,16 +34,20 @@ class OptionCosts(_message.Message):
     def __init__(self, option: _Optional[_Union[_common_pb2.QuantOption, _Mapping]] = ..., option_key: _Optional[str] = ..., costs: _Optional[_Union[_common_pb2.LayerCosts, _Mapping]] = ...) -> None: ...
 
 class ListLayersResponse(_message.Message):
-    __slots__ = ("layers", "total_parameters", "total_macs", "model_hash")
+    __slots__ = ("layers", "total_parameters", "total_macs", "model_hash", "weight_parameters", "weight_coverage")
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MACS_FIELD_NUMBER: _ClassVar[int]
     MODEL_HASH_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_COVERAGE_FIELD_NUMBER: _ClassVar[int]
     layers: _containers.RepeatedCompositeFieldContainer[LayerWithCosts]
     total_parameters: int
     total_macs: int
     model_hash: str
-    def __init__(self, layers: _Optional[_Iterable[_Union[LayerWithCosts, _Mapping]]] = ..., total_parameters: _Optional[int] = ..., total_macs: _Optional[int] = ..., model_hash: _Optional[str] = ...) -> None: ...
+    weight_parameters: int
+    weight_coverage: float
+    def __init__(self, layers: _Optional[_Iterable[_Union[LayerWithCosts, _Mapping]]] = ..., total_parameters: _Optional[int] = ..., total_macs: _Optional[int] = ..., model_hash: _Optional[str] = ..., weight_parameters: _Optional[int] = ..., weight_coverage: _Optional[float] = ...) -> None: ...
 
 class EstimatorSettings(_message.Message):
     __slots__ = ("target_relative_se", "max_samples", "seed", "num_batches")
