@@ -128,8 +128,8 @@ def summary_markdown(report: dict[str, Any]) -> str:
     ]
     teacher = report.get("teacher")
     if teacher:
-        how = "evaluated, not trained" if teacher["given"] else "trained from scratch"
-        lines += [f"FP32 model: {teacher['text']} ({how}); it is the distillation teacher.", ""]
+        how = " (evaluated, not trained)" if teacher["given"] else ""
+        lines += [f"FP32 model: {teacher['text']}{how}; it is the distillation teacher.", ""]
     lines += [
         "| model | test accuracy | BOPs | weight size (bytes) |",
         "|---|---:|---:|---:|",
