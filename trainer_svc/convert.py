@@ -296,5 +296,6 @@ def result_to_pb(
     if result.get("target") is not None:
         msg.cost_target = float(result["target"])
     msg.steps_done = int(result["steps_done"])
+    msg.seconds = float(result.get("seconds", 0.0))
     msg.resumed_from.extend(int(s) for s in result.get("resumed_from", []))
     return msg

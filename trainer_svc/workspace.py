@@ -16,7 +16,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from bitmesh.data.datasets import DIGITS_SHAPE, DatasetSpec, load_dataset, num_classes_of
+from bitmesh.data.datasets import (
+    DIGITS_SHAPE,
+    DatasetSpec,
+    check_dataset,
+    load_dataset,
+    num_classes_of,
+)
 from bitmesh.errors import FailedPrecondition, InvalidArgument
 from bitmesh.formats import Granularity, QuantOption
 from bitmesh.models.layers import LayerProfile, discover_layers
@@ -62,7 +68,9 @@ def _sample_shape(spec: DatasetSpec) -> tuple[int, ...] | None:
 
 
 def check_data_fits(request: TrainingRequest) -> None:
-    """The dataset's samples and classes must be the model's input and outputs."""
+    """The data must be readable, and its samples and classes the model's
+    input and outputs."""
+    check_dataset(request.dataset)
     shape = _sample_shape(request.dataset)
     if shape is not None and tuple(shape) != tuple(request.model.input_shape):
         raise InvalidArgument(
@@ -184,7 +192,7 @@ def load_splits(request: TrainingRequest) -> tuple[Dataset[object], Dataset[obje
         full = len(load_dataset(replace(train_spec, subset_size=0)))  # type: ignore[arg-type]
         base = train_spec.subset_size or full
         train_spec = replace(train_spec, subset_size=max(1, round(base * fraction)))
-    test_spec = replace(request.dataset, split="test", subset_size=0)
+    test_spec = request.dataset.eval_split()
     return load_dataset(train_spec), load_dataset(test_spec)
 
 

@@ -55,16 +55,21 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-classes", type=int, default=0, help="0 = the architecture's default")
 
 
+def model_source(model: str) -> str:
+    """Which ``ModelRef`` source ``--model`` names: a ``.pt2`` file, a
+    TorchScript file (a path ending .pt/.pth/.torchscript/.ts), else an
+    architecture name."""
+    if model.endswith(".pt2"):
+        return "exported_program"
+    if model.endswith((".pt", ".pth", ".torchscript", ".ts")) and "/" in model:
+        return "torchscript"
+    return "architecture"
+
+
 def model_ref_from(args: argparse.Namespace) -> common_pb2.ModelRef:
     shape = parse_shape(args.input_shape)
     ref = common_pb2.ModelRef(weights=args.weights, input_shape=shape, num_classes=args.num_classes)
-    model: str = args.model
-    if model.endswith(".pt2"):
-        ref.exported_program = model
-    elif model.endswith((".pt", ".pth", ".torchscript", ".ts")) and "/" in model:
-        ref.torchscript = model
-    else:
-        ref.architecture = model
+    setattr(ref, model_source(args.model), args.model)
     return ref
 
 
@@ -108,12 +113,29 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-classes", type=int, default=0, help="synthetic classes")
     parser.add_argument("--subset", type=int, default=0, help="use N training samples (0 = all)")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the subset")
+    add_normalize_arg(parser)
+    parser.add_argument(
+        "--eval-subset", type=int, default=0, help="evaluate on N test samples (0 = all)"
+    )
+
+
+def add_normalize_arg(parser: argparse.ArgumentParser) -> None:
+    from bitmesh.data.normalization import NORMALIZE_HELP
+
+    parser.add_argument("--normalize", default="", help=NORMALIZE_HELP)
 
 
 def dataset_ref_from(args: argparse.Namespace) -> common_pb2.DatasetRef:
-    """``digits``, ``synthetic`` (with --data-shape) or ``folder:PATH``."""
+    """``digits``, ``synthetic`` (with --data-shape) or ``folder:PATH``, with
+    ``--normalize`` (image folders: ImageNet's statistics unless told)."""
+    from bitmesh.data.normalization import parse_normalization
+
     text: str = args.dataset
-    ref = common_pb2.DatasetRef(subset_size=args.subset, seed=args.data_seed)
+    ref = common_pb2.DatasetRef(
+        subset_size=args.subset,
+        seed=args.data_seed,
+        eval_subset_size=getattr(args, "eval_subset", 0),
+    )
     if text == "digits":
         ref.kind = common_pb2.DATASET_KIND_DIGITS
     elif text == "synthetic":
@@ -126,4 +148,9 @@ def dataset_ref_from(args: argparse.Namespace) -> common_pb2.DatasetRef:
         ref.shape.extend(parse_shape(args.data_shape))
     else:
         raise InvalidArgument(f"dataset {text!r}: use digits, synthetic or folder:PATH")
+    kind = "image_folder" if ref.kind == common_pb2.DATASET_KIND_IMAGE_FOLDER else text
+    channels = int(ref.shape[0]) if ref.shape else 3
+    mean, std = parse_normalization(getattr(args, "normalize", ""), kind, channels)
+    ref.mean.extend(mean)
+    ref.std.extend(std)
     return ref

@@ -1,7 +1,11 @@
-"""`bitmesh run`: the whole pipeline (train FP32, sensitivity, solve, QAT or
-search, baselines, ONNX) over the running mesh, with a progress bar per stage.
+"""`bitmesh run`: the whole pipeline (FP32 model, sensitivity, solve, QAT or
+search, uniform baselines, ONNX) over the running mesh, with a progress bar
+per stage.
 
-Rerunning with the same ``--out`` skips every stage already finished there.
+The FP32 model is the user's (``--weights``, or a ``.pt2`` program, which
+carries its own: evaluated, not trained, and the distillation teacher) or
+trained from scratch (``--fp32-steps``). Rerunning with the same ``--out``
+skips every stage already finished there.
 """
 
 from __future__ import annotations
@@ -11,7 +15,13 @@ from pathlib import Path
 
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from bitmesh.cli.common import add_client_args, console, dump_json, parse_shape
+from bitmesh.cli.common import (
+    add_client_args,
+    add_normalize_arg,
+    console,
+    dump_json,
+    parse_shape,
+)
 from bitmesh.cli.solver_cmds import add_budget_args, budgets_from
 from bitmesh.client import Client
 from bitmesh.errors import InvalidArgument
@@ -29,6 +39,20 @@ def request_from(args: argparse.Namespace) -> PipelineRequest:
     return PipelineRequest(
         model=args.model,
         dataset=args.dataset,
+        weights=args.weights,
+        num_classes=args.num_classes,
+        data_shape=tuple(parse_shape(args.data_shape)),
+        data_classes=args.data_classes,
+        normalize=args.normalize,
+        calibration_subset=args.calibration_subset,
+        sensitivity_subset=args.sensitivity_subset,
+        eval_subset=args.eval_subset,
+        sensitivity_samples=args.sensitivity_samples,
+        frontier_points=args.frontier_points,
+        learning_rate=args.learning_rate,
+        qat_learning_rate=args.qat_learning_rate,
+        proxy_steps=args.proxy_steps,
+        proxy_learning_rates=_rates(args.proxy_learning_rates),
         budgets=budgets,
         latency_profile=args.latency_profile,
         method=args.method,
@@ -41,6 +65,15 @@ def request_from(args: argparse.Namespace) -> PipelineRequest:
         seed=args.seed,
         size_accounting="weights_only" if args.weights_only_size else "weights_and_scales",
     )
+
+
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(r) for r in text.split(",") if r.strip())
+    except ValueError:
+        raise InvalidArgument(
+            f"--proxy-learning-rates {text!r} must be numbers like 0.002,0.01"
+        ) from None
 
 
 def addresses_from(items: list[str]) -> dict[str, str]:
@@ -90,17 +123,87 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser("run", help="the whole pipeline: budgets in, quantized model out")
-    parser.add_argument("--model", required=True, help="architecture, e.g. digits_cnn")
-    parser.add_argument("--input-shape", default="", help="C,H,W (default 1,8,8 for digits_cnn)")
-    parser.add_argument("--dataset", default="digits", help="digits, synthetic or folder:PATH")
+    defaults = PipelineRequest(model="-", budgets={"max_bops": 1.0})
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        required=True,
+        help="a torchvision classification name (resnet18), digits_cnn, or a .pt2 file "
+        "(torch.export.save, with a dynamic batch dimension)",
+    )
+    model.add_argument(
+        "--weights",
+        default="",
+        help="state_dict file of the model (torch.save(model.state_dict()); read with "
+        "weights_only=True): evaluated, not trained, and the distillation teacher",
+    )
+    model.add_argument(
+        "--input-shape",
+        default="",
+        help="C,H,W (default: a .pt2's example input, else --data-shape, 1,8,8 for digits, "
+        "else 3,224,224)",
+    )
+    model.add_argument(
+        "--num-classes", type=int, default=0, help="0 = the data's (folder: its class folders)"
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default="digits", help="digits, synthetic or folder:PATH")
+    data.add_argument(
+        "--data-shape", default="", help="C,H,W samples are resized to (default: the model's)"
+    )
+    data.add_argument("--data-classes", type=int, default=0, help="synthetic data's classes")
+    add_normalize_arg(data)
+    data.add_argument(
+        "--calibration-subset",
+        type=int,
+        default=0,
+        help="training samples QAT, the search and the proxy trials calibrate and train on "
+        "(0 = the whole train split)",
+    )
+    data.add_argument(
+        "--sensitivity-subset",
+        type=int,
+        default=0,
+        help="training samples the Hessian traces are drawn from (0 = all)",
+    )
+    data.add_argument(
+        "--eval-subset",
+        type=int,
+        default=0,
+        help="test samples every evaluation and the ONNX check use (0 = the whole test split)",
+    )
     parser.add_argument("--method", choices=METHODS, default="lcpaq")
     parser.add_argument("--formats", default="int4,int8,e4m3", help="options per layer")
-    parser.add_argument("--fp32-steps", type=int, default=300)
-    parser.add_argument("--qat-steps", type=int, default=150)
-    parser.add_argument("--search-steps", type=int, default=300)
-    parser.add_argument(
-        "--proxy-trials", type=int, default=3, help="LCPAQ's learning-rate search (0 = skip)"
+    steps = parser.add_argument_group("training")
+    steps.add_argument(
+        "--fp32-steps",
+        type=int,
+        default=defaults.fp32_steps,
+        help="steps of FP32 training from scratch (unused with --weights or a .pt2)",
     )
+    steps.add_argument("--qat-steps", type=int, default=defaults.qat_steps)
+    steps.add_argument("--search-steps", type=int, default=defaults.search_steps)
+    steps.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="FP32")
+    steps.add_argument("--qat-learning-rate", type=float, default=defaults.qat_learning_rate)
+    steps.add_argument(
+        "--proxy-trials",
+        type=int,
+        default=defaults.proxy_trials,
+        help="LCPAQ's learning-rate search (0 = skip)",
+    )
+    steps.add_argument("--proxy-steps", type=int, default=defaults.proxy_steps)
+    steps.add_argument(
+        "--proxy-learning-rates",
+        default=",".join(f"{r:g}" for r in defaults.proxy_learning_rates),
+        help="the QAT learning rates the proxy search picks from",
+    )
+    steps.add_argument(
+        "--sensitivity-samples",
+        type=int,
+        default=defaults.sensitivity_samples,
+        help="Hutchinson probes per layer, at most",
+    )
+    steps.add_argument("--frontier-points", type=int, default=defaults.frontier_points)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--weights-only-size",

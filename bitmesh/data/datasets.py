@@ -9,11 +9,15 @@ Three kinds (the proto's ``DatasetRef``), all usable with nothing downloaded:
 - ``synthetic``: seeded Gaussian tensors of any shape whose class means differ,
   so a model can learn them (useful for shapes like 3x224x224).
 - ``image_folder``: a torchvision ImageFolder tree, resized and center-cropped
-  to ``shape``. If the folder has ``train/`` and ``test/`` subfolders they are
-  the splits; otherwise a fixed stratified 80/20 split of the one tree.
+  to ``shape``, then normalised with ``mean``/``std`` when given. If the
+  folder has ``train/`` and ``test/`` subfolders they are the splits;
+  otherwise a fixed stratified 80/20 split of the one tree. Its contents are
+  checked before use (:func:`check_dataset`): a class with no images or a
+  file that is not an image is the user's to fix, not a worker's crash.
 
 ``subset_size`` takes a seeded random subset (``spec.seed``), e.g. the small
-calibration batch of a low-fidelity proxy trial.
+calibration batch of a low-fidelity proxy trial; ``eval_subset_size`` does the
+same for the test split every evaluation reads (:meth:`DatasetSpec.eval_split`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import hashlib
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from bitmesh.data.array_cache import cached_arrays
+from bitmesh.data.normalization import check_normalization
 from bitmesh.errors import InvalidArgument, NotFound
 
 __all__ = [
@@ -40,6 +45,7 @@ __all__ = [
     "DatasetKind",
     "DatasetSpec",
     "Split",
+    "check_dataset",
     "dataset_hash",
     "load_dataset",
     "make_loader",
@@ -83,6 +89,11 @@ class DatasetSpec:
     subset_size: int = 0
     seed: int = 0
     synthetic_size: int = 512
+    #: Image folders: per-channel (x - mean) / std after scaling to [0, 1].
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    #: Samples of the test split evaluations use (0 = all of it).
+    eval_subset_size: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -95,7 +106,9 @@ class DatasetSpec:
             object.__setattr__(self, "path", None)
         if self.shape is not None:
             object.__setattr__(self, "shape", tuple(self.shape))
-        for name in ("subset_size", "seed"):
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        for name in ("subset_size", "seed", "eval_subset_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise InvalidArgument(f"{name} must be an integer >= 0, got {value!r}")
@@ -103,7 +116,15 @@ class DatasetSpec:
             raise InvalidArgument(f"synthetic_size must be >= 1, got {self.synthetic_size}")
         if self.num_classes < 1:
             raise InvalidArgument(f"num_classes must be >= 1, got {self.num_classes}")
+        if (self.mean or self.std) and self.kind != "image_folder":
+            raise InvalidArgument(
+                f"normalisation applies to image folders; {self.kind} is normalised already"
+            )
         getattr(self, f"_check_{self.kind}")()
+
+    def eval_split(self) -> DatasetSpec:
+        """The test split every evaluation reads (``eval_subset_size`` samples of it)."""
+        return replace(self, split="test", subset_size=self.eval_subset_size)
 
     def _check_digits(self) -> None:
         if self.shape not in (None, DIGITS_SHAPE):
@@ -129,6 +150,9 @@ class DatasetSpec:
                 f"an image_folder dataset needs shape (C, H, W) with C 1 (grey) or 3 (RGB), "
                 f"got {shape!r}"
             )
+        if (len(self.mean) == 0) != (len(self.std) == 0):
+            raise InvalidArgument("normalisation needs both mean and std, or neither")
+        check_normalization(self.mean, self.std, shape[0])
 
 
 # ---------------------------------------------------------------- digits
@@ -237,11 +261,72 @@ def _stratified_indices(targets: list[int], split: str) -> list[int]:
     return sorted(chosen)
 
 
+#: Files an image folder may hold besides images (hidden files, e.g. .DS_Store).
+def _ignored(path: Path) -> bool:
+    return path.name.startswith(".")
+
+
+def _check_folder_contents(folder: Path) -> None:
+    """Every class subfolder holds images only, and at least one.
+
+    torchvision's ImageFolder would skip files without an image suffix
+    silently and fail on a broken image only when a worker reads it; a class
+    with no images would end the job later. Each image's header is opened
+    here (no pixels decoded), so a renamed text file is caught too.
+    """
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
+
+    try:
+        classes, _ = find_classes(str(folder))
+    except FileNotFoundError as exc:
+        raise InvalidArgument(
+            f"image folder {str(folder)!r} has no class subfolders "
+            "(expected <class>/<image>.png|jpg...)"
+        ) from exc
+    for cls in classes:
+        files = sorted(p for p in (folder / cls).rglob("*") if p.is_file() and not _ignored(p))
+        images = [p for p in files if p.suffix.lower() in IMG_EXTENSIONS]
+        others = [p for p in files if p.suffix.lower() not in IMG_EXTENSIONS]
+        if others:
+            shown = ", ".join(p.relative_to(folder).as_posix() for p in others[:3])
+            raise InvalidArgument(
+                f"image folder {str(folder)!r} holds {len(others)} file(s) that are not images "
+                f"({shown}{' ...' if len(others) > 3 else ''}): remove them (images: "
+                f"{', '.join(IMG_EXTENSIONS)})"
+            )
+        if not images:
+            raise InvalidArgument(
+                f"class {cls!r} of image folder {str(folder)!r} has no images: add some or "
+                "remove the empty class folder"
+            )
+        for path in images:
+            try:
+                with Image.open(path):
+                    pass
+            except (UnidentifiedImageError, OSError) as exc:
+                raise InvalidArgument(
+                    f"{path.relative_to(folder).as_posix()} in image folder {str(folder)!r} is "
+                    f"not a readable image ({type(exc).__name__}): replace or remove it"
+                ) from exc
+
+
+def check_dataset(spec: DatasetSpec) -> None:
+    """Refuse data no job could read, before anything is queued: for an image
+    folder, both splits' class folders and files (see ``_check_folder_contents``)."""
+    if spec.kind != "image_folder":
+        return
+    folders = {_image_folder_root(replace(spec, split=split))[0] for split in _SPLITS}  # type: ignore[arg-type]
+    for folder in sorted(folders):
+        _check_folder_contents(folder)
+
+
 def _image_folder(spec: DatasetSpec) -> Dataset[Any]:
     from torchvision import datasets, transforms
 
     assert spec.shape is not None
     folder, needs_split = _image_folder_root(spec)
+    _check_folder_contents(folder)
     channels, height, width = spec.shape
     steps: list[Any] = [transforms.Grayscale(1)] if channels == 1 else []
     steps += [
@@ -249,6 +334,13 @@ def _image_folder(spec: DatasetSpec) -> Dataset[Any]:
         transforms.CenterCrop((height, width)),
         transforms.ToTensor(),
     ]
+    if spec.mean:
+        steps.append(
+            transforms.Normalize(
+                spec.mean * (channels if len(spec.mean) == 1 else 1),
+                spec.std * (channels if len(spec.std) == 1 else 1),
+            )
+        )
     try:
         dataset = datasets.ImageFolder(str(folder), transform=transforms.Compose(steps))
     except FileNotFoundError as exc:
@@ -340,6 +432,9 @@ def dataset_hash(spec: DatasetSpec) -> str:
     """
     fields = asdict(spec)
     fields["scheme"] = _SCHEME_VERSION
+    for name in ("mean", "std", "eval_subset_size"):
+        if not fields[name]:
+            del fields[name]  # unset: hashes stay those of specs before these fields
     if spec.kind == "digits":
         import sklearn
 

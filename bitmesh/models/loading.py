@@ -313,7 +313,12 @@ def _load_exported_program(path_text: str) -> nn.Module:
             f"{path_text!r} is not a readable torch.export program (.pt2 from "
             f"torch.export.save): {_short_reason(exc)}"
         ) from exc
-    return program.module()
+    from bitmesh.models.exported import allow_mode_switch, lift_layers
+
+    module = program.module()
+    lift_layers(module)
+    allow_mode_switch(module)
+    return module
 
 
 def _load_torchscript(path_text: str) -> nn.Module:

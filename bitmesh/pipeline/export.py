@@ -3,12 +3,14 @@
 The trainer's weights file holds the plain state_dict, the activation clips
 and the option keys; from them this rebuilds both the fake-quantized torch
 model (the reference, clips fixed as trained) and the QDQ ONNX file, then
-compares their predictions on the test split.
+compares their predictions on the test split (the run's own test split,
+``eval_subset`` samples of it, normalised as the services read it).
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,27 +26,21 @@ from bitmesh.models.loading import ModelSpec, load_model
 from bitmesh.quant.qmodel import QuantSettings, wrap_with_config
 
 
-def _test_split(dataset: str) -> Any:
-    if dataset != "digits":
-        # Other datasets need their own spec (shape, path); digits is what runs here.
-        return None
-    return load_dataset(DatasetSpec("digits", split="test"))
-
-
 def export_result(
-    model: str, input_shape: tuple[int, ...], weights_path: str, dataset: str, out: Path
+    model: ModelSpec, weights_path: str, test_split: DatasetSpec | None, out: Path
 ) -> dict[str, Any]:
-    """Export and verify; a model with an op ONNX lacks gives ``exported: False``
-    and the blocking op (the trained artifacts stay as they are)."""
+    """Export and verify on ``test_split``; a model with an op ONNX lacks gives
+    ``exported: False`` and the blocking op (the trained artifacts stay as they
+    are). ``model`` names the architecture or program, without weights: they
+    come from the trainer's ``weights_path``."""
     payload = torch.load(weights_path, map_location="cpu", weights_only=True)
     config = {name: parse_option(key) for name, key in payload["config"].items()}
     clips = {
         key.removesuffix(".activation_clip"): float(value)
         for key, value in payload["quantizers"].items()
     }
-    plain = load_model(
-        ModelSpec(source="architecture", name_or_path=model, input_shape=input_shape)
-    )
+    input_shape = model.input_shape
+    plain = load_model(replace(model, weights_path=None))
     plain.load_state_dict(payload["state_dict"])
     plain.eval()
     try:
@@ -54,7 +50,7 @@ def export_result(
     except OnnxExportBlocked as exc:
         return {"export": exc.to_dict(), "verify": None}
     result: dict[str, Any] = {"export": report.to_dict(), "verify": None}
-    test = _test_split(dataset)
+    test = load_dataset(test_split) if test_split is not None else None
     if test is not None:
         reference = fake_quantized(plain, config, clips, test[0][0].unsqueeze(0))
         result["verify"] = verify_onnx(out, reference, test).to_dict()

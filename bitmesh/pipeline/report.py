@@ -76,6 +76,40 @@ def compare_with(result: dict[str, Any], baseline: dict[str, Any], name: str) ->
     }
 
 
+def best_uniform_label(option: str) -> str:
+    """The report's row of the best uniform configuration that fits
+    ("int4/int4" reads INT4: weights and activations alike)."""
+    return f"best uniform fit ({_option_name(option)})"
+
+
+def _option_name(option: str) -> str:
+    weight, _, activation = option.partition("/")
+    return (weight if activation in ("", weight) else option).upper()
+
+
+def verdict(vs_best_uniform: dict[str, Any] | None, best: str | None) -> str:
+    """The line that answers whether mixed precision was worth it: against the
+    best uniform configuration within the same budgets, trained and evaluated
+    the same way."""
+    if best is None:
+        return (
+            "Verdict: no uniform configuration fits the budgets; mixed precision is the "
+            "only way to meet them."
+        )
+    assert vs_best_uniform is not None
+    points = vs_best_uniform["accuracy_delta"] * 100
+    label = _option_name(best)
+    if vs_best_uniform["beats"]:
+        return (
+            f"Verdict: mixed precision beats the best uniform fit (uniform {label}) by "
+            f"{points:.2f} points."
+        )
+    return (
+        f"Verdict: uniform {label} is as good ({-points:.2f} points ahead or level) and fits "
+        f"the same budgets; take the uniform model."
+    )
+
+
 def _fmt_count(value: float) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(value) >= scale:
@@ -91,6 +125,12 @@ def summary_markdown(report: dict[str, Any]) -> str:
         "",
         "Budgets: " + ", ".join(f"{k} = {v:g}" for k, v in inputs["budgets"].items()),
         "",
+    ]
+    teacher = report.get("teacher")
+    if teacher:
+        how = " (evaluated, not trained)" if teacher["given"] else ""
+        lines += [f"FP32 model: {teacher['text']}{how}; it is the distillation teacher.", ""]
+    lines += [
         "| model | test accuracy | BOPs | weight size (bytes) |",
         "|---|---:|---:|---:|",
     ]
@@ -121,7 +161,17 @@ def summary_markdown(report: dict[str, Any]) -> str:
             f"{'n/a' if agreement is None else f'{agreement * 100:.2f} %'} of "
             f"{verify['samples']} test samples (ONNX accuracy {verify.get('onnx_accuracy')})"
         )
+    sizes = onnx.get("file_size")
+    if sizes:
+        budget = sizes.get("budget_bytes")
+        lines.append(
+            f"- model.onnx size: {sizes.get('file_bytes') or 0:,.0f} bytes on disk, of which weights "
+            f"{sizes['weight_bytes']:,.0f}; size budget "
+            f"{'none' if budget is None else f'{budget:,.0f} bytes'} ({sizes['size_accounting']})"
+        )
     for note in report.get("notes", []):
         lines.append(f"- note: {note}")
     lines += ["", "Plots: frontier.png, layers.png. Everything else: report.json.", ""]
+    if report.get("verdict"):
+        lines += [report["verdict"], ""]
     return "\n".join(lines)

@@ -16,6 +16,17 @@ METHODS: tuple[str, ...] = ("lcpaq", "fliqs", "both")
 class PipelineRequest:
     """Model, data, budgets and method, plus the step counts of each training.
 
+    ``model`` is an architecture name or a ``.pt2`` file; ``weights`` a
+    state_dict file for it. A given model (weights, or a program file, which
+    carries its own) is evaluated, not trained, and is the distillation
+    teacher; without one the FP32 model is trained from scratch
+    (``fp32_steps``). Empty shapes and a zero ``num_classes`` follow the model
+    and the data (:mod:`bitmesh.pipeline.inputs`). ``normalize`` is
+    ``--normalize``'s text ("" = ImageNet's statistics for image folders).
+    The three subset sizes bound the training samples every quantized job
+    calibrates and fine-tunes on, the samples the Hessian traces see and the
+    test samples every evaluation reads (0 = all).
+
     ``budgets`` maps ``max_size_bytes`` / ``max_bops`` / ``max_latency_ms`` /
     ``max_avg_weight_bits`` to limits (``latency_profile`` names the profile of
     a latency budget). Step counts are small by default: they are what the
@@ -26,6 +37,14 @@ class PipelineRequest:
 
     model: str
     dataset: str = "digits"
+    weights: str = ""
+    num_classes: int = 0
+    data_shape: tuple[int, ...] = ()
+    data_classes: int = 0
+    normalize: str = ""
+    calibration_subset: int = 0
+    sensitivity_subset: int = 0
+    eval_subset: int = 0
     budgets: dict[str, float] = field(default_factory=dict)
     latency_profile: str = ""
     method: Method = "lcpaq"
@@ -62,6 +81,9 @@ class PipelineRequest:
             raise InvalidArgument("a latency budget needs a latency profile (--latency-profile)")
         if self.proxy_trials < 0 or (self.proxy_trials and not self.proxy_learning_rates):
             raise InvalidArgument("a proxy search needs trials >= 0 and learning rates to try")
+        sizes = (self.calibration_subset, self.sensitivity_subset, self.eval_subset)
+        if min(*sizes, self.num_classes, self.data_classes) < 0:
+            raise InvalidArgument("subset sizes and class counts must be >= 0 (0 = all / auto)")
         if min(self.fp32_steps, self.qat_steps, self.search_steps, self.proxy_steps) < 1:
             raise InvalidArgument("step counts must be at least 1")
         if (

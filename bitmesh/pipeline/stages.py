@@ -1,12 +1,16 @@
-"""One function per stage: build the request, drive the service, summarise.
+"""The service calls of the stages: build the request, drive the service,
+summarise.
 
 Summaries are plain JSON-able dicts (what the stage cache stores and the
-report embeds). Torch-free: the services do the training and analysis.
+report embeds); each carries ``work_seconds``, the time the service itself
+reports working (what the wall time is compared with to see the mesh's
+overhead). Every model and data reference comes from one
+:class:`~bitmesh.pipeline.inputs.ResolvedInputs`. Torch-free: the services
+do the training and analysis.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +19,7 @@ from bitmesh.artifacts import ArtifactStore
 from bitmesh.client import Client
 from bitmesh.errors import FailedPrecondition
 from bitmesh.formats import get_format, parse_option
+from bitmesh.pipeline.inputs import ResolvedInputs
 from bitmesh.pipeline.request import PipelineRequest
 from bitmesh.rpc.convert import (
     option_from_pb,
@@ -38,28 +43,6 @@ AXES: dict[str, tuple[Any, str]] = {
     "max_latency_ms": (common_pb2.COST_AXIS_LATENCY, "latency_ms"),
     "max_avg_weight_bits": (common_pb2.COST_AXIS_AVG_WEIGHT_BITS, "avg_weight_bits"),
 }
-
-
-def default_input_shape(request: PipelineRequest) -> tuple[int, ...]:
-    if request.input_shape:
-        return request.input_shape
-    return (1, 8, 8) if request.model == "digits_cnn" else (3, 224, 224)
-
-
-def model_ref(request: PipelineRequest, weights: str = "") -> common_pb2.ModelRef:
-    return common_pb2.ModelRef(
-        architecture=request.model, weights=weights, input_shape=list(default_input_shape(request))
-    )
-
-
-def dataset_ref(request: PipelineRequest) -> common_pb2.DatasetRef:
-    """The CLI's parser of ``digits`` / ``synthetic`` / ``folder:PATH``."""
-    from bitmesh.cli.common import dataset_ref_from
-
-    args = argparse.Namespace(
-        dataset=request.dataset, data_shape="", data_classes=0, subset=0, data_seed=0
-    )
-    return dataset_ref_from(args)
 
 
 def budgets_pb(request: PipelineRequest) -> common_pb2.Budgets:
@@ -112,6 +95,7 @@ def follow_training(
         )
     progress(stage, 1.0, f"accuracy {result.evaluation.accuracy:.4f}")
     return {
+        "kind": result.status.kind,
         "job_id": job.job_id,
         "accuracy": result.evaluation.accuracy,
         "loss": result.evaluation.loss,
@@ -123,6 +107,7 @@ def follow_training(
         "steps_done": result.steps_done,
         "final_entropy": result.final_entropy,
         "seconds": time.monotonic() - start,
+        "work_seconds": result.seconds,
     }
 
 
@@ -132,31 +117,49 @@ def training_settings(
     return trainer_pb2.TrainingSettings(steps=steps, learning_rate=lr, seed=request.seed)
 
 
-def fp32_request(request: PipelineRequest) -> trainer_pb2.StartTrainingRequest:
+def fp32_request(
+    request: PipelineRequest, inputs: ResolvedInputs
+) -> trainer_pb2.StartTrainingRequest:
     """A QAT job with an empty configuration trains the float model."""
     return trainer_pb2.StartTrainingRequest(
-        model=model_ref(request),
-        dataset=dataset_ref(request),
+        model=inputs.model_ref(),
+        dataset=inputs.dataset_ref(),
         qat=trainer_pb2.QatSpec(),
         training=training_settings(request, request.fp32_steps, request.learning_rate),
     )
 
 
+def evaluation_request(
+    request: PipelineRequest, inputs: ResolvedInputs
+) -> trainer_pb2.StartTrainingRequest:
+    """The given model as it is: a calibration job with nothing to quantize
+    runs one forward batch (no step, no update) and evaluates the float model
+    on the test split, with the trainer's own loading and checks."""
+    return trainer_pb2.StartTrainingRequest(
+        model=inputs.model_ref(),
+        dataset=inputs.dataset_ref(),
+        calibration=trainer_pb2.CalibrationSpec(calibration_batches=1),
+        training=training_settings(request, 1, request.learning_rate),
+    )
+
+
 def qat_request(
     request: PipelineRequest,
+    inputs: ResolvedInputs,
     weights: str,
     config: dict[str, str] | None = None,
     uniform: str | None = None,
     learning_rate: float | None = None,
 ) -> trainer_pb2.StartTrainingRequest:
-    """QAT with distillation from ``weights`` (the FP32 model is the teacher)."""
+    """QAT with distillation from ``weights`` (the FP32 model is the teacher;
+    ``""`` = a program file's own weights)."""
     spec = trainer_pb2.QatSpec(distillation=trainer_pb2.Distillation(enabled=True))
     spec.config.CopyFrom(_config_pb(config or {}))
     if uniform is not None:
         spec.default_option.CopyFrom(option_to_pb(parse_option(uniform)))
     return trainer_pb2.StartTrainingRequest(
-        model=model_ref(request, weights),
-        dataset=dataset_ref(request),
+        model=inputs.model_ref(weights),
+        dataset=inputs.dataset_ref(),
         qat=spec,
         training=training_settings(
             request, request.qat_steps, learning_rate or request.qat_learning_rate
@@ -176,6 +179,7 @@ def _config_pb(config: dict[str, str]) -> common_pb2.QuantConfig:
 def run_proxy_search(
     client: Client,
     request: PipelineRequest,
+    inputs: ResolvedInputs,
     weights: str,
     config: dict[str, str],
     progress: Progress,
@@ -186,8 +190,8 @@ def run_proxy_search(
     rates = proxy_nas_pb2.Categorical(choices=[f"{r:g}" for r in request.proxy_learning_rates])
     job = client.start_tuning(
         proxy_nas_pb2.StartSearchRequest(
-            model=model_ref(request, weights),
-            dataset=dataset_ref(request),
+            model=inputs.model_ref(weights),
+            dataset=inputs.dataset_ref(),
             config=_config_pb(config),
             space=[proxy_nas_pb2.Hyperparameter(name="learning_rate", categorical=rates)],
             trials=request.proxy_trials,
@@ -231,10 +235,20 @@ def run_proxy_search(
         ],
         "kendall_tau": result.quality.kendall_tau,
         "seconds": time.monotonic() - start,
+        # The study drives its trials itself: its own time is the job's life.
+        "work_seconds": _job_seconds(result.status),
     }
 
 
-def search_request(request: PipelineRequest, weights: str) -> trainer_pb2.StartTrainingRequest:
+def _job_seconds(status: common_pb2.JobStatus) -> float:
+    return max(
+        0.0, status.updated.ToDatetime().timestamp() - status.created.ToDatetime().timestamp()
+    )
+
+
+def search_request(
+    request: PipelineRequest, inputs: ResolvedInputs, weights: str
+) -> trainer_pb2.StartTrainingRequest:
     """FLIQS one-shot search at the BOPs (else size) budget, from the FP32 weights."""
     bops = "max_bops" in request.budgets
     spec = trainer_pb2.SearchSpec(
@@ -245,8 +259,8 @@ def search_request(request: PipelineRequest, weights: str) -> trainer_pb2.StartT
         size_accounting=size_accounting_to_pb(request.size_accounting),
     )
     return trainer_pb2.StartTrainingRequest(
-        model=model_ref(request, weights),
-        dataset=dataset_ref(request),
+        model=inputs.model_ref(weights),
+        dataset=inputs.dataset_ref(),
         search=spec,
         training=training_settings(request, request.search_steps, request.qat_learning_rate),
     )
@@ -256,14 +270,19 @@ def search_request(request: PipelineRequest, weights: str) -> trainer_pb2.StartT
 
 
 def run_sensitivity(
-    client: Client, request: PipelineRequest, weights: str, progress: Progress
+    client: Client,
+    request: PipelineRequest,
+    inputs: ResolvedInputs,
+    weights: str,
+    progress: Progress,
 ) -> dict[str, Any]:
-    """Per-layer traces and the Omega/costs of every option, on the trained weights."""
+    """Per-layer traces and the Omega/costs of every option, on the FP32 weights
+    (over ``sensitivity_subset`` training samples)."""
     start = time.monotonic()
     job = client.start_analysis(
         sensitivity_pb2.StartAnalysisRequest(
-            model=model_ref(request, weights),
-            dataset=dataset_ref(request),
+            model=inputs.model_ref(weights),
+            dataset=inputs.dataset_ref(subset=request.sensitivity_subset),
             options=[option_to_pb(parse_option(o)) for o in request.options],
             settings=sensitivity_pb2.EstimatorSettings(
                 max_samples=request.sensitivity_samples, seed=request.seed
@@ -308,6 +327,7 @@ def run_sensitivity(
         "model_hash": result.report.model_hash,
         "layers": layers,
         "seconds": time.monotonic() - start,
+        "work_seconds": result.report.seconds,
     }
 
 
@@ -315,14 +335,20 @@ def run_sensitivity(
 
 
 def problem_from(
-    sensitivity: dict[str, Any], name: str, size_accounting: str = "weights_and_scales"
+    sensitivity: dict[str, Any],
+    name: str,
+    size_accounting: str = "weights_and_scales",
+    only: str | None = None,
 ) -> solver_pb2.Problem:
-    """The solver's problem: one layer per analysed layer, one option per key;
+    """The solver's problem: one layer per analysed layer, one option per key
+    (``only``: that one option on every layer, a uniform configuration);
     ``size_accounting`` says what its size and bits budgets count."""
     problem = solver_pb2.Problem(name=name, size_accounting=size_accounting_to_pb(size_accounting))
     for layer in sensitivity["layers"]:
         entry = solver_pb2.ProblemLayer(name=layer["name"], parameters=layer["parameters"])
         for key, data in layer["options"].items():
+            if only is not None and key != only:
+                continue
             entry.options.append(
                 solver_pb2.ProblemOption(
                     key=key,
@@ -378,6 +404,7 @@ def run_solver(
     )
     progress("solver", 1.0, f"Omega {solution.total_omega:.4g}")
     return {
+        "work_seconds": solution.seconds + sum(p.seconds for p in frontier.points),
         "problem_id": reply.problem_id,
         "axis": axis_name,
         "frontier": [solution_dict(p) for p in frontier.points],
@@ -393,3 +420,40 @@ def uniform_omega(sensitivity: dict[str, Any], key: str) -> float | None:
             return None
         total += layer["options"][key]["omega"]
     return total
+
+
+def uniform_fits(
+    client: Client, request: PipelineRequest, sensitivity: dict[str, Any], progress: Progress
+) -> dict[str, Any]:
+    """Which uniform configurations (one option on every layer) fit the budgets,
+    and the best of them: the lowest total Omega, the solver's own objective.
+
+    The solver judges each one at the run's budgets, with the same latency
+    profile and size accounting as the mixed result, so "fits" means the same
+    thing on both sides of the comparison.
+    """
+    keys = sorted({key for layer in sensitivity["layers"] for key in layer["options"]})
+    fits: dict[str, dict[str, Any]] = {}
+    work = 0.0
+    for index, key in enumerate(keys):
+        if any(key not in layer["options"] for layer in sensitivity["layers"]):
+            fits[key] = {"fits": False, "reason": "not an option of every layer"}
+            continue
+        problem = problem_from(
+            sensitivity, f"{request.model}-uniform-{key}", request.size_accounting, only=key
+        )
+        try:
+            solution = client.solve(
+                solver_pb2.SolveRequest(problem=problem, budgets=budgets_pb(request))
+            )
+        except FailedPrecondition as exc:
+            fits[key] = {"fits": False, "reason": exc.message}
+            continue
+        work += solution.seconds
+        found = solution_dict(solution)
+        fits[key] = {"fits": found["status"] != "INFEASIBLE", **found}
+        progress("uniform_fit", (index + 1) / len(keys), f"{key}: fits")
+    fitting = [key for key, fit in fits.items() if fit["fits"]]
+    best = min(fitting, key=lambda k: (fits[k]["total_omega"], k)) if fitting else None
+    progress("uniform_fit", 1.0, f"best uniform fit: {best or 'none'}")
+    return {"fits": fits, "best": best, "work_seconds": work}

@@ -57,8 +57,10 @@ def dataset_spec_from_pb(ref: pb.DatasetRef, split: str | None = None) -> Datase
     kind = _DATASET_KINDS.get(ref.kind)
     if kind is None:
         raise InvalidArgument("dataset kind is missing: DIGITS, SYNTHETIC or IMAGE_FOLDER")
-    if ref.subset_size < 0:
-        raise InvalidArgument(f"subset_size must be >= 0, got {ref.subset_size}")
+    if ref.subset_size < 0 or ref.eval_subset_size < 0:
+        raise InvalidArgument(
+            f"subset sizes must be >= 0, got {ref.subset_size} and {ref.eval_subset_size}"
+        )
     return DatasetSpec(
         kind=kind,  # type: ignore[arg-type]
         path=ref.path or None,
@@ -67,4 +69,7 @@ def dataset_spec_from_pb(ref: pb.DatasetRef, split: str | None = None) -> Datase
         split=split or _SPLITS[ref.split],  # type: ignore[arg-type]
         subset_size=ref.subset_size,
         seed=ref.seed,
+        mean=tuple(ref.mean),
+        std=tuple(ref.std),
+        eval_subset_size=ref.eval_subset_size,
     )

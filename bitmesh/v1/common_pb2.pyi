@@ -95,7 +95,7 @@ class ModelRef(_message.Message):
     def __init__(self, architecture: _Optional[str] = ..., exported_program: _Optional[str] = ..., torchscript: _Optional[str] = ..., weights: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ...) -> None: ...
 
 class DatasetRef(_message.Message):
-    __slots__ = ("kind", "path", "shape", "num_classes", "split", "subset_size", "batch_size", "seed")
+    __slots__ = ("kind", "path", "shape", "num_classes", "split", "subset_size", "batch_size", "seed", "mean", "std", "eval_subset_size")
     KIND_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,9 @@ class DatasetRef(_message.Message):
     SUBSET_SIZE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    EVAL_SUBSET_SIZE_FIELD_NUMBER: _ClassVar[int]
     kind: DatasetKind
     path: str
     shape: _containers.RepeatedScalarFieldContainer[int]
@@ -112,7 +115,10 @@ class DatasetRef(_message.Message):
     subset_size: int
     batch_size: int
     seed: int
-    def __init__(self, kind: _Optional[_Union[DatasetKind, str]] = ..., path: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., split: _Optional[_Union[Split, str]] = ..., subset_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    mean: _containers.RepeatedScalarFieldContainer[float]
+    std: _containers.RepeatedScalarFieldContainer[float]
+    eval_subset_size: int
+    def __init__(self, kind: _Optional[_Union[DatasetKind, str]] = ..., path: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., split: _Optional[_Union[Split, str]] = ..., subset_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., eval_subset_size: _Optional[int] = ...) -> None: ...
 
 class LayerInfo(_message.Message):
     __slots__ = ("name", "kind", "parameters", "macs", "weight_shape", "output_channels")

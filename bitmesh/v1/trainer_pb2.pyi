@@ -197,7 +197,7 @@ class Evaluation(_message.Message):
     def __init__(self, accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., costs: _Optional[_Union[_common_pb2.LayerCosts, _Mapping]] = ..., samples: _Optional[int] = ...) -> None: ...
 
 class TrainingResult(_message.Message):
-    __slots__ = ("status", "config", "evaluation", "history", "weights", "config_artifact", "metrics", "final_entropy", "steps_done", "cost_target", "resumed_from")
+    __slots__ = ("status", "config", "evaluation", "history", "weights", "config_artifact", "metrics", "final_entropy", "steps_done", "cost_target", "resumed_from", "seconds")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
@@ -209,6 +209,7 @@ class TrainingResult(_message.Message):
     STEPS_DONE_FIELD_NUMBER: _ClassVar[int]
     COST_TARGET_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FROM_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
     status: _common_pb2.JobStatus
     config: _common_pb2.QuantConfig
     evaluation: Evaluation
@@ -220,4 +221,5 @@ class TrainingResult(_message.Message):
     steps_done: int
     cost_target: float
     resumed_from: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, status: _Optional[_Union[_common_pb2.JobStatus, _Mapping]] = ..., config: _Optional[_Union[_common_pb2.QuantConfig, _Mapping]] = ..., evaluation: _Optional[_Union[Evaluation, _Mapping]] = ..., history: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., weights: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., config_artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., metrics: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., final_entropy: _Optional[float] = ..., steps_done: _Optional[int] = ..., cost_target: _Optional[float] = ..., resumed_from: _Optional[_Iterable[int]] = ...) -> None: ...
+    seconds: float
+    def __init__(self, status: _Optional[_Union[_common_pb2.JobStatus, _Mapping]] = ..., config: _Optional[_Union[_common_pb2.QuantConfig, _Mapping]] = ..., evaluation: _Optional[_Union[Evaluation, _Mapping]] = ..., history: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., weights: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., config_artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., metrics: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., final_entropy: _Optional[float] = ..., steps_done: _Optional[int] = ..., cost_target: _Optional[float] = ..., resumed_from: _Optional[_Iterable[int]] = ..., seconds: _Optional[float] = ...) -> None: ...

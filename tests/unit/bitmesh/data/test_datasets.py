@@ -246,3 +246,40 @@ def test_loader_shuffles_by_seed_only() -> None:
     assert [batch.tolist() for (batch,) in plain] == [[0, 1], [2, 3], [4]]
     with pytest.raises(InvalidArgument, match="batch_size"):
         make_loader(torch.utils.data.TensorDataset(torch.arange(5)), 0)
+
+
+def test_image_folder_normalisation_and_eval_subset(tmp_path: Path) -> None:
+    _write_images(tmp_path / "train", {"a": 2, "b": 2})
+    _write_images(tmp_path / "test", {"a": 3, "b": 3})
+    plain = DatasetSpec("image_folder", path=str(tmp_path), shape=(3, 8, 8), split="test")
+    scaled = DatasetSpec(
+        "image_folder", path=str(tmp_path), shape=(3, 8, 8), split="test", mean=(0.5,), std=(0.25,)
+    )
+    x, _ = _tensors(load_dataset(plain))
+    y, _ = _tensors(load_dataset(scaled))
+    assert torch.allclose(y, (x - 0.5) / 0.25, atol=1e-6)
+    assert dataset_hash(plain) != dataset_hash(scaled)
+    subset = DatasetSpec("image_folder", path=str(tmp_path), shape=(3, 8, 8), eval_subset_size=4)
+    assert len(load_dataset(subset.eval_split())) == 4 and len(load_dataset(subset)) == 4
+    with pytest.raises(InvalidArgument, match="image folders"):
+        DatasetSpec("digits", mean=(0.5,), std=(0.25,))
+
+
+def test_image_folder_contents_are_checked(tmp_path: Path) -> None:
+    from bitmesh.data.datasets import check_dataset
+
+    spec = DatasetSpec("image_folder", path=str(tmp_path), shape=(3, 8, 8))
+    _write_images(tmp_path, {"a": 2, "b": 2})
+    (tmp_path / "a" / ".DS_Store").write_bytes(b"ignored")
+    check_dataset(spec)
+    (tmp_path / "a" / "notes.txt").write_text("x")
+    with pytest.raises(InvalidArgument, match=r"not images \(a/notes\.txt\)"):
+        check_dataset(spec)
+    (tmp_path / "a" / "notes.txt").unlink()
+    (tmp_path / "b" / "0.png").write_text("renamed text")
+    with pytest.raises(InvalidArgument, match=r"b/0\.png .* not a readable image"):
+        load_dataset(spec)
+    (tmp_path / "b" / "0.png").unlink()
+    (tmp_path / "c").mkdir()
+    with pytest.raises(InvalidArgument, match=r"class 'c' .* has no images"):
+        check_dataset(spec)

@@ -12,11 +12,15 @@ from bitmesh.data.datasets import DatasetSpec, load_dataset
 from bitmesh.export.torch_to_onnx import OnnxExportBlocked
 from bitmesh.formats import parse_option
 from bitmesh.models.digits_cnn import DigitsCNN
+from bitmesh.models.loading import ModelSpec
 from bitmesh.pipeline.export import export_result
 from bitmesh.quant.qmodel import QuantSettings, observing, wrap_with_config
 from trainer_svc.outcome import weights_bytes
 
 pytestmark = pytest.mark.unit
+
+_MODEL = ModelSpec(source="architecture", name_or_path="digits_cnn", input_shape=(1, 8, 8))
+_TEST = DatasetSpec("digits", split="test")
 
 
 def _weights_file(tmp_path: Path) -> Path:
@@ -36,7 +40,7 @@ def _weights_file(tmp_path: Path) -> Path:
 
 def test_export_of_a_trainer_weights_file_agrees(tmp_path: Path) -> None:
     weights = _weights_file(tmp_path)
-    out = export_result("digits_cnn", (1, 8, 8), str(weights), "digits", tmp_path / "m.onnx")
+    out = export_result(_MODEL, str(weights), _TEST, tmp_path / "m.onnx")
     export, verify = out["export"], out["verify"]
     assert export["exported"] and export["checker_ok"], export
     assert {entry["layer"] for entry in export["layers"]} == {"conv1", "conv2"}
@@ -53,7 +57,7 @@ def test_a_blocked_export_names_the_op(tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(export_module, "export_onnx", blocked)
     weights = _weights_file(tmp_path)
-    out = export_result("digits_cnn", (1, 8, 8), str(weights), "digits", tmp_path / "m.onnx")
+    out = export_result(_MODEL, str(weights), _TEST, tmp_path / "m.onnx")
     assert out["verify"] is None
     assert out["export"]["exported"] is False
     assert out["export"]["unsupported_ops"] == ["aten::frobnicate"]
