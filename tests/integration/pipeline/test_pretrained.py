@@ -12,7 +12,6 @@ before anything is queued."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,6 @@ from bitmesh.errors import BitmeshError, InvalidArgument
 from bitmesh.formats import parse_option
 from bitmesh.pipeline.request import PipelineRequest
 from bitmesh.pipeline.run import run_pipeline
-from bitmesh.rpc.server import RunningServer
 from bitmesh.v1 import common_pb2, sensitivity_pb2
 from tests.digits_images import write_digits_folder
 from tests.integration.trainer.conftest import TrainerMesh
@@ -34,32 +32,6 @@ REDIS_DB = 15
 SHAPE = (3, 32, 32)
 #: Steps of every stage: enough to exercise it, not to learn.
 FEW = {"qat_steps": 2, "proxy_trials": 0, "sensitivity_samples": 10, "sensitivity_subset": 16}
-
-
-@pytest.fixture(scope="module")
-def services(mesh: TrainerMesh) -> Iterator[dict[str, RunningServer]]:
-    from bitmesh.rpc.service_main import start_service
-    from proxy_nas_svc.servicer import build as build_proxy
-    from sensitivity_svc.servicer import build as build_sensitivity
-    from solver_svc.servicer import build as build_solver
-
-    started = {
-        "sensitivity": start_service("sensitivity", build_sensitivity, mesh.settings, port=0),
-        "solver": start_service("solver", build_solver, mesh.settings, port=0),
-        "proxy_nas": start_service("proxy_nas", build_proxy, mesh.settings, port=0),
-    }
-    yield started
-    for server in started.values():
-        server.stop(1)
-
-
-@pytest.fixture
-def client(mesh: TrainerMesh, services: dict[str, RunningServer]) -> Iterator[Client]:
-    assert mesh.service is not None
-    addresses = {name: f"127.0.0.1:{s.port}" for name, s in services.items()}
-    addresses["trainer"] = f"127.0.0.1:{mesh.service.port}"
-    with Client(mesh.settings, addresses=addresses, timeout=120) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
