@@ -72,12 +72,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from fidelity import protocol  # noqa: E402
+from fidelity.protocol import BUDGETS, OPTION_SETS, Budget, OptionSet, Training  # noqa: E402
+
 from bitmesh.errors import InvalidArgument  # noqa: E402
 from bitmesh.formats import get_format  # noqa: E402
 from bitmesh.pipeline.cache import StageCache  # noqa: E402
-
-from fidelity import protocol  # noqa: E402
-from fidelity.protocol import BUDGETS, OPTION_SETS, Budget, OptionSet, Training  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 
@@ -99,7 +99,11 @@ def _prepare(seed: int, training: Training, folder: str, sets: list[OptionSet]) 
 
 
 def _budget(
-    prepared: dict[str, Any], budget: Budget, limit: float, option_set: OptionSet, training: Training
+    prepared: dict[str, Any],
+    budget: Budget,
+    limit: float,
+    option_set: OptionSet,
+    training: Training,
 ) -> list[dict[str, Any]]:
     from fidelity.methods import run_budget
 
@@ -107,7 +111,11 @@ def _budget(
 
 
 def _variants(
-    prepared: dict[str, Any], budget: Budget, limit: float, option_set: OptionSet, training: Training
+    prepared: dict[str, Any],
+    budget: Budget,
+    limit: float,
+    option_set: OptionSet,
+    training: Training,
 ) -> list[dict[str, Any]]:
     from fidelity.methods import run_variants
 
@@ -128,11 +136,11 @@ def _formats(text: str, what: str) -> tuple[str, ...]:
 
 def plan(args: argparse.Namespace) -> tuple[dict[str, OptionSet], list[Budget], dict[str, float]]:
     """The option sets, budgets and their limits; BadInput before any work."""
-    from bitmesh.models.layers import discover_layers
-    from bitmesh.models.loading import load_model
-
     from fidelity.allocate import budget_limit, cheapest
     from fidelity.prepare import INPUT_SHAPE, model_spec
+
+    from bitmesh.models.layers import discover_layers
+    from bitmesh.models.loading import load_model
 
     sets = dict(OPTION_SETS)
     sets["int"] = replace(
@@ -144,7 +152,9 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, OptionSet], list[Budget], 
     wanted = [n.strip() for n in args.budgets.split(",") if n.strip()]
     unknown = [n for n in wanted if n not in known]
     if unknown or not wanted:
-        raise BadInput(f"unknown budget {', '.join(unknown) or '(none)'}; choose from {', '.join(known)}")
+        raise BadInput(
+            f"unknown budget {', '.join(unknown) or '(none)'}; choose from {', '.join(known)}"
+        )
     budgets = [known[n] for n in wanted]
     if args.max_bops is not None:
         budgets.append(Budget("custom_bops", "int", "bops", (), f"at most {args.max_bops:g} BOPs"))
@@ -191,7 +201,9 @@ def run(args: argparse.Namespace) -> int:
     prepared: dict[int, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
     context = multiprocessing.get_context("spawn")
-    with futures.ProcessPoolExecutor(args.workers, mp_context=context, initializer=_init_worker) as pool:
+    with futures.ProcessPoolExecutor(
+        args.workers, mp_context=context, initializer=_init_worker
+    ) as pool:
         pending: dict[futures.Future[Any], tuple[str, dict[str, Any]]] = {}
 
         def submit_units(seed: int) -> None:
@@ -199,13 +211,25 @@ def run(args: argparse.Namespace) -> int:
             if not args.no_variants and protocol.TIGHTEST in limits:
                 units.append(("variants", next(b for b in budgets if b.name == protocol.TIGHTEST)))
             for kind, budget in units:
-                inputs = base | {"seed": seed, "kind": kind, "budget": asdict(budget), "limit": limits[budget.name]}
+                inputs = base | {
+                    "seed": seed,
+                    "kind": kind,
+                    "budget": asdict(budget),
+                    "limit": limits[budget.name],
+                }
                 cached = cache.get("unit", inputs)
                 if cached is not None:
                     rows.extend(cached["rows"])
                     continue
                 fn = _budget if kind == "budget" else _variants
-                future = pool.submit(fn, prepared[seed], budget, limits[budget.name], sets[budget.option_set], training)
+                future = pool.submit(
+                    fn,
+                    prepared[seed],
+                    budget,
+                    limits[budget.name],
+                    sets[budget.option_set],
+                    training,
+                )
                 pending[future] = ("unit", inputs)
 
         for seed in seeds:
@@ -215,7 +239,9 @@ def run(args: argparse.Namespace) -> int:
                 prepared[seed] = cached
                 submit_units(seed)
                 continue
-            future = pool.submit(_prepare, seed, training, str(work / "weights"), list(sets.values()))
+            future = pool.submit(
+                _prepare, seed, training, str(work / "weights"), list(sets.values())
+            )
             pending[future] = ("prepare", inputs)
         while pending:
             done, _ = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
@@ -225,12 +251,17 @@ def run(args: argparse.Namespace) -> int:
                 if stage == "prepare":
                     cache.put("prepare", inputs, result)
                     prepared[inputs["seed"]] = result
-                    print(f"seed {inputs['seed']}: FP32 {result['fp32']['accuracy']:.4f}", flush=True)
+                    print(
+                        f"seed {inputs['seed']}: FP32 {result['fp32']['accuracy']:.4f}", flush=True
+                    )
                     submit_units(inputs["seed"])
                 else:
                     cache.put("unit", inputs, {"rows": result})
                     rows.extend(result)
-                    print(f"seed {inputs['seed']} {inputs['kind']} {inputs['budget']['name']}: {len(result)} rows", flush=True)
+                    print(
+                        f"seed {inputs['seed']} {inputs['kind']} {inputs['budget']['name']}: {len(result)} rows",
+                        flush=True,
+                    )
 
     from fidelity import report
     from fidelity.summary import cells, spearman_by_format
@@ -254,7 +285,9 @@ def run(args: argparse.Namespace) -> int:
     for cell in table:
         if cell["budget"] == tightest:
             iv = cell["accuracy"]
-            print(f"{cell['method']:>14} {cell['regime']}: {iv.mean:6.2f} [{iv.low:6.2f}, {iv.high:6.2f}] cost {cell['cost'] / cell['limit']:.3f}")
+            print(
+                f"{cell['method']:>14} {cell['regime']}: {iv.mean:6.2f} [{iv.low:6.2f}, {iv.high:6.2f}] cost {cell['cost'] / cell['limit']:.3f}"
+            )
     print(f"report: {args.report}; total {time.perf_counter() - started:.0f} s")
     print(line)
     return 0

@@ -16,12 +16,11 @@ import numpy as np
 from bitmesh.costs import LayerCosts, budgeted_bytes
 from bitmesh.formats import parse_option
 from bitmesh.models.layers import LayerProfile
+from fidelity.protocol import RANDOM_CONFIGS, RANDOM_WINDOW, Budget, OptionSet
 from solver_svc.problem import LayerChoice, OptionCost, Problem
 from solver_svc.solve import solve
 from solver_svc.spec import Budgets
 from trainer_svc.costing import config_costs
-
-from fidelity.protocol import RANDOM_CONFIGS, RANDOM_WINDOW, Budget, OptionSet
 
 Config = dict[str, str]
 #: Omega per layer and option key.
@@ -58,7 +57,10 @@ def budget_limit(profiles: Sequence[LayerProfile], budget: Budget) -> float:
 def cheapest(profiles: Sequence[LayerProfile], option_set: OptionSet, axis: str) -> float:
     """The least any configuration of the set costs on ``axis``."""
     return sum(
-        min(_axis(config_costs([p], {p.name: parse_option(k)}), axis) for k in option_set.keys())
+        min(
+            _axis(config_costs([p], {p.name: parse_option(k)}), axis)
+            for k in option_set.option_keys()
+        )
         for p in profiles
     )
 
@@ -100,9 +102,7 @@ def shuffled_omegas(
     moved = {}
     for layer, source in zip(layers, (layers[j] for j in order), strict=True):
         per_weight = source["trace"] / source["parameters"]
-        out[layer["name"]] = {
-            k: per_weight * layer["options"][k]["weight_error_sq"] for k in keys
-        }
+        out[layer["name"]] = {k: per_weight * layer["options"][k]["weight_error_sq"] for k in keys}
         moved[layer["name"]] = source["name"]
     return out, moved
 
@@ -143,12 +143,16 @@ def ilp(
 
 
 def uniform_fit(
-    layers: Sequence[Mapping[str, Any]], option_set: OptionSet, omegas: Omegas, budget: Budget, limit: float
+    layers: Sequence[Mapping[str, Any]],
+    option_set: OptionSet,
+    omegas: Omegas,
+    budget: Budget,
+    limit: float,
 ) -> str:
     """The uniform configuration that fits with the least total Omega (the
     pipeline's rule); ties go to the costlier one, whose activations are finer."""
     fitting = []
-    for key in option_set.keys():
+    for key in option_set.option_keys():
         config = {layer["name"]: key for layer in layers}
         cost = config_cost(layers, config, budget.axis)
         if cost <= limit * (1 + 1e-9):
@@ -161,14 +165,20 @@ def uniform_fit(
 
 
 def random_configs(
-    layers: Sequence[Mapping[str, Any]], keys: Sequence[str], budget: Budget, limit: float, seed: int
+    layers: Sequence[Mapping[str, Any]],
+    keys: Sequence[str],
+    budget: Budget,
+    limit: float,
+    seed: int,
 ) -> list[Config]:
     """``RANDOM_CONFIGS`` distinct configurations drawn uniformly from all of
     those costing within ``RANDOM_WINDOW`` below the limit (fewer if fewer exist)."""
     costs = np.array([[option_cost(layer, k, budget.axis) for k in keys] for layer in layers])
     combos = np.array(list(itertools.product(range(len(keys)), repeat=len(layers))))
     totals = costs[np.arange(len(layers)), combos].sum(axis=1)
-    inside = np.flatnonzero((totals <= limit * (1 + 1e-9)) & (totals >= limit * (1 - RANDOM_WINDOW)))
+    inside = np.flatnonzero(
+        (totals <= limit * (1 + 1e-9)) & (totals >= limit * (1 - RANDOM_WINDOW))
+    )
     rng = np.random.default_rng(2000 + seed)
     picked = rng.choice(inside, size=min(RANDOM_CONFIGS, len(inside)), replace=False)
     return [

@@ -38,9 +38,7 @@ def _mean_row(rows: Sequence[Row]) -> Row:
         first[key] = statistics.fmean(r[key] for r in rows)
     first["meets_budget"] = all(r["meets_budget"] for r in rows)
     first["config"] = None
-    first["runs"] = [
-        {k: r[k] for k in ("accuracy", "loss", "cost", "config")} for r in rows
-    ]
+    first["runs"] = [{k: r[k] for k in ("accuracy", "loss", "cost", "config")} for r in rows]
     return first
 
 
@@ -67,32 +65,50 @@ def run_budget(
     layers = prepared["layers"]
     weights = prepared["weights"]
     seed = prepared["seed"]
-    keys = option_set.keys()
+    keys = option_set.option_keys()
     omegas = allocate.weight_omegas(layers, keys)
     rows: list[Row] = []
 
     def emit(method: str, regime: str, run: Row) -> None:
         rows.append(_row(budget, limit, method, regime, seed, run))
 
-    _both_regimes(emit, "lcpaq", allocate.ilp(layers, keys, omegas, budget, limit), weights, training, seed)
+    _both_regimes(
+        emit, "lcpaq", allocate.ilp(layers, keys, omegas, budget, limit), weights, training, seed
+    )
     searched = runs.fliqs(weights, option_set, budget, limit, training, seed)
     emit("fliqs", "qat", searched)
     emit("fliqs", "ptq", runs.ptq(weights, searched["config"], training, seed))
     fit = allocate.uniform_fit(layers, option_set, omegas, budget, limit)
-    _both_regimes(emit, "uniform", {l["name"]: fit for l in layers}, weights, training, seed)
+    _both_regimes(
+        emit, "uniform", {layer["name"]: fit for layer in layers}, weights, training, seed
+    )
     above = option_set.step_up(fit)
     if above is not None:
         _both_regimes(
-            emit, "uniform_above", {l["name"]: above for l in layers}, weights, training, seed
+            emit,
+            "uniform_above",
+            {layer["name"]: above for layer in layers},
+            weights,
+            training,
+            seed,
         )
     shuffled, _ = allocate.shuffled_omegas(layers, keys, seed)
     _both_regimes(
-        emit, "shuffled", allocate.ilp(layers, keys, shuffled, budget, limit), weights, training, seed
+        emit,
+        "shuffled",
+        allocate.ilp(layers, keys, shuffled, budget, limit),
+        weights,
+        training,
+        seed,
     )
     drawn: dict[str, list[Row]] = {"ptq": [], "qat": []}
     for config in allocate.random_configs(layers, keys, budget, limit, seed):
-        drawn["ptq"].append(_row(budget, limit, "random", "ptq", seed, runs.ptq(weights, config, training, seed)))
-        drawn["qat"].append(_row(budget, limit, "random", "qat", seed, runs.qat(weights, config, training, seed)))
+        drawn["ptq"].append(
+            _row(budget, limit, "random", "ptq", seed, runs.ptq(weights, config, training, seed))
+        )
+        drawn["qat"].append(
+            _row(budget, limit, "random", "qat", seed, runs.qat(weights, config, training, seed))
+        )
     rows.extend(_mean_row(drawn[r]) for r in ("ptq", "qat") if drawn[r])
     return rows
 
@@ -110,7 +126,7 @@ def run_variants(
     layers = prepared["layers"]
     weights = prepared["weights"]
     seed = prepared["seed"]
-    keys = option_set.keys()
+    keys = option_set.option_keys()
     rows: list[Row] = []
 
     def emit(method: str, regime: str, run: Row) -> None:
@@ -122,11 +138,22 @@ def run_variants(
     pt = allocate.ilp(layers, keys, per_tensor, budget, limit)
     fit_pt = allocate.uniform_fit(layers, option_set, per_tensor, budget, limit)
     _both_regimes(emit, "lcpaq_pt", {n: f"{k}:pt" for n, k in pt.items()}, weights, training, seed)
-    _both_regimes(emit, "uniform_pt", {l["name"]: f"{fit_pt}:pt" for l in layers}, weights, training, seed)
+    _both_regimes(
+        emit,
+        "uniform_pt",
+        {layer["name"]: f"{fit_pt}:pt" for layer in layers},
+        weights,
+        training,
+        seed,
+    )
     omegas = allocate.weight_omegas(layers, keys)
     lcpaq = allocate.ilp(layers, keys, omegas, budget, limit)
     fit = allocate.uniform_fit(layers, option_set, omegas, budget, limit)
     long = training.long_qat_steps
     emit("lcpaq_long", "qat", runs.qat(weights, lcpaq, training, seed, steps=long))
-    emit("uniform_long", "qat", runs.qat(weights, {l["name"]: fit for l in layers}, training, seed, steps=long))
+    emit(
+        "uniform_long",
+        "qat",
+        runs.qat(weights, {layer["name"]: fit for layer in layers}, training, seed, steps=long),
+    )
     return rows

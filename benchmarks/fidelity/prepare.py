@@ -23,12 +23,11 @@ from bitmesh.data.datasets import DatasetSpec, load_dataset
 from bitmesh.formats import FormatKind, Granularity, get_format, parse_option
 from bitmesh.models.loading import ModelSpec, load_model
 from bitmesh.quant.fake_quant import fake_quantize, weight_error_sq
+from fidelity.protocol import OptionSet, Training
+from fidelity.stats import spearman
 from sensitivity_svc.analysis import SensitivitySettings, analyse
 from trainer_svc.execute import execute
 from trainer_svc.specs import CalibrationSpec, QatSpec, TrainingRequest, TrainingSettings
-
-from fidelity.protocol import OptionSet, Training
-from fidelity.stats import spearman
 
 DATA = DatasetSpec(kind="digits")
 INPUT_SHAPE = (1, 8, 8)
@@ -123,7 +122,7 @@ def prepare_seed(
     weights.write_bytes(fp32.weights)
     model = load_model(model_spec(str(weights)))
     batches = _batches(seed, training)
-    keys = list(dict.fromkeys(k for option_set in option_sets for k in option_set.keys()))
+    keys = list(dict.fromkeys(k for option_set in option_sets for k in option_set.option_keys()))
     report = analyse(
         model,
         batches,
@@ -155,15 +154,11 @@ def prepare_seed(
                 "trace": entry.trace,
                 "activation_trace": entry.activation_trace,
                 "activation_dim": int(sample[0].numel()),
-                "activation_error": {
-                    f: activation_error(sample, f) for f in activation_formats
-                },
+                "activation_error": {f: activation_error(sample, f) for f in activation_formats},
                 "per_tensor_omega": {
                     key: per_weight
-                    * weight_error_sq(
-                        weight, parse_option(key).weight, Granularity.PER_TENSOR
-                    )
-                    for key in option_sets[0].keys()
+                    * weight_error_sq(weight, parse_option(key).weight, Granularity.PER_TENSOR)
+                    for key in option_sets[0].option_keys()
                 },
                 "check_omega": {
                     fmt: per_weight
@@ -190,13 +185,15 @@ def prepare_seed(
             )
             omega = layer["check_omega"][fmt]
             rows.append(
-                {"layer": layer["name"], "loss_increase": measured["loss"] - fp32_loss, "omega": omega}
+                {
+                    "layer": layer["name"],
+                    "loss_increase": measured["loss"] - fp32_loss,
+                    "omega": omega,
+                }
             )
         check[fmt] = {
             "rows": rows,
-            "spearman": spearman(
-                [r["omega"] for r in rows], [r["loss_increase"] for r in rows]
-            ),
+            "spearman": spearman([r["omega"] for r in rows], [r["loss_increase"] for r in rows]),
         }
     return {
         "seed": seed,

@@ -28,7 +28,7 @@ class OptionSet:
     weights: tuple[str, ...]
     activations: tuple[str, ...]
 
-    def keys(self) -> tuple[str, ...]:
+    def option_keys(self) -> tuple[str, ...]:
         return tuple(f"{w}/{a}" for w in self.weights for a in self.activations)
 
     def step_up(self, key: str) -> str | None:
@@ -110,6 +110,7 @@ class Training:
             long_qat_steps=max(10, int(self.long_qat_steps * factor)),
             calibration_batches=max(1, int(self.calibration_batches * factor)),
         )
+
 
 #: Changes made to this protocol after results were seen, with the reason;
 #: the report lists them.

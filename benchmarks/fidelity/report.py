@@ -38,7 +38,9 @@ def _diff(value: Interval | None) -> str:
     return text
 
 
-def plot(cells: Sequence[dict[str, Any]], budgets: Sequence[Budget], limits: dict[str, float], path: Path) -> None:
+def plot(
+    cells: Sequence[dict[str, Any]], budgets: Sequence[Budget], limits: dict[str, float], path: Path
+) -> None:
     """Accuracy against BOPs, PTQ and QAT side by side, every method with its
     interval, the BOPs budgets as vertical lines."""
     import matplotlib
@@ -65,7 +67,13 @@ def plot(cells: Sequence[dict[str, Any]], budgets: Sequence[Budget], limits: dic
         for budget in budgets:
             if budget.axis == "bops" and budget.name in limits:
                 axis.axvline(limits[budget.name] / 1e6, color="grey", linestyle="--", linewidth=0.8)
-                axis.annotate(budget.name, (limits[budget.name] / 1e6, axis.get_ylim()[0]), rotation=90, fontsize=7, color="grey")
+                axis.annotate(
+                    budget.name,
+                    (limits[budget.name] / 1e6, axis.get_ylim()[0]),
+                    rotation=90,
+                    fontsize=7,
+                    color="grey",
+                )
         axis.set_title(f"{regime.upper()}: test accuracy against BOPs (95 % intervals)")
         axis.set_xlabel("MBOPs")
         axis.set_xscale("log")
@@ -156,9 +164,15 @@ def write(
         per_seed = ", ".join(f"{p['layer_check'][fmt]['spearman']:.2f}" for p in prepared)
         lines.append(f"| {fmt} | {_iv(value)} | {per_seed} |")
     first = prepared[0]
-    lines += ["", f"Seed {first['seed']}'s layers:", "", "| layer | " + " | ".join(
-        f"Omega {f} | loss increase {f}" for f in first["layer_check"]
-    ) + " |", "|---|" + "---|---|" * len(first["layer_check"])]
+    lines += [
+        "",
+        f"Seed {first['seed']}'s layers:",
+        "",
+        "| layer | "
+        + " | ".join(f"Omega {f} | loss increase {f}" for f in first["layer_check"])
+        + " |",
+        "|---|" + "---|---|" * len(first["layer_check"]),
+    ]
     for index, layer in enumerate(first["layers"]):
         cells_text = " | ".join(
             f"{first['layer_check'][f]['rows'][index]['omega']:.3g} | "

@@ -12,6 +12,9 @@ from typing import Any
 
 from bitmesh.costs import budgeted_bytes
 from bitmesh.formats import get_format, parse_option
+from fidelity.allocate import Config
+from fidelity.prepare import DATA, model_spec
+from fidelity.protocol import Budget, OptionSet, Training
 from trainer_svc.execute import execute
 from trainer_svc.outcome import Outcome
 from trainer_svc.specs import (
@@ -22,10 +25,6 @@ from trainer_svc.specs import (
     TrainingRequest,
     TrainingSettings,
 )
-
-from fidelity.allocate import Config
-from fidelity.prepare import DATA, model_spec
-from fidelity.protocol import Budget, OptionSet, Training
 
 
 def _row(outcome: Outcome) -> dict[str, Any]:

@@ -42,7 +42,9 @@ def cells(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return out
 
 
-def paired(rows: Sequence[Row], budget: str, regime: str, method: str, other: str) -> Interval | None:
+def paired(
+    rows: Sequence[Row], budget: str, regime: str, method: str, other: str
+) -> Interval | None:
     """Per-seed accuracy of ``method`` minus ``other`` (points), as an interval."""
     mine = _by(rows, budget, method, regime)
     theirs = _by(rows, budget, other, regime)
@@ -79,6 +81,4 @@ COMPARISONS = (
 
 def spearman_by_format(prepared: Sequence[dict[str, Any]]) -> dict[str, Interval]:
     formats = prepared[0]["layer_check"].keys()
-    return {
-        fmt: interval([p["layer_check"][fmt]["spearman"] for p in prepared]) for fmt in formats
-    }
+    return {fmt: interval([p["layer_check"][fmt]["spearman"] for p in prepared]) for fmt in formats}
