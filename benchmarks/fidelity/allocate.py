@@ -86,6 +86,15 @@ def per_tensor_omegas(layers: Sequence[Mapping[str, Any]], keys: Sequence[str]) 
     return {layer["name"]: {k: layer["per_tensor_omega"][k] for k in keys} for layer in layers}
 
 
+def measured_omegas(layers: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> Omegas:
+    """The measured training-loss increase of each layer alone at each option
+    (negative changes, noise, count as none)."""
+    return {
+        layer["name"]: {k: max(0.0, layer["measured_increase"][k]) for k in keys}
+        for layer in layers
+    }
+
+
 def shuffled_omegas(
     layers: Sequence[Mapping[str, Any]], keys: Sequence[str], seed: int
 ) -> tuple[Omegas, dict[str, str]]:

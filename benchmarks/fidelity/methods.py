@@ -132,6 +132,8 @@ def run_variants(
     def emit(method: str, regime: str, run: Row) -> None:
         rows.append(_row(budget, limit, method, regime, seed, run))
 
+    measured = allocate.ilp(layers, keys, allocate.measured_omegas(layers, keys), budget, limit)
+    _both_regimes(emit, "lcpaq_measured", measured, weights, training, seed)
     act = allocate.ilp(layers, keys, allocate.activation_aware_omegas(layers, keys), budget, limit)
     _both_regimes(emit, "lcpaq_act", act, weights, training, seed)
     per_tensor = allocate.per_tensor_omegas(layers, keys)

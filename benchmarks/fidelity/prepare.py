@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bitmesh.data.datasets import DatasetSpec, load_dataset
 from bitmesh.formats import FormatKind, Granularity, get_format, parse_option
 from bitmesh.models.loading import ModelSpec, load_model
 from bitmesh.quant.fake_quant import fake_quantize, weight_error_sq
+from bitmesh.quant.qmodel import QuantSettings, observing, wrap_with_config
 from fidelity.protocol import OptionSet, Training
 from fidelity.stats import spearman
 from sensitivity_svc.analysis import SensitivitySettings, analyse
@@ -104,6 +106,36 @@ def _calibrate(weights: str, config: dict[str, str], batches: int, seed: int) ->
     return {"accuracy": outcome.evaluation.accuracy, "loss": outcome.evaluation.loss}
 
 
+def _batch_loss(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> float:
+    with torch.no_grad():
+        losses = [F.cross_entropy(model(x), y, reduction="sum") for x, y in batches]
+    return float(sum(losses)) / sum(len(y) for _, y in batches)
+
+
+def measured_increases(
+    weights: str, names: list[str], keys: Sequence[str], batches: list[tuple[Tensor, Tensor]]
+) -> dict[str, dict[str, float]]:
+    """Training-loss increase of each layer alone at each option, calibrated
+    on the same training batches: the objective of the ``lcpaq_measured``
+    variant (the test split is never used to choose)."""
+    base = load_model(model_spec(weights)).eval()
+    reference = _batch_loss(base, batches)
+    out: dict[str, dict[str, float]] = {}
+    for name in names:
+        out[name] = {}
+        for key in keys:
+            model = load_model(model_spec(weights)).eval()
+            layers = wrap_with_config(
+                model, {name: parse_option(key)}, QuantSettings(), batches[0][0][:2]
+            )
+            model.eval()
+            with observing(layers), torch.no_grad():
+                for inputs, _ in batches:
+                    model(inputs)
+            out[name][key] = _batch_loss(model, batches) - reference
+    return out
+
+
 def prepare_seed(
     seed: int, training: Training, folder: Path, option_sets: Sequence[OptionSet]
 ) -> dict[str, Any]:
@@ -175,6 +207,9 @@ def prepare_seed(
                 },
             }
         )
+    measured = measured_increases(str(weights), names, option_sets[0].option_keys(), batches)
+    for layer in layers:
+        layer["measured_increase"] = measured[layer["name"]]
     fp32_loss = fp32.evaluation.loss
     check: dict[str, Any] = {}
     for fmt in CHECK_FORMATS:

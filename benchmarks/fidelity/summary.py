@@ -65,6 +65,16 @@ RESULT_DIFFERENCES = (
     ("lcpaq_minus_shuffled_ptq", "lcpaq", "shuffled", "ptq"),
     ("fliqs_minus_uniform_ptq", "fliqs", "uniform", "ptq"),
 )
+#: Extra RESULT keys (protocol v2): the budget between uniform points.
+BETWEEN = "bops_w2_w3"
+RESULT_DIFFERENCES_BETWEEN = (
+    ("lcpaq_minus_uniform_ptq_w2w3", "lcpaq", "uniform", "ptq"),
+    ("lcpaq_minus_uniform_qat_w2w3", "lcpaq", "uniform", "qat"),
+    ("lcpaq_minus_random_w2w3", "lcpaq", "random", "qat"),
+    ("fliqs_minus_uniform_w2w3", "fliqs", "uniform", "qat"),
+    ("measured_minus_uniform_ptq_w2w3", "lcpaq_measured", "uniform", "ptq"),
+    ("measured_minus_uniform_qat_w2w3", "lcpaq_measured", "uniform", "qat"),
+)
 #: Differences the report tabulates at every budget.
 COMPARISONS = (
     ("lcpaq", "uniform"),
@@ -76,6 +86,8 @@ COMPARISONS = (
     ("lcpaq_act", "lcpaq"),
     ("lcpaq_pt", "uniform_pt"),
     ("lcpaq_long", "uniform_long"),
+    ("lcpaq_measured", "uniform"),
+    ("lcpaq_measured", "lcpaq"),
 )
 
 
