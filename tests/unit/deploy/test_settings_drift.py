@@ -399,6 +399,9 @@ def test_source_manifests_name_the_declared_queues() -> None:
     keda = list(yaml.safe_load_all((K8S / "overlays" / "gpu" / "keda.yaml").read_text()))
     (scaled,) = [d for d in keda if d["kind"] == "ScaledObject"]
     _assert_scales_on_training_queues(scaled)
+    guide = (REPO / "docs" / "deploy.md").read_text()
+    assert worker_queues_option() in guide, "docs/deploy.md names other worker queues"
+    assert all(f"`{queue}`" in guide for queue in WORKER_QUEUES)
 
 
 def test_images_are_built_here_and_pinned(docs: tuple[Doc, ...]) -> None:
