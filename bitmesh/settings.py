@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     grace_seconds: float = 10.0
     call_timeout_seconds: float = 30.0
     log_level: str = "INFO"
+    # Where torch work runs (bitmesh/devices.py): auto (CUDA when present),
+    # cpu, cuda or cuda:N.
+    device: str = "auto"
 
     # Solver ceilings (solver_svc/limits.py): every call's time, and the size
     # of a problem before any array is built for it. A dense problem costs

@@ -87,6 +87,6 @@ def test_paths_inside_the_root_reach_the_service(
     stub: sensitivity_pb2_grpc.SensitivityServiceStub, root: Path
 ) -> None:
     """An upload path passes the guard, rewritten to its place under the root."""
-    error = _list_layers(stub, torchscript="models/missing.pt")
+    error = _list_layers(stub, exported_program="models/missing.pt2")
     assert error.code() is grpc.StatusCode.NOT_FOUND
-    assert str(root.resolve() / "uploads" / "models" / "missing.pt") in error.details()
+    assert str(root.resolve() / "uploads" / "models" / "missing.pt2") in error.details()
