@@ -49,7 +49,7 @@ def plot(
     import matplotlib.pyplot as plt
 
     methods = list(dict.fromkeys(c["method"] for c in cells))
-    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    colours = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(methods)}
     figure, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
     for axis, regime in zip(axes, ("ptq", "qat"), strict=True):
         for cell in (c for c in cells if c["regime"] == regime):
