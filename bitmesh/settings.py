@@ -63,6 +63,15 @@ class Settings(BaseSettings):
     solver_max_total_options: int = 500_000
     solver_max_dense_cells: int = 1_000_000
     solver_max_frontier_points: int = 1_000
+    # A latency profile a request names by path is read only up to this size
+    # (the shipped profiles are a few KiB; a measured table of 20,000 layers x
+    # 16 options is about 10 MiB as CSV).
+    solver_max_profile_bytes: int = 16 * 1024 * 1024
+
+    # Pixels one image of an image folder may have, checked from its header
+    # before it is decoded (PIL's MAX_IMAGE_PIXELS is set to it too): 50 M
+    # pixels decode to 150 MB of RGB, inside the 2 GiB a worker pod gets.
+    max_image_pixels: int = 50_000_000
 
     # Security (off on loopback; on in the Kubernetes manifests).
     auth_token: str | None = None
