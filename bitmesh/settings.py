@@ -75,6 +75,9 @@ class Settings(BaseSettings):
 
     # Security (off on loopback; on in the Kubernetes manifests).
     auth_token: str | None = None
+    # A service bound to a non-loopback address without a token refuses to
+    # start unless this is set (BITMESH_ALLOW_INSECURE=1): a network you trust.
+    allow_insecure: bool = False
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = None

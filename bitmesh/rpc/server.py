@@ -91,6 +91,33 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
+class RefusedToStart(Exception):
+    """The settings would serve a network unguarded; the message says what to set."""
+
+
+def _host_of(address: str) -> str:
+    host, _, _ = address.rpartition(":")
+    return host or address
+
+
+def refuse_insecure_bind(settings: Settings, address: str | None = None) -> None:
+    """Refuse to serve a non-loopback address with no token, unless the
+    operator says so (``BITMESH_ALLOW_INSECURE=1``).
+
+    An empty token turns authentication off; on 0.0.0.0 that served any
+    caller with only a warning in a log nobody reads at start. Loopback (the
+    embedded mesh) needs nothing; the manifests always set a token.
+    """
+    host = settings.host if address is None else _host_of(address)
+    if is_loopback(host) or settings.auth_token or settings.allow_insecure:
+        return
+    raise RefusedToStart(
+        f"refusing to serve {host} without BITMESH_AUTH_TOKEN: any caller that reaches it could "
+        "run jobs and read the artifact store. Set BITMESH_AUTH_TOKEN, bind a loopback address "
+        "(--host 127.0.0.1), or set BITMESH_ALLOW_INSECURE=1 to serve a network you trust anyway"
+    )
+
+
 def create_server(
     address: str,
     registrars: Sequence[Registrar],
@@ -99,7 +126,12 @@ def create_server(
     interceptors: Sequence[grpc.ServerInterceptor] = (),
     max_workers: int = 16,
 ) -> RunningServer:
-    """Build and start a server on ``address`` (port 0 picks a free port)."""
+    """Build and start a server on ``address`` (port 0 picks a free port).
+
+    Raises :class:`RefusedToStart` for a non-loopback address without a token
+    (see :func:`refuse_insecure_bind`), before anything is bound.
+    """
+    refuse_insecure_bind(settings, address)
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -189,9 +221,11 @@ def _health_only_server(
 def _warn_if_exposed(settings: Settings, tls: bool) -> None:
     if is_loopback(settings.host):
         return
-    if not settings.auth_token:
+    if not settings.auth_token:  # only with BITMESH_ALLOW_INSECURE=1
         log.warning(
-            "listening on %s without BITMESH_AUTH_TOKEN: any caller is served", settings.host
+            "listening on %s without BITMESH_AUTH_TOKEN (BITMESH_ALLOW_INSECURE=1): any caller "
+            "is served",
+            settings.host,
         )
     if not tls:
         log.warning("listening on %s without TLS (BITMESH_TLS_CERT_FILE)", settings.host)
