@@ -49,6 +49,20 @@ class Settings(BaseSettings):
     max_concurrent_jobs: int = 4
     grace_seconds: float = 10.0
     call_timeout_seconds: float = 30.0
+    # Calls one server serves at once (gRPC's maximum_concurrent_rpcs); each
+    # has a thread of its own, so none waits behind the Watch streams holding
+    # the others, and a call past the cap ends RESOURCE_EXHAUSTED at once
+    # instead of queueing until its deadline. Health has its own server on
+    # BITMESH_HEALTH_PORT, outside this cap.
+    max_concurrent_rpcs: int = Field(default=64, ge=1)
+    # Both ends ping every keepalive_seconds while a call is open and drop a
+    # peer silent for keepalive_timeout_seconds more (bitmesh/rpc/keepalive.py).
+    keepalive_seconds: float = Field(default=30.0, gt=0)
+    keepalive_timeout_seconds: float = Field(default=10.0, gt=0)
+    # A client's Watch stream has this deadline; when it passes, the client
+    # opens the stream again (skipping the events it has seen) until the job
+    # ends, so a long job is followed and a vanished server is noticed.
+    watch_segment_seconds: float = Field(default=300.0, gt=0)
     log_level: str = "INFO"
 
     # Solver ceilings (solver_svc/limits.py): every call's time, and the size

@@ -2,7 +2,9 @@
 
 ``create_server`` adds the standard health service, server reflection (so
 ``grpcurl`` works) and the interceptors; tests bind port 0 and get the real
-port back. Driven by the settings, it also adds bearer-token authentication
+port back. Each server serves at most ``BITMESH_MAX_CONCURRENT_RPCS`` calls at
+once, each on a thread of its own; one past that ends RESOURCE_EXHAUSTED at
+once. Driven by the settings, it also adds bearer-token authentication
 (``BITMESH_AUTH_TOKEN``), TLS (``BITMESH_TLS_*``), path confinement for
 servers others can reach, Prometheus metrics on ``BITMESH_METRICS_PORT`` and,
 when ``BITMESH_HEALTH_PORT`` is set, a plaintext health-only port for
@@ -30,6 +32,7 @@ from grpc_reflection.v1alpha import reflection
 
 from bitmesh.rpc.auth import auth_interceptor
 from bitmesh.rpc.errors import ErrorInterceptor
+from bitmesh.rpc.keepalive import server_keepalive_options
 from bitmesh.rpc.metrics import (
     MetricsInterceptor,
     MetricsServer,
@@ -44,6 +47,12 @@ from bitmesh.settings import Settings
 log = logging.getLogger(__name__)
 
 Registrar = Callable[[grpc.Server], None]
+
+#: The health-only server's threads and cap. A Check takes microseconds and
+#: Watch does not hold a thread (``experimental_non_blocking``), so two threads
+#: keep up with any number of probes; the cap bounds a flood's queue.
+HEALTH_THREADS = 2
+HEALTH_MAX_CONCURRENT_RPCS = 32
 
 
 @dataclass
@@ -124,7 +133,7 @@ def create_server(
     service_names: Sequence[str],
     settings: Settings,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
-    max_workers: int = 16,
+    max_workers: int | None = None,
 ) -> RunningServer:
     """Build and start a server on ``address`` (port 0 picks a free port).
 
@@ -136,10 +145,15 @@ def create_server(
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
+        *server_keepalive_options(settings),
     ]
     metrics = RpcMetrics() if settings.metrics_port else None
+    # One thread per admitted call: a call past the cap is refused at once
+    # (RESOURCE_EXHAUSTED) rather than queued behind long streams.
+    cap = settings.max_concurrent_rpcs
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers),
+        futures.ThreadPoolExecutor(max_workers=max_workers or cap, thread_name_prefix="rpc"),
+        maximum_concurrent_rpcs=cap,
         interceptors=[
             *_standard_interceptors(settings, metrics),
             *interceptors,
@@ -203,12 +217,18 @@ def _health_only_server(
 
     It shares the main server's health servicer, so graceful shutdown turns
     both NOT_SERVING at once. Health answers reveal nothing and need no token.
+    It has threads of its own and its own cap, so however many calls hold the
+    main server (which answers health too, or RESOURCE_EXHAUSTED once full),
+    a probe here is answered at once: 64 watchers had starved health on the
+    main port until the probe's deadline.
     """
     wanted = int(getattr(settings, "health_port", 0) or 0)
     if not wanted:
         return None, 0
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=2), options=[("grpc.so_reuseport", 0)]
+        futures.ThreadPoolExecutor(max_workers=HEALTH_THREADS, thread_name_prefix="health"),
+        maximum_concurrent_rpcs=HEALTH_MAX_CONCURRENT_RPCS,
+        options=[("grpc.so_reuseport", 0), *server_keepalive_options(settings)],
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(f"{settings.host}:{wanted}")
