@@ -31,6 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from bitmesh.rpc.auth import auth_interceptor
+from bitmesh.rpc.decode import RequestDecodeInterceptor
 from bitmesh.rpc.errors import ErrorInterceptor
 from bitmesh.rpc.keepalive import server_keepalive_options
 from bitmesh.rpc.metrics import (
@@ -199,9 +200,11 @@ def create_server(
 def _standard_interceptors(
     settings: Settings, metrics: RpcMetrics | None
 ) -> list[grpc.ServerInterceptor]:
-    """Outermost first: request id (so every later log line has it), metrics
-    (so refused calls are counted), authentication, path confinement."""
-    chain: list[grpc.ServerInterceptor] = [RequestIdInterceptor()]
+    """Outermost first: request parsing (so bytes that do not parse are
+    INVALID_ARGUMENT, and everything beneath sees a message), request id (so
+    every later log line has it), metrics (so refused calls are counted),
+    authentication, path confinement."""
+    chain: list[grpc.ServerInterceptor] = [RequestDecodeInterceptor(), RequestIdInterceptor()]
     if metrics is not None:
         chain.append(MetricsInterceptor(metrics))
     for optional in (auth_interceptor(settings), path_guard_interceptor(settings)):
