@@ -137,3 +137,36 @@ def test_only_messages_that_can_hold_paths_are_walked() -> None:
     assert not path_bearing(solver_pb2.RegisterProblemRequest.DESCRIPTOR)
     assert path_bearing(solver_pb2.SolveRequest.DESCRIPTOR)  # its budgets' latency_profile
     assert path_bearing(sensitivity_pb2.StartAnalysisRequest.DESCRIPTOR)
+
+
+def test_every_request_field_that_names_a_file_is_guarded() -> None:
+    """A new request field called ``*path``, ``*file``, ``*uri``... fails here
+    until it is in PATH_FIELDS (or shown to name no file)."""
+    import re
+
+    from google.protobuf.descriptor import FieldDescriptor
+
+    from bitmesh.v1 import trainer_pb2
+
+    looks_like_a_file = re.compile(r"path|file|uri|dir|folder|profile|weights|torchscript|program")
+    found: set[tuple[str, str]] = set()
+
+    def walk(descriptor: object, seen: set[str]) -> None:
+        name = descriptor.full_name  # type: ignore[attr-defined]
+        if name in seen:
+            return
+        seen.add(name)
+        for field in descriptor.fields:  # type: ignore[attr-defined]
+            if field.message_type is not None:
+                walk(field.message_type, seen)
+            elif field.type == FieldDescriptor.TYPE_STRING and looks_like_a_file.search(field.name):
+                found.add((name, field.name))
+
+    seen: set[str] = set()
+    for module in (common_pb2, proxy_nas_pb2, sensitivity_pb2, solver_pb2, trainer_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                walk(method.input_type, seen)
+    guarded = {(message, field) for message, fields in PATH_FIELDS.items() for field in fields}
+    assert found <= guarded, f"request fields naming files, not guarded: {sorted(found - guarded)}"
+    assert guarded <= found, f"guarded fields no request has: {sorted(guarded - found)}"
