@@ -52,6 +52,7 @@ from bitmesh.client import Client  # noqa: E402
 from bitmesh.errors import BitmeshError  # noqa: E402
 from bitmesh.formats import parse_options  # noqa: E402
 from bitmesh.jobs.admission import create_admitted  # noqa: E402
+from bitmesh.jobs.plumbing import SENSITIVITY, TRAINER  # noqa: E402
 from bitmesh.jobs.records import JobRecord, JobState, new_job_id  # noqa: E402
 from bitmesh.jobs.runner import JobContext, ThreadJobRunner  # noqa: E402
 from bitmesh.jobs.store import JobStore, open_job_store, transition  # noqa: E402
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(stop.set)
         stack.callback(gate.open.set)
         analyses = ThreadedAnalyses(
-            open_job_store(None, str(root / "analyses"), "sensitivity"), args.cap, gate
+            open_job_store(None, str(root / "analyses"), SENSITIVITY.store), args.cap, gate
         )
         stack.callback(analyses.runner.shutdown, 5)
         serve(
@@ -341,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                 s,
             ),
         )
-        training_store = open_job_store(None, str(root / "training"), "trainer")
+        training_store = open_job_store(None, str(root / "training"), TRAINER.store)
         training = QueuedTraining(training_store, args.cap)
         serve(
             "training",

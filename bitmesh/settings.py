@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # ends, so a long job is followed and a vanished server is noticed.
     watch_segment_seconds: float = Field(default=300.0, gt=0)
     log_level: str = "INFO"
+    # Where torch work runs (bitmesh/devices.py): auto (CUDA when present),
+    # cpu, cuda or cuda:N.
+    device: str = "auto"
 
     # Solver ceilings (solver_svc/limits.py): every call's time, and the size
     # of a problem before any array is built for it. A dense problem costs

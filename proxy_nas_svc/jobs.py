@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from bitmesh.jobs.plumbing import PROXY_NAS
 from bitmesh.jobs.runner import JobContext, execute_job
 from bitmesh.jobs.store import JobStore
 from proxy_nas_svc.coordinator import Coordinator, CoordinatorOptions, RunBackend
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from optuna.storages import BaseStorage
 
 
-JOB_KIND = "tune"
+JOB_KIND = PROXY_NAS.kinds[0]
 
 
 class SearchRunner:

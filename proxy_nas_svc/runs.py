@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from bitmesh.artifacts import ArtifactStore
 from bitmesh.errors import Cancelled
+from bitmesh.jobs.plumbing import PROXY_NAS_TRIALS
 from bitmesh.jobs.store import JobStore
 from proxy_nas_svc.trial import RunResult, run_trial
 
@@ -28,12 +29,12 @@ log = logging.getLogger(__name__)
 
 RUNS_NAMESPACE = "proxy-nas-runs"
 RESULTS_NAMESPACE = "proxy-nas-results"
-RUN_TRIAL_TASK = "bitmesh.proxy_nas.run_trial"
+RUN_TRIAL_TASK = PROXY_NAS_TRIALS.task_name
 CANCEL_POLL_S = 1.0
 
 
 class CeleryBackend:
-    """Runs as Celery tasks on the workers (the default queue)."""
+    """Runs as Celery tasks on the workers (the proxy NAS trial queue)."""
 
     def __init__(self, celery: Celery, artifacts: ArtifactStore, job_id: str) -> None:
         self.celery = celery
@@ -44,7 +45,7 @@ class CeleryBackend:
         self.artifacts.set_ref(
             RUNS_NAMESPACE, key, {"job_id": self.job_id, "request": request.to_dict()}
         )
-        self.celery.send_task(RUN_TRIAL_TASK, args=[key])
+        self.celery.send_task(RUN_TRIAL_TASK, args=[key], queue=PROXY_NAS_TRIALS.queue_name)
 
     def result(self, key: str) -> RunResult | None:
         data = self.artifacts.get_ref(RESULTS_NAMESPACE, key)

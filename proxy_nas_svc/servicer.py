@@ -19,6 +19,7 @@ import grpc
 
 from bitmesh.errors import InvalidArgument, NotFound
 from bitmesh.jobs.admission import create_admitted
+from bitmesh.jobs.plumbing import PROXY_NAS
 from bitmesh.jobs.records import JobRecord, new_job_id
 from bitmesh.jobs.store import JobStore, open_job_store, request_cancel
 from bitmesh.rpc.convert import job_status_to_pb, option_from_pb
@@ -164,7 +165,7 @@ def build(
     from proxy_nas_svc.study import open_storage
     from trainer_svc.celery_app import make_celery
 
-    store = open_job_store(settings.redis_url, settings.artifact_root, "proxy_nas")
+    store = open_job_store(settings.redis_url, settings.artifact_root, PROXY_NAS.store)
     artifacts = ArtifactStore(settings.artifact_root)
     celery = make_celery(settings, discover=False)
     runner = SearchRunner(

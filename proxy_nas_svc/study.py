@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bitmesh.jobs.plumbing import PROXY_NAS
 from proxy_nas_svc.space import Categorical, FloatRange, Hyperparameter, IntRange
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-JOURNAL_PREFIX = "bitmesh:proxy_nas:optuna:"
+JOURNAL_PREFIX = f"{PROXY_NAS.redis_prefix}:optuna:"
 
 
 def open_storage(redis_url: str | None, artifact_root: str) -> BaseStorage:
@@ -37,7 +38,7 @@ def open_storage(redis_url: str | None, artifact_root: str) -> BaseStorage:
         with warnings.catch_warnings():  # "experimental" since optuna 3.1; still the API in 5.0
             warnings.simplefilter("ignore", category=ExperimentalWarning)
             return JournalStorage(JournalRedisBackend(redis_url, prefix=JOURNAL_PREFIX))
-    folder = Path(artifact_root.removeprefix("file://")) / "proxy_nas"
+    folder = Path(artifact_root.removeprefix("file://")) / PROXY_NAS.store
     folder.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(folder / "optuna-journal.log")))
 

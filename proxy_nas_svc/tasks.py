@@ -1,8 +1,11 @@
 """Celery tasks of the proxy NAS service: one trial run per message.
 
-Registered with the trainer's app (``trainer_svc.celery_app`` discovers
-``proxy_nas_svc.tasks``), on the default queue, so every worker of the mesh
-runs trials. Thin: a run key in, :func:`proxy_nas_svc.runs.execute_run` does
+A shared task: it binds to whichever Celery app imports it (the worker's
+app, ``trainer_svc.celery_app``, discovers ``proxy_nas_svc.tasks``), so this
+module imports no app and there is no import cycle between the two
+services' Celery modules. Trials travel on their own queue,
+``PROXY_NAS_TRIALS`` of :mod:`bitmesh.jobs.plumbing`, which every worker
+consumes. Thin: a run key in, :func:`proxy_nas_svc.runs.execute_run` does
 the work. While a run trains, its Redis delivery is kept fresh, so Redis
 redelivers it only when its worker is gone (after the visibility timeout).
 """
@@ -11,17 +14,17 @@ from __future__ import annotations
 
 from functools import cache
 
-from celery import Task
+from celery import Task, shared_task
 
 from bitmesh.artifacts import ArtifactStore
+from bitmesh.jobs.plumbing import PROXY_NAS_TRIALS
 from bitmesh.jobs.store import JobStore, open_job_store
 from bitmesh.settings import load_settings
 from proxy_nas_svc.runs import RUN_TRIAL_TASK, execute_run
-from trainer_svc.celery_app import app
 from trainer_svc.config import TrainerSettings
 from trainer_svc.keepalive import Action, keep_alive, redis_delivery_toucher
 
-SERVICE = "proxy_nas"
+SERVICE = PROXY_NAS_TRIALS.store
 
 
 @cache
@@ -33,7 +36,7 @@ def _stores() -> tuple[JobStore, ArtifactStore]:
     )
 
 
-@app.task(
+@shared_task(
     name=RUN_TRIAL_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True
 )
 def run_trial_task(self: Task, key: str) -> str:  # type: ignore[type-arg]

@@ -15,7 +15,12 @@ seconds with a message that says what to fix:
   forward activations plus 2x the weights, so the estimate uses 3x and 4x,
   plus the control-variate sketches. With two concurrent HVPs the estimate
   stayed 15-60 % above the measured peak (3x32x32 batch 32, 3x224x224
-  batches 8 and 16).
+  batches 8 and 16). The room is the device's free memory: the GPU's
+  (``torch.cuda.mem_get_info``) when the model is on CUDA, else the
+  machine's available memory.
+
+The analysis runs where the model and batches are (``jobs.prepare`` moves
+them to the ``BITMESH_DEVICE`` device); every tensor it makes follows them.
 """
 
 from __future__ import annotations
@@ -24,12 +29,12 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bitmesh.devices import free_memory_bytes
 from bitmesh.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from bitmesh.formats import QuantOption, parse_option
 from bitmesh.models.layers import LayerProfile, discover_layers
@@ -267,16 +272,10 @@ def estimate_memory(
     )
 
 
-def available_memory_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo (None where there is no such file)."""
-    try:
-        text = Path("/proc/meminfo").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return None
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters are (the CPU for a model without any)."""
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def _size(count: float) -> str:
@@ -286,7 +285,7 @@ def _size(count: float) -> str:
     return f"{count:.0f} B"
 
 
-def _check_memory(need: MemoryEstimate, limit: int | None) -> None:
+def _check_memory(need: MemoryEstimate, limit: int | None, where: torch.device) -> None:
     if limit is None or need.total <= limit:
         return
     room = limit - need.parameters - need.sketch
@@ -297,7 +296,8 @@ def _check_memory(need: MemoryEstimate, limit: int | None) -> None:
         else "the weights and sketch alone do not fit: lower sketch_budget or use a bigger machine"
     )
     raise ResourceExhausted(
-        f"the analysis needs about {_size(need.total)} but {_size(limit)} are available: "
+        f"the analysis needs about {_size(need.total)} but {_size(limit)} are free on "
+        f"{where}: "
         f"activations {_size(need.activations)} (batch of {need.largest_batch} x "
         f"{_size(need.activation_bytes_per_sample)} per sample x {ACTIVATION_FACTOR:g} for the "
         f"double-backward graph), weights and products {_size(need.parameters)}, "
@@ -374,12 +374,13 @@ def analyse(
     resolved = _resolve_layers(model, batches, layers)
     weights = [w for _, w in resolved]
     need = estimate_memory(model, batches, weights, settings)
+    device = model_device(model)
     limit = (
         settings.memory_limit_bytes
         if settings.memory_limit_bytes is not None
-        else available_memory_bytes()
+        else free_memory_bytes(device)
     )
-    _check_memory(need, limit)
+    _check_memory(need, limit, device)
     validate_data(model, loss, batches)
 
     names = [p.name for p, _ in resolved]

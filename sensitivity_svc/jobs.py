@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from bitmesh.artifacts import ArtifactStore, cache_key
 from bitmesh.data.datasets import DatasetSpec, dataset_hash, load_dataset, make_loader
+from bitmesh.devices import resolve_device
 from bitmesh.errors import InvalidArgument
 from bitmesh.formats import QuantOption
 from bitmesh.jobs.runner import JobContext
@@ -199,11 +200,16 @@ def prepare(
             f"the dataset's samples have shape {sample_shape} but the model expects "
             f"{tuple(model_spec.input_shape)}; set the model's input_shape or the dataset's shape"
         )
+    check_batches(batches)
+    m_hash = model_hash(model)
+    # The traces run on BITMESH_DEVICE (a GPU when there is one); a device
+    # the machine lacks is refused here, before the job is queued.
+    device = resolve_device()
+    model.to(device)
+    batches = [(inputs.to(device), targets.to(device)) for inputs, targets in batches]
     # Labels that do not fit the outputs, or a NaN/inf loss, are the request's
     # fault: refuse them now rather than fail the job later.
-    check_batches(batches)
     validate_data(model, torch.nn.functional.cross_entropy, batches)
-    m_hash = model_hash(model)
     key = cache_key(
         m_hash,
         d_hash,

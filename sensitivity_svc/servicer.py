@@ -9,6 +9,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from bitmesh.artifacts import ArtifactStore
+from bitmesh.jobs.plumbing import SENSITIVITY
 from bitmesh.jobs.records import JobRecord
 from bitmesh.jobs.runner import ThreadJobRunner
 from bitmesh.jobs.store import JobStore, open_job_store
@@ -31,7 +32,7 @@ from sensitivity_svc.layer_table import layer_table
 from sensitivity_svc.report import SensitivityReport
 
 SERVICE_NAME = sensitivity_pb2.DESCRIPTOR.services_by_name["SensitivityService"].full_name
-KIND = "sensitivity"
+KIND = SENSITIVITY.kinds[0]
 
 
 def layer_info_pb(layer: object) -> common_pb2.LayerInfo:
@@ -143,7 +144,7 @@ class SensitivityServicer(sensitivity_pb2_grpc.SensitivityServiceServicer):
 def build(
     settings: Settings,
 ) -> tuple[Sequence[Registrar], Sequence[str], list[Callable[[float], None]]]:
-    store = open_job_store(settings.redis_url, settings.artifact_root, KIND)
+    store = open_job_store(settings.redis_url, settings.artifact_root, SENSITIVITY.store)
     runner = ThreadJobRunner(store, KIND, settings.max_concurrent_jobs)
     servicer = SensitivityServicer(store, runner, ArtifactStore(settings.artifact_root))
     return (

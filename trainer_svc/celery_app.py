@@ -7,9 +7,11 @@ work across processes on one machine with no server (eager mode would not be
 a queue). Long work is acknowledged late, redelivered on worker loss, and one
 task is prefetched at a time.
 
-Workers consume two queues: Celery's default (``celery``: pings, proxy NAS)
-and ``bitmesh.trainer`` (training jobs), so ``celery -A
-trainer_svc.celery_app worker`` needs no ``-Q``.
+Queues and task names come from :mod:`bitmesh.jobs.plumbing`: every task is
+routed to its declared queue (training jobs, proxy NAS trials, pings), and a
+worker consumes exactly ``WORKER_QUEUES`` (``bitmesh up`` and the worker
+Deployment pass ``worker_queues_option()``; with no ``-Q`` a worker consumes
+the same queues, the app's ``task_queues``).
 """
 
 from __future__ import annotations
@@ -19,12 +21,9 @@ from pathlib import Path
 from celery import Celery
 from kombu import Exchange, Queue
 
+from bitmesh.jobs.plumbing import PING, TASK_QUEUES, TRAINER, WORKER_QUEUES
 from bitmesh.settings import Settings, load_settings
 from trainer_svc.config import TrainerSettings
-
-DEFAULT_QUEUE = "celery"
-TRAINER_QUEUE = "bitmesh.trainer"
-RUN_JOB_TASK = "bitmesh.trainer.run_job"
 
 # Longest a task may go unacknowledged before Redis redelivers it (a trainer
 # task refreshes its delivery while it runs: trainer_svc.keepalive).
@@ -101,19 +100,22 @@ def make_celery(
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         task_track_started=True,
-        task_default_queue=DEFAULT_QUEUE,
-        task_queues=tuple(_queue(name) for name in (DEFAULT_QUEUE, TRAINER_QUEUE)),
-        task_routes={RUN_JOB_TASK: {"queue": TRAINER_QUEUE}},
+        # A task sent with no route still lands where every worker listens
+        # (never on Celery's ``celery``, which no worker consumes).
+        task_default_queue=PING.queue,
+        task_queues=tuple(_queue(name) for name in WORKER_QUEUES),
+        task_routes={task: {"queue": queue} for task, queue in TASK_QUEUES.items()},
     )
     if discover:
-        # Lazily (when the worker starts): the task modules import this module.
+        # Lazily (when the worker starts): trainer_svc.tasks imports this
+        # module; proxy_nas_svc.tasks imports no app (shared tasks).
         app.autodiscover_tasks(["trainer_svc", "proxy_nas_svc"], related_name="tasks")
     return app
 
 
 def send_job(celery: Celery, job_id: str) -> None:
     """Send a job id to the trainer queue by task name (no task code needed)."""
-    celery.send_task(RUN_JOB_TASK, args=[job_id], queue=TRAINER_QUEUE)
+    celery.send_task(TRAINER.task_name, args=[job_id], queue=TRAINER.queue_name)
 
 
 app = make_celery()

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 
+from bitmesh.devices import resolve_device
 from trainer_svc.calibration import run_calibration
 from trainer_svc.loop import LoopIO, NullIO
 from trainer_svc.outcome import Outcome
@@ -29,7 +30,9 @@ def execute(request: TrainingRequest, io: LoopIO | None = None) -> Outcome:
     """Validate against the model and data, then run the job kind's domain function.
 
     Seeded before the model is built, so a job's random initialisation (and
-    everything after it) depends on its seed only."""
+    everything after it) depends on its seed only. It runs on the
+    ``BITMESH_DEVICE`` device (a GPU when there is one); ``prepare`` moves the
+    model and every batch there."""
     torch.manual_seed(request.training.seed)
-    workspace = validate(request)
+    workspace = validate(request, resolve_device())
     return RUNNERS[request.kind](workspace, io or NullIO())

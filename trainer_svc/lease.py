@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from bitmesh.errors import Unavailable
+from bitmesh.jobs.plumbing import TRAINER
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -40,7 +41,7 @@ class Lease(Protocol):
 
 
 class RedisLease:
-    def __init__(self, url: str, prefix: str = "bitmesh:trainer") -> None:
+    def __init__(self, url: str, prefix: str = TRAINER.redis_prefix) -> None:
         import redis
 
         self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)

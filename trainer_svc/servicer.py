@@ -17,6 +17,7 @@ import grpc
 
 from bitmesh.errors import NotFound, Unavailable
 from bitmesh.jobs.admission import create_admitted
+from bitmesh.jobs.plumbing import TRAINER
 from bitmesh.jobs.records import JobRecord, JobState, new_job_id
 from bitmesh.jobs.store import JobStore, open_job_store, request_cancel, transition
 from bitmesh.rpc.convert import job_status_to_pb
@@ -30,7 +31,7 @@ from trainer_svc.celery_app import make_celery, send_job
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
-STORE_NAME = "trainer"
+STORE_NAME = TRAINER.store
 
 Enqueue = Callable[[str], None]
 

@@ -15,15 +15,16 @@ from celery import Task
 from celery.signals import worker_ready
 
 from bitmesh.artifacts import ArtifactStore
+from bitmesh.jobs.plumbing import PING, TRAINER
 from bitmesh.jobs.store import JobStore, open_job_store
 from bitmesh.settings import load_settings
-from trainer_svc.celery_app import RUN_JOB_TASK, app, send_job
+from trainer_svc.celery_app import app, send_job
 from trainer_svc.config import TrainerSettings
 from trainer_svc.keepalive import Action, redis_delivery_toucher
 from trainer_svc.lease import Lease, open_lease
 
 log = logging.getLogger(__name__)
-SERVICE = "trainer"
+SERVICE = TRAINER.store
 
 
 @cache
@@ -37,14 +38,18 @@ def _stores() -> tuple[JobStore, ArtifactStore, Lease, TrainerSettings]:
     )
 
 
-@app.task(name="bitmesh.ping")
+@app.task(name=PING.task_name)
 def ping(token: str) -> str:
     """Round trip through the queue; `bitmesh status` uses it to prove a worker runs."""
     return token
 
 
 @app.task(
-    name=RUN_JOB_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True
+    name=TRAINER.task_name,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
 )
 def run_training_job(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
     """Run or resume one training job; returns its final state."""

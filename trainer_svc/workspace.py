@@ -23,10 +23,12 @@ from bitmesh.data.datasets import (
     load_dataset,
     num_classes_of,
 )
+from bitmesh.devices import parse_device
 from bitmesh.errors import FailedPrecondition, InvalidArgument
 from bitmesh.formats import Granularity, QuantOption
 from bitmesh.models.layers import LayerProfile, discover_layers
 from bitmesh.models.loading import load_model
+from bitmesh.settings import load_settings
 from trainer_svc.costing import (
     axis_value,
     check_target_reachable,
@@ -56,11 +58,6 @@ class Workspace:
     @property
     def layer_names(self) -> list[str]:
         return [p.name for p in self.layers]
-
-
-def pick_device() -> torch.device:
-    """CUDA when a GPU is there, else the CPU."""
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def _sample_shape(spec: DatasetSpec) -> tuple[int, ...] | None:
@@ -149,17 +146,28 @@ def _check_search(layers: list[LayerProfile], spec: SearchSpec) -> None:
     )
 
 
-def validate(request: TrainingRequest) -> Workspace:
+def validate(request: TrainingRequest, device: torch.device | None = None) -> Workspace:
     """Load the model and check the request against it and the data.
 
+    ``device`` is where the job will run (the worker passes
+    ``resolve_device()``). Without it, as at submission, only the
+    ``BITMESH_DEVICE`` text is checked and the workspace says CPU: the
+    service that validates is not the worker that trains, and may have no
+    GPU where the worker has one.
+
     Raises InvalidArgument (unknown layers or architecture, data that does
-    not fit), NotFound (missing files) or FailedPrecondition (unreachable cost
-    target, a weights file that needs unpickling).
+    not fit, a malformed BITMESH_DEVICE), NotFound (missing files) or
+    FailedPrecondition (unreachable cost target, a weights file that needs
+    unpickling).
     """
+    if device is None:
+        parse_device(load_settings().device)
     check_data_fits(request)
     model = load_model(request.model)
     layers = discover_layers(model, request.model.input_shape)
-    ws = Workspace(request=request, model=model, layers=layers, device=pick_device())
+    ws = Workspace(
+        request=request, model=model, layers=layers, device=device or torch.device("cpu")
+    )
     if isinstance(request.spec, SearchSpec):
         _check_search(layers, request.spec)
     else:

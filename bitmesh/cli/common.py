@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from rich.console import Console
 
 from bitmesh.client import Client
 from bitmesh.errors import InvalidArgument
+from bitmesh.models.model_files import refuse_torchscript
 from bitmesh.settings import load_settings
 from bitmesh.v1 import common_pb2
 
@@ -44,7 +46,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         required=True,
-        help="torchvision architecture or 'digits_cnn', or a .pt2 / TorchScript file",
+        help="torchvision architecture or 'digits_cnn', or a .pt2 file from torch.export.save "
+        "with a dynamic batch dimension (TorchScript is not accepted)",
     )
     parser.add_argument(
         "--weights", default="", help="state_dict file (loaded with weights_only=True)"
@@ -57,19 +60,24 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def model_source(model: str) -> str:
     """Which ``ModelRef`` source ``--model`` names: a ``.pt2`` file, a
-    TorchScript file (a path ending .pt/.pth/.torchscript/.ts), else an
-    architecture name."""
+    TorchScript file (a path ending .pt/.pth/.torchscript/.ts: named so that
+    it is refused with the export advice, not as an unknown architecture),
+    else an architecture name."""
     if model.endswith(".pt2"):
         return "exported_program"
-    if model.endswith((".pt", ".pth", ".torchscript", ".ts")) and "/" in model:
+    if model.endswith((".pt", ".pth", ".torchscript", ".ts")) and (
+        "/" in model or os.path.isfile(model)
+    ):
         return "torchscript"
     return "architecture"
 
 
 def model_ref_from(args: argparse.Namespace) -> common_pb2.ModelRef:
     shape = parse_shape(args.input_shape)
+    source = model_source(args.model)
+    refuse_torchscript(source, args.model, args.weights)  # before anything is sent
     ref = common_pb2.ModelRef(weights=args.weights, input_shape=shape, num_classes=args.num_classes)
-    setattr(ref, model_source(args.model), args.model)
+    setattr(ref, source, args.model)
     return ref
 
 

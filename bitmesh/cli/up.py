@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bitmesh.client import Client
 from bitmesh.errors import FailedPrecondition, Unavailable
+from bitmesh.jobs.plumbing import worker_queues_option
 from bitmesh.mesh_state import clear_state, read_state, write_state
 from bitmesh.settings import SERVICES, ServiceName, Settings
 
@@ -68,6 +69,19 @@ def _log_tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+def worker_command(
+    hostname: str, *, concurrency: int = 1, pool: str | None = None, loglevel: str = "INFO"
+) -> list[str]:
+    """The Celery worker command line of the mesh (``bitmesh up``, and the tests
+    that start workers): it consumes exactly the declared ``WORKER_QUEUES``,
+    as the worker Deployment does."""
+    command = [sys.executable, "-m", "celery", "-A", "trainer_svc.celery_app", "worker"]
+    command += [worker_queues_option(), "--concurrency", str(concurrency)]
+    if pool is not None:
+        command += ["--pool", pool]
+    return [*command, "--loglevel", loglevel, "--hostname", hostname]
+
+
 def start_mesh(settings: Settings, with_worker: bool = True) -> dict[str, object]:
     """Start every service (and a worker); return the recorded state."""
     existing = running_mesh(settings)
@@ -98,20 +112,7 @@ def start_mesh(settings: Settings, with_worker: bool = True) -> dict[str, object
     if with_worker:
         log_files["worker"] = logs / "worker.log"
         procs["worker"] = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "trainer_svc.celery_app",
-                "worker",
-                "--concurrency",
-                "1",
-                "--loglevel",
-                "INFO",
-                "--hostname",
-                f"bitmesh-{os.getpid()}@%h",
-            ],
+            worker_command(f"bitmesh-{os.getpid()}@%h"),
             env=env,
             stdout=log_files["worker"].open("ab"),
             stderr=subprocess.STDOUT,

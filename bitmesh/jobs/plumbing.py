@@ -13,6 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def redis_prefix(store: str) -> str:
+    """The Redis key prefix of job store ``store``'s records, events and indexes
+    (leases and the Optuna journal of that service live under it too)."""
+    return f"bitmesh:{store}"
+
+
 @dataclass(frozen=True)
 class JobPlumbing:
     """One service's job plumbing.
@@ -31,26 +37,45 @@ class JobPlumbing:
     @property
     def redis_prefix(self) -> str:
         """The Redis key prefix of this store's records, events and indexes."""
-        return f"bitmesh:{self.store}"
+        return redis_prefix(self.store)
+
+    @property
+    def queue_name(self) -> str:
+        """The queue, for plumbing that has one (a missing one is a bug here)."""
+        if self.queue is None:
+            raise LookupError(f"the {self.store} store's work travels on no queue")
+        return self.queue
+
+    @property
+    def task_name(self) -> str:
+        """The task name, for plumbing that has one."""
+        if self.task is None:
+            raise LookupError(f"the {self.store} store's work is sent as no task")
+        return self.task
 
 
+# The kinds are the ``kind`` of the records each service writes (and the
+# prefix of their job ids): data in live stores, so they never change.
 TRAINER = JobPlumbing(
     store="trainer",
-    kinds=("train", "search"),
+    kinds=("qat", "search", "calibration"),
     queue="bitmesh.trainer",
     task="bitmesh.trainer.run_job",
 )
-SENSITIVITY = JobPlumbing(store="sensitivity", kinds=("analysis",))
+SENSITIVITY = JobPlumbing(store="sensitivity", kinds=("sensitivity",))
 PROXY_NAS = JobPlumbing(store="proxy_nas", kinds=("tune",))
-# One (configuration, fidelity) trial run of a proxy search; its records live
-# in the proxy NAS store, its work on workers like training's.
+# One (configuration, fidelity) trial run of a proxy search, on workers like
+# training's. A run is no job record of its own (its spec and result are
+# artifact refs keyed by run); it reads its search's record in this store.
 PROXY_NAS_TRIALS = JobPlumbing(
     store="proxy_nas",
-    kinds=("trial",),
+    kinds=(),
     queue="bitmesh.proxy_nas",
     task="bitmesh.proxy_nas.run_trial",
 )
-# Health pings from ``bitmesh status`` and the health check reach workers here.
+# Round-trip pings (a worker is up and consuming: tests, readiness waits)
+# reach workers here. The container health check uses Celery's control ping,
+# which travels on no queue.
 PING = JobPlumbing(store="trainer", kinds=(), queue="bitmesh.ping", task="bitmesh.ping")
 
 ALL_PLUMBING: tuple[JobPlumbing, ...] = (TRAINER, SENSITIVITY, PROXY_NAS, PROXY_NAS_TRIALS, PING)
@@ -60,4 +85,14 @@ ALL_PLUMBING: tuple[JobPlumbing, ...] = (TRAINER, SENSITIVITY, PROXY_NAS, PROXY_
 WORKER_QUEUES: tuple[str, ...] = tuple(p.queue for p in ALL_PLUMBING if p.queue is not None)
 # The queues whose length scales the GPU worker pool (KEDA) and the
 # ``bitmesh_queue_length`` metric reports: the ones that carry training work.
-TRAINING_QUEUES: tuple[str, ...] = (TRAINER.queue or "", PROXY_NAS_TRIALS.queue or "")
+TRAINING_QUEUES: tuple[str, ...] = (TRAINER.queue_name, PROXY_NAS_TRIALS.queue_name)
+# Task name -> the queue it is sent to (Celery's ``task_routes``).
+TASK_QUEUES: dict[str, str] = {
+    p.task: p.queue for p in ALL_PLUMBING if p.task is not None and p.queue is not None
+}
+
+
+def worker_queues_option() -> str:
+    """The ``celery worker`` option that consumes exactly :data:`WORKER_QUEUES`
+    (what ``bitmesh up`` passes and the worker Deployment must say)."""
+    return "--queues=" + ",".join(WORKER_QUEUES)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bitmesh.errors import NotFound, Unavailable
+from bitmesh.jobs.plumbing import redis_prefix
 from bitmesh.jobs.records import JobRecord, JobState
 
 JobUpdate = Callable[[JobRecord], JobRecord]
@@ -201,9 +202,11 @@ class RedisJobStore:
 
 
 def open_job_store(redis_url: str | None, artifact_root: str, service: str) -> JobStore:
-    """Redis when a URL is configured, else SQLite beside the artifacts."""
+    """Redis when a URL is configured, else SQLite beside the artifacts.
+
+    ``service`` is a store name of :mod:`bitmesh.jobs.plumbing` (``TRAINER.store``...)."""
     if redis_url:
-        return RedisJobStore(redis_url, prefix=f"bitmesh:{service}")
+        return RedisJobStore(redis_url, prefix=redis_prefix(service))
     local_root = artifact_root.removeprefix("file://")
     return SqliteJobStore(Path(local_root) / "jobs" / f"{service}.sqlite3")
 

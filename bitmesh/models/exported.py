@@ -18,6 +18,11 @@ lifted layers do need the flag (ranges update while training), so
 :func:`allow_mode_switch` gives the module plain ``nn.Module.train`` back: it
 sets the flag on every submodule and changes nothing in the captured graph.
 
+A program must have a dynamic batch dimension
+(:func:`require_dynamic_batch`): bitmesh runs it on one-sample probes,
+training batches and a shorter last batch, and a program exported with a
+static batch refuses every other size inside a job.
+
 Calls whose weight is not a parameter of its own (shared or computed weights,
 string padding) are left as they are: the layer then stays float, as a
 module the wrappers do not know would.
@@ -32,7 +37,10 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-__all__ = ["allow_mode_switch", "lift_layers"]
+from bitmesh.errors import InvalidArgument
+from bitmesh.models.model_files import EXPORT_COMMAND
+
+__all__ = ["allow_mode_switch", "lift_layers", "require_dynamic_batch"]
 
 _CONVS: dict[Any, type[nn.Module]] = {
     torch.ops.aten.conv1d.default: nn.Conv1d,
@@ -124,3 +132,21 @@ def allow_mode_switch(module: nn.Module) -> None:
     """Let ``train()``/``eval()`` set the flag only (see the module docstring)."""
     module.train = types.MethodType(nn.Module.train, module)  # type: ignore[method-assign]
     module.eval = types.MethodType(nn.Module.eval, module)  # type: ignore[method-assign]
+
+
+def require_dynamic_batch(program: torch.export.ExportedProgram, shown: str) -> None:
+    """Raise InvalidArgument unless the program's first input has a symbolic
+    (dynamic) batch dimension; ``shown`` names the file in the message."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op != "placeholder" or node.name not in user_inputs:
+            continue
+        value = node.meta.get("val")
+        shape = getattr(value, "shape", None)
+        if shape is None or len(shape) == 0 or not isinstance(shape[0], int):
+            return  # a SymInt (dynamic), or not a tensor: nothing to refuse
+        raise InvalidArgument(
+            f"{shown!r} was exported with a static batch dimension ({shape[0]}); bitmesh "
+            "runs it on batches of other sizes: export it again with a dynamic batch, "
+            f"{EXPORT_COMMAND}"
+        )

@@ -8,8 +8,11 @@ Three sources (the proto's ``ModelRef``):
   input and full unpickling would run arbitrary code.
 - ``exported_program``: a ``torch.export.save`` file (.pt2), the format torch
   recommends for whole programs.
-- ``torchscript``: a ``torch.jit.save`` file; torch marks TorchScript
-  deprecated, so loading one logs a warning, but many deployed models are in it.
+- ``torchscript``: refused with INVALID_ARGUMENT when the spec is built,
+  as is a .pt2 or weights file whose content is a TorchScript archive
+  (``bitmesh.models.model_files``: torch.jit is deprecated and forward hooks
+  do not run on ScriptModules). A ``.pt2`` must have a dynamic batch
+  dimension (``bitmesh.models.exported.require_dynamic_batch``).
 
 Every loaded model is put in eval mode (where the module allows it) and run
 once on a zero batch of the requested input shape, so a wrong shape is
@@ -33,6 +36,11 @@ from torch import nn
 from bitmesh.errors import FailedPrecondition, InvalidArgument, NotFound
 from bitmesh.models.digits_cnn import ARCHITECTURE_NAME as DIGITS_CNN
 from bitmesh.models.digits_cnn import build_digits_cnn
+from bitmesh.models.model_files import (
+    is_torchscript_archive,
+    refuse_torchscript,
+    torchscript_refusal,
+)
 
 __all__ = [
     "ModelSource",
@@ -77,6 +85,8 @@ class ModelSpec:
 
     ``input_shape`` has no batch dimension, e.g. ``(3, 224, 224)``.
     ``weights_path`` is an optional state_dict file (any source).
+    Building one refuses TorchScript (by source or by file content), so
+    every service rejects it before anything is queued.
     """
 
     source: ModelSource
@@ -111,6 +121,7 @@ class ModelSpec:
             raise InvalidArgument(f"num_classes must be >= 1, got {self.num_classes!r}")
         if self.weights_path == "":
             object.__setattr__(self, "weights_path", None)
+        refuse_torchscript(self.source, self.name_or_path, self.weights_path)
 
 
 def _torchvision_architectures() -> list[str]:
@@ -201,6 +212,8 @@ def _unwrap_checkpoint(obj: object, path: Path) -> dict[str, torch.Tensor]:
 def load_state_dict_file(path_text: str) -> dict[str, torch.Tensor]:
     """Read a state_dict file with ``weights_only=True``; never unpickle objects."""
     path = _require_file(path_text, "weights file")
+    if is_torchscript_archive(path):
+        raise torchscript_refusal(f"weights file {path_text!r} (a whole program, not a state_dict)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -229,8 +242,6 @@ def load_state_dict_file(path_text: str) -> dict[str, torch.Tensor]:
 
 def _load_failure(exc: BaseException) -> str:
     """torch.load's reason, minus its advice to retry with weights_only=False."""
-    if "TorchScript" in str(exc):
-        return "it is a TorchScript archive: give it as a torchscript model, not as weights"
     return _short_reason(exc).split(". ")[0]
 
 
@@ -275,8 +286,11 @@ def _short_reason(exc: BaseException) -> str:
 
 
 def probe_forward(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
-    """Run ``model`` once on a zero batch of one sample; a shape error is the user's."""
-    batch = torch.zeros((1, *input_shape))
+    """Run ``model`` once on a zero batch of one sample; a shape error is the user's.
+
+    The batch is made where the model's parameters are (CPU or a GPU)."""
+    first = next(model.parameters(), None)
+    batch = torch.zeros((1, *input_shape), device=first.device if first is not None else None)
     try:
         with torch.no_grad():
             output = model(batch)
@@ -306,6 +320,8 @@ def _set_eval(model: nn.Module) -> None:
 
 def _load_exported_program(path_text: str) -> nn.Module:
     path = _require_file(path_text, "exported program")
+    if is_torchscript_archive(path):  # never hand a TorchScript zip to torch's readers
+        raise torchscript_refusal(f"model file {path_text!r}")
     try:
         program = torch.export.load(path)
     except _CORRUPT_FILE_ERRORS as exc:
@@ -313,28 +329,12 @@ def _load_exported_program(path_text: str) -> nn.Module:
             f"{path_text!r} is not a readable torch.export program (.pt2 from "
             f"torch.export.save): {_short_reason(exc)}"
         ) from exc
-    from bitmesh.models.exported import allow_mode_switch, lift_layers
+    from bitmesh.models.exported import allow_mode_switch, lift_layers, require_dynamic_batch
 
+    require_dynamic_batch(program, path_text)
     module = program.module()
     lift_layers(module)
     allow_mode_switch(module)
-    return module
-
-
-def _load_torchscript(path_text: str) -> nn.Module:
-    path = _require_file(path_text, "TorchScript file")
-    logger.warning(
-        "loading TorchScript %s: torch marks TorchScript deprecated; prefer a torch.export "
-        "program (.pt2)",
-        path_text,
-    )
-    try:
-        module: nn.Module = torch.jit.load(str(path), map_location="cpu")
-    except _CORRUPT_FILE_ERRORS as exc:
-        raise InvalidArgument(
-            f"{path_text!r} is not a readable TorchScript file (from torch.jit.save): "
-            f"{_short_reason(exc)}"
-        ) from exc
     return module
 
 
@@ -350,8 +350,8 @@ def load_model(spec: ModelSpec) -> nn.Module:
         model = build_architecture(spec.name_or_path, spec.num_classes, spec.input_shape)
     elif spec.source == "exported_program":
         model = _load_exported_program(spec.name_or_path)
-    else:
-        model = _load_torchscript(spec.name_or_path)
+    else:  # ModelSpec refuses TorchScript; kept for a spec built around its checks
+        raise torchscript_refusal(f"model {spec.name_or_path!r}")
     if spec.weights_path is not None:
         state = load_state_dict_file(spec.weights_path)
         apply_state_dict(model, state, what=f"weights in {spec.weights_path!r}")

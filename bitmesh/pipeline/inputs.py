@@ -8,7 +8,8 @@ the same references:
 - The files are uploaded to the artifact store (``uploads/<sha>/<name>``):
   every service that builds the model (sensitivity, trainer, proxy NAS)
   then reads the same bytes from inside the root, and the content hash, not
-  the path, keys the stage cache.
+  the path, keys the stage cache. TorchScript (by name or content) and a
+  ``.pt2`` with a static batch are refused first, before any upload.
 - The sample shape is the model's input shape (``--input-shape``, a program's
   example input, digits' 1x8x8, else 3x224x224) unless ``--data-shape``
   says otherwise; the class count is ``--num-classes`` or the data's.
@@ -108,6 +109,9 @@ def _program_input_shape(path: str, shown: str) -> tuple[int, ...]:
             f"{shown!r} is not a readable torch.export program (.pt2 from torch.export.save): "
             f"{type(exc).__name__}"
         ) from exc
+    from bitmesh.models.exported import require_dynamic_batch
+
+    require_dynamic_batch(program, shown)
     args: tuple[Any, ...] = tuple(program.example_inputs[0]) if program.example_inputs else ()
     if len(args) != 1 or not isinstance(args[0], torch.Tensor) or args[0].ndim < 2:
         raise InvalidArgument(
@@ -175,9 +179,11 @@ def _dataset(request: PipelineRequest, shape: tuple[int, ...]) -> dict[str, Any]
 def resolve_inputs(request: PipelineRequest, artifact_root: str) -> ResolvedInputs:
     """Upload the user's files and settle shapes and classes (see the module doc)."""
     from bitmesh.cli.common import model_source
+    from bitmesh.models.model_files import refuse_torchscript
 
     store = ArtifactStore(artifact_root)
     source = model_source(request.model)
+    refuse_torchscript(source, request.model, request.weights)
     model, model_sha = request.model, ""
     if source != "architecture":
         model, model_sha = _upload(store, request.model, "model file")

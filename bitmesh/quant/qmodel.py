@@ -476,6 +476,9 @@ def quantize_model(
             bn=bn,
             bn_name=bn_name,
         )
+        # Its range buffers (and learned clips) live where the layer's weight
+        # does: a model already moved to the GPU gets GPU quantizers.
+        layer.to(modules[name].weight.device)
         layer.train(model.training)
         _set_submodule(model, name, layer)
         if bn_name:

@@ -9,9 +9,12 @@ share counters) served over HTTP on ``BITMESH_METRICS_PORT`` (0 = off):
   stream's latency is its whole life);
 - ``bitmesh_rpc_in_flight{grpc_service,grpc_method}``: calls being served;
 - ``bitmesh_jobs{kind,state}``: jobs of the service's store by state, read
-  at scrape time so every replica reports the same truth;
-- ``bitmesh_queue_length{queue}``: Celery messages waiting in the broker
-  (trainer and proxy NAS), the figure KEDA scales workers on.
+  at scrape time so every replica reports the same truth (every declared
+  kind is reported, zeros included);
+- ``bitmesh_queue_length{queue}``: Celery messages waiting in the broker, one
+  sample per training queue (``TRAINING_QUEUES`` of
+  :mod:`bitmesh.jobs.plumbing`: training jobs and proxy NAS trials), the
+  figures KEDA scales workers on.
 
 Gauges read at scrape time never fail a scrape: a store or broker that cannot
 be read is logged and its samples are left out.
@@ -33,6 +36,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
+from bitmesh.jobs.plumbing import PROXY_NAS, SENSITIVITY, TRAINER, TRAINING_QUEUES, JobPlumbing
 from bitmesh.jobs.records import JobState
 from bitmesh.jobs.store import JobStore, open_job_store
 from bitmesh.rpc.handlers import WrappedHandlers, split_method, wrap_handler
@@ -44,14 +48,12 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 # How many of a kind's newest jobs a scrape reads; older ones are all terminal
 # in practice, and a scrape must stay cheap.
 JOB_SCAN_LIMIT = 1000
-CELERY_QUEUE = "celery"
 
-# gRPC service (full proto name) -> job store it owns (open_job_store's name)
-# and the job kind to count (None = every kind in that store).
-JOB_STORES: dict[str, tuple[str, str | None]] = {
-    "bitmesh.v1.SensitivityService": ("sensitivity", "sensitivity"),
-    "bitmesh.v1.TrainerService": ("trainer", None),
-    "bitmesh.v1.ProxyNasService": ("proxy_nas", None),
+# gRPC service (full proto name) -> the plumbing of the job store it owns.
+JOB_STORES: dict[str, JobPlumbing] = {
+    "bitmesh.v1.SensitivityService": SENSITIVITY,
+    "bitmesh.v1.TrainerService": TRAINER,
+    "bitmesh.v1.ProxyNasService": PROXY_NAS,
 }
 # Services whose work goes through the Celery broker.
 QUEUE_SERVICES: frozenset[str] = frozenset(
@@ -178,12 +180,13 @@ class JobStoreCollector(Collector):
     def __init__(
         self,
         store_factory: Callable[[], JobStore],
-        kind: str | None = None,
+        kinds: Sequence[str] = (),
         scan_limit: int = JOB_SCAN_LIMIT,
     ) -> None:
+        """``kinds`` are always reported (zeros included); others as found."""
         self._store_factory = store_factory
         self._store: JobStore | None = None
-        self.kind = kind
+        self.kinds = tuple(kinds)
         self.scan_limit = scan_limit
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
@@ -196,12 +199,12 @@ class JobStoreCollector(Collector):
         try:
             if self._store is None:
                 self._store = self._store_factory()
-            records = self._store.list(self.kind, self.scan_limit)
+            records = self._store.list(None, self.scan_limit)
         except Exception as exc:  # a scrape must not fail because the store is down
             log.warning("metrics: cannot read the job store: %s", exc)
             return
         counts: dict[tuple[str, str], int] = {}
-        kinds = {self.kind} if self.kind else {r.kind for r in records}
+        kinds = {*self.kinds, *(r.kind for r in records)}
         for kind in kinds:
             for job_state in JobState:
                 counts[(kind, job_state.value)] = 0
@@ -214,26 +217,29 @@ class JobStoreCollector(Collector):
 
 
 class QueueLengthCollector(Collector):
-    """``bitmesh_queue_length{queue}`` from a function read at scrape time."""
+    """``bitmesh_queue_length{queue}``, one sample per queue, read at scrape time."""
 
-    def __init__(self, length_of: Callable[[], int], queue: str = CELERY_QUEUE) -> None:
+    def __init__(
+        self, length_of: Callable[[str], int], queues: Sequence[str] = TRAINING_QUEUES
+    ) -> None:
         self._length_of = length_of
-        self.queue = queue
+        self.queues = tuple(queues)
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         yield GaugeMetricFamily("bitmesh_queue_length", "Messages waiting.", labels=("queue",))
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("bitmesh_queue_length", "Messages waiting.", labels=("queue",))
-        try:
-            family.add_metric((self.queue,), self._length_of())
-        except Exception as exc:  # a scrape must not fail because the broker is down
-            log.warning("metrics: cannot read the length of queue %s: %s", self.queue, exc)
-            return
-        yield family
+        for queue in self.queues:
+            try:
+                family.add_metric((queue,), self._length_of(queue))
+            except Exception as exc:  # a scrape must not fail because the broker is down
+                log.warning("metrics: cannot read the length of queue %s: %s", queue, exc)
+        if family.samples:
+            yield family
 
 
-def broker_queue_length(settings: Settings, queue: str = CELERY_QUEUE) -> int:
+def broker_queue_length(settings: Settings, queue: str) -> int:
     """Messages waiting in Celery's broker for ``queue``.
 
     Redis: the length of the list Celery pushes to (what KEDA's Redis scaler
@@ -266,10 +272,11 @@ def add_service_collectors(
     """Register the job and queue gauges that belong to the served services."""
     for name in service_names:
         if name in JOB_STORES:
-            store_name, kind = JOB_STORES[name]
-            registry.register(JobStoreCollector(_store_opener(settings, store_name), kind))
+            plumbing = JOB_STORES[name]
+            opener = _store_opener(settings, plumbing.store)
+            registry.register(JobStoreCollector(opener, plumbing.kinds))
     if any(name in QUEUE_SERVICES for name in service_names):
-        registry.register(QueueLengthCollector(lambda: broker_queue_length(settings)))
+        registry.register(QueueLengthCollector(lambda q: broker_queue_length(settings, q)))
 
 
 @dataclass

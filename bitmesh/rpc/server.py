@@ -13,13 +13,18 @@ with a request id that each log line carries.
 
 ``serve_until_signal`` runs a server until SIGTERM/SIGINT, then shuts down
 gracefully: health goes NOT_SERVING, new calls are refused, calls in flight
-get ``grace_seconds`` to finish.
+get ``grace_seconds`` to finish. A watchdog then bounds the whole exit:
+a process still alive ``grace + EXIT_MARGIN_S`` seconds after the signal
+dumps every thread's stack and exits (see :func:`exit_watchdog`).
 """
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
@@ -254,8 +259,47 @@ def _warn_if_exposed(settings: Settings, tls: bool) -> None:
         log.warning("listening on %s without TLS (BITMESH_TLS_CERT_FILE)", settings.host)
 
 
-def serve_until_signal(running: RunningServer, grace: float) -> None:
-    """Block until SIGTERM or SIGINT, then stop gracefully."""
+#: Seconds past the grace period a stopping process may take to exit.
+EXIT_MARGIN_S = 10.0
+
+
+def exit_watchdog(seconds: float) -> threading.Timer:
+    """Exit the process ``seconds`` from now if it is still alive then.
+
+    Why: after the graceful stop nothing of ours runs, but the interpreter's
+    exit still joins every non-daemon thread a library left behind. The
+    solver once outlived SIGTERM by more than 30 s in the test suite (cause
+    not found); in Kubernetes such a pod is only SIGKILLed at the end of its
+    termination grace period. The watchdog logs the threads still alive and
+    dumps their stacks (so the cause can be found), then exits with 0: the
+    stop itself was graceful."""
+
+    def force() -> None:
+        alive = sorted(
+            t.name
+            for t in threading.enumerate()
+            if not t.daemon and t is not threading.main_thread()
+        )
+        log.warning(
+            "still running %.1f s after the stop signal; non-daemon threads: %s; exiting now",
+            seconds,
+            ", ".join(alive) or "none",
+        )
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def serve_until_signal(
+    running: RunningServer, grace: float, exit_margin: float = EXIT_MARGIN_S
+) -> None:
+    """Block until SIGTERM or SIGINT, then stop gracefully; the process exits
+    within ``grace + exit_margin`` seconds of the signal, whatever is left."""
     stop = threading.Event()
 
     def handle(signum: int, _frame: Any) -> None:
@@ -265,5 +309,6 @@ def serve_until_signal(running: RunningServer, grace: float) -> None:
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     stop.wait()
+    exit_watchdog(grace + exit_margin)
     running.stop(grace)
     log.info("stopped")

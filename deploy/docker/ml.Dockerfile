@@ -11,7 +11,8 @@
 # The same image runs as (Kubernetes sets the command):
 #   python -m sensitivity_svc                               (default)
 #   python -m trainer_svc
-#   celery -A trainer_svc.celery_app worker --loglevel=INFO --concurrency=1
+#   celery -A trainer_svc.celery_app worker --queues=... --loglevel=INFO --concurrency=1
+#     (the queues: WORKER_QUEUES in bitmesh/jobs/plumbing.py)
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build

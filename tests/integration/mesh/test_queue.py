@@ -1,15 +1,17 @@
-"""The Celery queue is real in both modes: a worker process answers a task."""
+"""The Celery queue is real in both modes: a worker process answers a task
+on every queue it is declared to consume (``WORKER_QUEUES``)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
+from bitmesh.cli.up import worker_command
+from bitmesh.jobs.plumbing import PING, WORKER_QUEUES
 from bitmesh.settings import load_settings
 from tests.integration.mesh.helpers import REPO_ROOT
 
@@ -28,22 +30,7 @@ def test_worker_round_trip(
     else:
         monkeypatch.delenv("REDIS_URL", raising=False)
     worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "trainer_svc.celery_app",
-            "worker",
-            "--concurrency",
-            "1",
-            "--pool",
-            "solo",
-            "--loglevel",
-            "WARNING",
-            "--hostname",
-            f"t-{uuid.uuid4().hex[:6]}@%h",
-        ],
+        worker_command(f"t-{uuid.uuid4().hex[:6]}@%h", pool="solo", loglevel="WARNING"),
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -55,9 +42,10 @@ def test_worker_round_trip(
 
         settings = load_settings(artifact_root=str(tmp_path), redis_url=env.get("REDIS_URL"))
         app = make_celery(settings)
-        token = uuid.uuid4().hex
-        result = app.send_task("bitmesh.ping", args=[token])
-        assert result.get(timeout=60) == token
+        # A ping on each declared queue: the worker `bitmesh up` starts must
+        # consume every one of them (training, proxy trials, pings).
+        results = {q: app.send_task(PING.task_name, args=[q], queue=q) for q in WORKER_QUEUES}
+        assert {q: r.get(timeout=60) for q, r in results.items()} == {q: q for q in WORKER_QUEUES}
     finally:
         worker.terminate()
         worker.wait(30)

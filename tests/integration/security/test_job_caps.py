@@ -20,6 +20,7 @@ import pytest
 
 from bitmesh.errors import ResourceExhausted
 from bitmesh.jobs.admission import create_admitted
+from bitmesh.jobs.plumbing import PING
 from bitmesh.jobs.records import JobRecord, JobState, new_job_id
 from bitmesh.jobs.runner import JobContext, ThreadJobRunner
 from bitmesh.jobs.store import JobStore, RedisJobStore, SqliteJobStore, request_cancel
@@ -166,7 +167,7 @@ def test_queued_job_cap_across_replicas(
     sent: list[str] = []
 
     def send(job_id: str) -> None:
-        celery.send_task("bitmesh.ping", args=[job_id], queue=queue)
+        celery.send_task(PING.task_name, args=[job_id], queue=queue)
         sent.append(job_id)
 
     replicas: list[RunningServer] = []

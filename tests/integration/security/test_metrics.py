@@ -9,6 +9,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bitmesh.jobs.plumbing import PING, PROXY_NAS_TRIALS, SENSITIVITY, TRAINER, TRAINING_QUEUES
 from bitmesh.jobs.records import JobRecord, JobState
 from bitmesh.jobs.store import open_job_store, transition
 from bitmesh.rpc.server import create_server
@@ -46,9 +47,10 @@ def test_calls_errors_latencies_and_jobs(tmp_path: Path) -> None:
     stub = sensitivity_pb2_grpc.SensitivityServiceStub(channel)
     auth = (("authorization", f"Bearer {TOKEN}"),)
     try:
-        store = open_job_store(None, settings.artifact_root, "sensitivity")
+        store = open_job_store(None, settings.artifact_root, SENSITIVITY.store)
+        (kind,) = SENSITIVITY.kinds
         for i, state in enumerate([JobState.QUEUED, JobState.RUNNING, JobState.RUNNING]):
-            store.create(JobRecord(job_id=f"sensitivity-{i}", kind="sensitivity"))
+            store.create(JobRecord(job_id=f"sensitivity-{i}", kind=kind))
             store.update(f"sensitivity-{i}", lambda r, s=state: transition(r, state=s))
         for _ in range(4):
             stub.ListAnalyses(common_pb2.ListJobsRequest(), metadata=auth, timeout=5)
@@ -70,7 +72,7 @@ def test_calls_errors_latencies_and_jobs(tmp_path: Path) -> None:
         assert rpc(samples, "bitmesh_rpc_in_flight", "ListAnalyses") == 0
 
         def jobs(state: str) -> float:
-            key = frozenset({"kind": "sensitivity", "state": state}.items())
+            key = frozenset({"kind": kind, "state": state}.items())
             return samples[("bitmesh_jobs", key)]
 
         assert (jobs("queued"), jobs("running"), jobs("succeeded")) == (1, 2, 0)
@@ -82,18 +84,29 @@ def test_calls_errors_latencies_and_jobs(tmp_path: Path) -> None:
 
 
 def test_queue_length_of_celery_services(tmp_path: Path) -> None:
-    """The trainer reports how many Celery messages wait (embedded broker here)."""
-    from trainer_svc.celery_app import make_celery
+    """The trainer reports how many Celery messages wait on each training queue
+    (embedded broker here); tasks reach their queue by the declared routes."""
+    from trainer_svc.celery_app import make_celery, send_job
 
     settings = make_settings(tmp_path, metrics_port=free_port())
     running = create_server("127.0.0.1:0", [], ["bitmesh.v1.TrainerService"], settings)
+
+    def lengths() -> dict[str, float]:
+        samples = scrape(running.metrics_port)
+        return {
+            dict(labels)["queue"]: value
+            for (name, labels), value in samples.items()
+            if name == "bitmesh_queue_length"
+        }
+
     try:
-        key = ("bitmesh_queue_length", frozenset({"queue": "celery"}.items()))
-        assert scrape(running.metrics_port)[key] == 0
-        celery = make_celery(settings)
-        for token in ("a", "b"):
-            celery.send_task("bitmesh.ping", args=[token])
-        assert scrape(running.metrics_port)[key] == 2
+        assert lengths() == dict.fromkeys(TRAINING_QUEUES, 0)
+        celery = make_celery(settings, discover=False)
+        for job_id in ("a", "b"):
+            send_job(celery, job_id)
+        celery.send_task(PROXY_NAS_TRIALS.task_name, args=["run-1"])  # routed, no queue named
+        celery.send_task(PING.task_name, args=["token"])  # not a training queue
+        assert lengths() == {TRAINER.queue_name: 2, PROXY_NAS_TRIALS.queue_name: 1}
     finally:
         running.stop(1)
 

@@ -100,9 +100,9 @@ def test_paths_inside_the_root_reach_the_service(
     stub: sensitivity_pb2_grpc.SensitivityServiceStub, root: Path
 ) -> None:
     """An upload path passes the guard, rewritten to its place under the root."""
-    error = _list_layers(stub, torchscript="models/missing.pt")
+    error = _list_layers(stub, exported_program="models/missing.pt2")
     assert error.code() is grpc.StatusCode.NOT_FOUND
-    assert str(root.resolve() / "uploads" / "models" / "missing.pt") in error.details()
+    assert str(root.resolve() / "uploads" / "models" / "missing.pt2") in error.details()
 
 
 def test_a_nul_byte_is_an_invalid_argument(
@@ -110,7 +110,7 @@ def test_a_nul_byte_is_an_invalid_argument(
 ) -> None:
     """It made ``os`` raise ValueError in the guard, outside the error
     interceptor: the caller saw UNKNOWN "Exception calling application"."""
-    error = _list_layers(stub, torchscript="models/a\x00.pt")
+    error = _list_layers(stub, exported_program="models/a\x00.pt2")
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "NUL byte" in error.details()
 

@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +21,9 @@ from pathlib import Path
 import pytest
 
 from bitmesh.artifacts import ArtifactStore
+from bitmesh.cli.up import worker_command
 from bitmesh.client import Client
+from bitmesh.jobs.plumbing import PING, TRAINER
 from bitmesh.jobs.store import RedisJobStore
 from bitmesh.rpc.server import RunningServer
 from bitmesh.settings import Settings, load_settings
@@ -54,22 +55,7 @@ class TrainerMesh:
         name = f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}"
         log = (self.root / f"{name}.log").open("wb")
         worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "trainer_svc.celery_app",
-                "worker",
-                "--concurrency",
-                "1",
-                "--pool",
-                "prefork",
-                "--loglevel",
-                "INFO",
-                "--hostname",
-                f"{name}@%h",
-            ],
+            worker_command(f"{name}@%h", pool="prefork"),
             cwd=REPO_ROOT,
             env=self.env,
             stdout=log,
@@ -99,7 +85,7 @@ class TrainerMesh:
 
         app = make_celery(self.settings, discover=False)
         token = uuid.uuid4().hex
-        result = app.send_task("bitmesh.ping", args=[token])
+        result = app.send_task(PING.task_name, args=[token])
         try:
             assert result.get(timeout=90) == token
         except Exception:
@@ -142,7 +128,7 @@ class TrainerMesh:
 
     # -- stores -----------------------------------------------------------------
     def store(self) -> RedisJobStore:
-        return RedisJobStore(self.redis_url, prefix="bitmesh:trainer")
+        return RedisJobStore(self.redis_url, prefix=TRAINER.redis_prefix)
 
     def artifacts(self) -> ArtifactStore:
         return ArtifactStore(str(self.root / "artifacts"))
@@ -150,7 +136,7 @@ class TrainerMesh:
     def queue_length(self) -> int:
         import redis
 
-        return int(redis.Redis.from_url(self.redis_url).llen("bitmesh.trainer"))
+        return int(redis.Redis.from_url(self.redis_url).llen(TRAINER.queue_name))
 
     def stop(self) -> None:
         self.stop_service()

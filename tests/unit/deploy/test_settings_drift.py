@@ -1,8 +1,9 @@
 """The manifests and the services agree: names, ports, probes, secrets, files.
 
 Expected names come from :class:`bitmesh.settings.Settings` itself (its
-fields and aliases) and from the protos (health service names), never from a
-list kept here, so renaming a setting without the manifests fails a test.
+fields and aliases), from the protos (health service names) and from
+:mod:`bitmesh.jobs.plumbing` (Celery queues), never from a list kept here, so
+renaming a setting or a queue without the manifests fails a test.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
-from bitmesh.rpc.metrics import CELERY_QUEUE
+from bitmesh.jobs.plumbing import TRAINING_QUEUES, WORKER_QUEUES, worker_queues_option
 from bitmesh.rpc.server import refuse_insecure_bind
 from bitmesh.settings import SERVICES, Settings
 from tests.unit.deploy.manifests import (
+    K8S,
     OVERLAYS,
     REPO,
     Doc,
@@ -310,6 +313,26 @@ def _workers(docs: tuple[Doc, ...]) -> list[Doc]:
     return found
 
 
+def _assert_consumes_worker_queues(command: list[str]) -> None:
+    """A worker's command consumes exactly the declared WORKER_QUEUES, in order."""
+    queues = [a.split("=", 1)[1] for a in command if a.startswith("--queues=")]
+    assert queues == [",".join(WORKER_QUEUES)], (
+        f"the worker consumes {queues}, but bitmesh/jobs/plumbing.py sends work to "
+        f"{list(WORKER_QUEUES)}: say `{worker_queues_option()}`"
+    )
+    assert not {"-Q", "--queues", "-X", "--exclude-queues"} & set(command)
+
+
+def _assert_scales_on_training_queues(scaled: Doc) -> None:
+    """One Redis list trigger per declared training queue, in order."""
+    triggers = scaled["spec"]["triggers"]
+    assert all(t["type"] == "redis" for t in triggers)
+    lists = [t["metadata"]["listName"] for t in triggers]
+    assert lists == list(TRAINING_QUEUES), (
+        f"KEDA scales on {lists}, but training work waits on {list(TRAINING_QUEUES)}"
+    )
+
+
 def test_workers_run_the_celery_app(docs: tuple[Doc, ...]) -> None:
     from celery import Celery
 
@@ -319,8 +342,7 @@ def test_workers_run_the_celery_app(docs: tuple[Doc, ...]) -> None:
         assert command[:4] == ["celery", "-A", "trainer_svc.celery_app", "worker"]
         module = Path(REPO, *command[2].split(".")).with_suffix(".py")
         assert module.is_file(), f"{module} does not exist"
-        queues = [a.split("=", 1)[1] for a in command if a.startswith("--queues=")]
-        assert queues == [CELERY_QUEUE]
+        _assert_consumes_worker_queues(command)
         # Extra settings after `--` must be ones Celery knows.
         extra = command[command.index("--") + 1 :]
         parsed = Celery().loader.cmdline_config_parser(extra, namespace="worker")
@@ -347,15 +369,16 @@ def test_gpu_workers_ask_for_gpus_only_in_gpu_overlays() -> None:
 
 
 def test_keda_scales_the_workers_on_their_queue() -> None:
+    scaled_objects = 0
     for overlay in OVERLAYS:
         docs = render(overlay)
         for scaled in of_kind(docs, "ScaledObject"):
+            scaled_objects += 1
             target = named(docs, "Deployment", scaled["spec"]["scaleTargetRef"]["name"])
             assert component(target) == "worker"
-            (trigger,) = scaled["spec"]["triggers"]
-            assert trigger["type"] == "redis"
-            assert trigger["metadata"]["listName"] == CELERY_QUEUE
-            named(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+            _assert_scales_on_training_queues(scaled)
+            for trigger in scaled["spec"]["triggers"]:
+                named(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
             # KEDA's operator must be let through to Redis, where Redis runs here.
             for policy in of_kind(docs, "NetworkPolicy"):
                 if policy["metadata"]["name"] == "bitmesh-redis":
@@ -367,6 +390,21 @@ def test_keda_scales_the_workers_on_their_queue() -> None:
                         == "keda"
                         for f in sources
                     )
+    assert scaled_objects, "no overlay scales the workers (overlays/gpu's keda.yaml)"
+
+
+def test_source_manifests_name_the_declared_queues() -> None:
+    """The same checks on the files as written, so they run where no kustomize
+    renders the overlays (the rendered tests above skip there)."""
+    (worker,) = yaml.safe_load_all((K8S / "base" / "worker.yaml").read_text())
+    (container,) = worker["spec"]["template"]["spec"]["containers"]
+    _assert_consumes_worker_queues(container["command"])
+    keda = list(yaml.safe_load_all((K8S / "overlays" / "gpu" / "keda.yaml").read_text()))
+    (scaled,) = [d for d in keda if d["kind"] == "ScaledObject"]
+    _assert_scales_on_training_queues(scaled)
+    guide = (REPO / "docs" / "deploy.md").read_text()
+    assert worker_queues_option() in guide, "docs/deploy.md names other worker queues"
+    assert all(f"`{queue}`" in guide for queue in WORKER_QUEUES)
 
 
 def test_images_are_built_here_and_pinned(docs: tuple[Doc, ...]) -> None:

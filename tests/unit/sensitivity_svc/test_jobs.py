@@ -85,3 +85,21 @@ def test_a_remembered_request_is_answered_without_loading(tmp_path: Path) -> Non
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     changed = _prepare(weights, artifacts, ["int8"])
     assert changed.model is not None and changed.key != first.key
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_asked_for_where_there_is_none_is_refused_before_a_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bitmesh.errors import FailedPrecondition
+
+    weights = tmp_path / "digits.pt"
+    torch.save(DigitsCNN().state_dict(), weights)
+    monkeypatch.setenv("BITMESH_DEVICE", "cuda:0")
+    with pytest.raises(FailedPrecondition, match="BITMESH_DEVICE asks for cuda:0"):
+        _prepare(weights, ArtifactStore(str(tmp_path / "art")), ["int8"])
+    monkeypatch.setenv("BITMESH_DEVICE", "cpu")
+    prepared = _prepare(weights, ArtifactStore(str(tmp_path / "art")), ["int8"])
+    assert prepared.model is not None
+    assert {p.device.type for p in prepared.model.parameters()} == {"cpu"}
+    assert {x.device.type for batch in prepared.batches for x in batch} == {"cpu"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -92,3 +93,64 @@ def test_missing_file_and_empty_dataset(linear: nn.Sequential, tmp_path: Path) -
         verify_onnx(path, linear, empty)
     with pytest.raises(InvalidArgument, match="logits"):
         verify_onnx(path, lambda x: x.sum(), TensorDataset(torch.zeros(2, 1, 8, 8), torch.zeros(2)))
+
+
+def _quantized_matmul_onnx(path: Path, weight: torch.Tensor, tokens: int | None) -> Path:
+    """x -> Q/DQ (int8, scale 1/32) -> MatMul with an int8 DQ weight
+    [-> ReduceMean over the tokens]: a quantized Linear on a rank-3 input
+    (``tokens`` given) or on a rank-2 one."""
+    codes = torch.round(weight.T * 16).clamp(-127, 127).to(torch.int8)
+    initializers = [
+        numpy_helper.from_array(codes.numpy(), "w_q"),
+        numpy_helper.from_array(np.array(1 / 16, dtype=np.float32), "w_s"),
+        numpy_helper.from_array(np.array(1 / 32, dtype=np.float32), "x_s"),
+        numpy_helper.from_array(np.array(0, dtype=np.int8), "x_z"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["input", "x_s", "x_z"], ["x_q"]),
+        helper.make_node("DequantizeLinear", ["x_q", "x_s", "x_z"], ["x_dq"]),
+        helper.make_node("DequantizeLinear", ["w_q", "w_s"], ["w_dq"]),
+        helper.make_node("MatMul", ["x_dq", "w_dq"], ["y" if tokens else "logits"]),
+    ]
+    shape: list[object] = ["batch", 8]
+    if tokens:
+        initializers.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"))
+        nodes.append(helper.make_node("ReduceMean", ["y", "axes"], ["logits"], keepdims=0))
+        shape = ["batch", tokens, 8]
+    graph = helper.make_graph(
+        nodes,
+        "quantized_linear",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(("tokens", "level"), [(5, "basic"), (None, "all")])
+def test_a_quantized_matmul_on_a_rank3_input_runs_at_the_basic_level(
+    tmp_path: Path, tokens: int | None, level: str
+) -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(10, 8) * 0.3
+    path = _quantized_matmul_onnx(tmp_path / "q.onnx", weight, tokens)
+    w = torch.round(weight.T * 16).clamp(-127, 127) / 16
+
+    def reference(x: torch.Tensor) -> torch.Tensor:
+        y = (torch.round(x * 32).clamp(-128, 127) / 32) @ w
+        return y.mean(dim=1) if tokens else y
+
+    shape = (tokens, 8) if tokens else (8,)
+    x = torch.randn(64, *shape)
+    data = TensorDataset(x, reference(x).argmax(1))
+    report = verify_onnx(path, reference, data)
+    assert report.onnxruntime_ok and report.onnxruntime_optimization == level
+    assert report.agreement == 1.0
+    assert report.max_abs_logit_diff is not None and report.max_abs_logit_diff < 1e-5
+    if tokens:
+        assert report.onnxruntime_error and "rank > 2" in report.onnxruntime_error
+    else:
+        assert report.onnxruntime_error is None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
@@ -172,15 +171,6 @@ def test_corrupt_weights_file_is_invalid_argument(tmp_path: Path) -> None:
         load_state_dict_file(str(path))
 
 
-@pytest.mark.filterwarnings("ignore:'torch.load' received a zip file")
-def test_program_given_as_weights_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "m.ts"
-    torch.jit.script(DigitsCNN().eval()).save(str(path))
-    with pytest.raises(InvalidArgument, match="TorchScript archive") as info:
-        load_state_dict_file(str(path))
-    assert "weights_only=False" not in info.value.message
-
-
 @pytest.mark.parametrize(
     ("payload", "match"),
     [
@@ -224,81 +214,119 @@ def test_state_dict_of_another_architecture(tmp_path: Path) -> None:
 # ------------------------------------------------- exported programs, TorchScript
 
 
+def _save_program(model: nn.Module, path: Path, *, dynamic: bool = True) -> None:
+    """Export ``model`` on a batch of two; ``dynamic``: with a symbolic batch."""
+    shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
+    program = torch.export.export(model, (torch.zeros(2, *DIGITS),), dynamic_shapes=shapes)
+    torch.export.save(program, path)
+
+
 def test_exported_program_round_trip(tmp_path: Path) -> None:
     source = _trained_like_digits()
     path = tmp_path / "m.pt2"
-    torch.export.save(torch.export.export(source, (torch.zeros(1, *DIGITS),)), path)
+    _save_program(source, path)
     loaded = load_model(_spec(source="exported_program", name_or_path=str(path)))
-    x = torch.randn(1, *DIGITS)
+    x = torch.randn(3, *DIGITS)
     torch.testing.assert_close(loaded(x), source(x))
 
 
 def test_exported_program_with_wrong_input_shape(tmp_path: Path) -> None:
     path = tmp_path / "m.pt2"
-    torch.export.save(torch.export.export(DigitsCNN().eval(), (torch.zeros(1, *DIGITS),)), path)
+    _save_program(DigitsCNN().eval(), path)
     with pytest.raises(InvalidArgument, match=r"input shape \(1, 16, 16\) does not fit"):
         load_model(
             _spec(source="exported_program", name_or_path=str(path), input_shape=(1, 16, 16))
         )
 
 
-def test_torchscript_round_trip_logs_deprecation(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_exported_program_with_static_batch_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "static.pt2"
+    _save_program(DigitsCNN().eval(), path, dynamic=False)
+    with pytest.raises(InvalidArgument, match=r"static batch dimension \(2\)") as info:
+        load_model(_spec(source="exported_program", name_or_path=str(path)))
+    assert 'torch.export.Dim("batch")' in info.value.message
+
+
+@pytest.fixture
+def torchscript_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A real torch.jit.save archive; afterwards torch's readers refuse to run,
+    so a test passes only if the file is judged without being loaded."""
+    path = tmp_path / "scripted.pt"
+    torch.jit.script(DigitsCNN().eval()).save(str(path))
+
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a TorchScript file was handed to a torch reader")
+
+    for reader in ("torch.load", "torch.jit.load", "torch.export.load"):
+        monkeypatch.setattr(reader, no_loading)
+    return path
+
+
+def _refused(exc: InvalidArgument) -> None:
+    assert "TorchScript" in exc.message
+    assert 'torch.export.Dim("batch")' in exc.message
+    assert "weights_only=False" not in exc.message
+
+
+def test_torchscript_source_is_refused_when_the_spec_is_built(torchscript_file: Path) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        _spec(source="torchscript", name_or_path=str(torchscript_file))
+    _refused(info.value)
+
+
+def test_torchscript_content_is_refused_under_any_name(
+    torchscript_file: Path, tmp_path: Path
 ) -> None:
-    source = _trained_like_digits()
-    path = tmp_path / "m.ts"
-    torch.jit.script(source).save(str(path))
-    with caplog.at_level(logging.WARNING, logger="bitmesh.models.loading"):
-        loaded = load_model(_spec(source="torchscript", name_or_path=str(path)))
-    assert "deprecated" in caplog.text
-    assert not loaded.training
-    x = torch.randn(3, *DIGITS)
-    torch.testing.assert_close(loaded(x), source(x))
+    disguised = tmp_path / "model.pt2"
+    disguised.write_bytes(torchscript_file.read_bytes())
+    with pytest.raises(InvalidArgument) as info:
+        _spec(source="exported_program", name_or_path=str(disguised))
+    _refused(info.value)
+    with pytest.raises(InvalidArgument) as info:
+        _spec(weights_path=str(torchscript_file))
+    _refused(info.value)
+    with pytest.raises(InvalidArgument) as info:
+        load_state_dict_file(str(torchscript_file))
+    _refused(info.value)
 
 
-def test_torchscript_with_wrong_input_shape(tmp_path: Path) -> None:
-    path = tmp_path / "m.ts"
-    torch.jit.script(DigitsCNN().eval()).save(str(path))
-    with pytest.raises(InvalidArgument, match=r"input shape \(3, 8, 8\) does not fit.*channels"):
-        load_model(_spec(source="torchscript", name_or_path=str(path), input_shape=(3, 8, 8)))
+def test_state_dicts_and_programs_are_not_taken_for_torchscript(tmp_path: Path) -> None:
+    from bitmesh.models.model_files import is_torchscript_archive
 
-
-def test_torchscript_with_wrong_num_classes(tmp_path: Path) -> None:
-    path = tmp_path / "m.ts"
-    torch.jit.script(DigitsCNN().eval()).save(str(path))
-    with pytest.raises(InvalidArgument, match="num_classes=4"):
-        load_model(_spec(source="torchscript", name_or_path=str(path), num_classes=4))
+    weights, program = tmp_path / "w.pt", tmp_path / "m.pt2"
+    torch.save(DigitsCNN().state_dict(), weights)
+    _save_program(DigitsCNN().eval(), program)
+    assert not is_torchscript_archive(weights)
+    assert not is_torchscript_archive(program)
+    assert not is_torchscript_archive(tmp_path / "missing.pt")
 
 
 class _TwoOutputs(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return x, x
+        return x + 1, x - 1
 
 
 def test_model_that_returns_no_tensor(tmp_path: Path) -> None:
-    path = tmp_path / "m.ts"
-    torch.jit.script(_TwoOutputs()).save(str(path))
+    path = tmp_path / "m.pt2"
+    _save_program(_TwoOutputs(), path)
     with pytest.raises(InvalidArgument, match="returns a tuple"):
-        load_model(_spec(source="torchscript", name_or_path=str(path)))
+        load_model(_spec(source="exported_program", name_or_path=str(path)))
 
 
-@pytest.mark.parametrize("source", ["exported_program", "torchscript"])
-def test_missing_program_files_are_not_found(tmp_path: Path, source: str) -> None:
+def test_missing_program_files_are_not_found(tmp_path: Path) -> None:
     with pytest.raises(NotFound, match="does not exist"):
-        load_model(_spec(source=source, name_or_path=str(tmp_path / "nope.bin")))
+        load_model(_spec(source="exported_program", name_or_path=str(tmp_path / "nope.bin")))
 
 
-@pytest.mark.parametrize("source", ["exported_program", "torchscript"])
-def test_corrupt_program_files_are_invalid(tmp_path: Path, source: str) -> None:
+def test_corrupt_program_files_are_invalid(tmp_path: Path) -> None:
     path = tmp_path / "bad.pt2"
     path.write_bytes(b"\x00garbage" * 64)
     with pytest.raises(InvalidArgument, match="not a readable"):
-        load_model(_spec(source=source, name_or_path=str(path)))
+        load_model(_spec(source="exported_program", name_or_path=str(path)))
 
 
 def test_state_dict_file_is_not_a_program(tmp_path: Path) -> None:
     path = tmp_path / "w.pt"
     torch.save(DigitsCNN().state_dict(), path)
-    for source in ("exported_program", "torchscript"):
-        with pytest.raises(InvalidArgument, match="not a readable"):
-            load_model(_spec(source=source, name_or_path=str(path)))
+    with pytest.raises(InvalidArgument, match="not a readable"):
+        load_model(_spec(source="exported_program", name_or_path=str(path)))

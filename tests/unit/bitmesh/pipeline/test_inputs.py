@@ -89,6 +89,42 @@ def test_missing_files_and_folders_are_named(tmp_path: Path) -> None:
         )
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit")
+def test_torchscript_and_static_programs_are_refused_before_anything_is_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    import torch
+
+    from bitmesh.cli.common import model_ref_from
+
+    model = torch.nn.Linear(4, 3)
+    scripted = tmp_path / "model.pt"
+    torch.jit.script(model).save(str(scripted))
+    monkeypatch.chdir(tmp_path)  # "model.pt" (no folder) names the file here
+    disguised = tmp_path / "model.pt2"
+    disguised.write_bytes(scripted.read_bytes())
+    static = tmp_path / "static.pt2"
+    torch.export.save(torch.export.export(model, (torch.zeros(2, 4),)), static)
+    root = tmp_path / "root"
+    for given, match in [
+        (scripted, "TorchScript"),
+        (disguised, "TorchScript"),
+        (static, "static batch dimension"),
+    ]:
+        with pytest.raises(InvalidArgument, match=match) as info:
+            resolve_inputs(PipelineRequest(model=str(given), budgets=_BUDGET), str(root))
+        assert 'torch.export.Dim("batch")' in info.value.message
+    for given in (str(scripted), str(disguised), "model.pt"):  # single-stage commands' flags
+        args = argparse.Namespace(model=given, weights="", input_shape="4", num_classes=3)
+        with pytest.raises(InvalidArgument, match="TorchScript"):
+            model_ref_from(args)
+    uploads = root / "uploads"
+    uploaded = [p for p in uploads.rglob("*") if p.is_file()] if uploads.exists() else []
+    assert all(p.name == "static.pt2" for p in uploaded)  # no TorchScript bytes were stored
+
+
 def test_stage_table_order() -> None:
     """Solver before any quantized training; the uniform fit before its training."""
     names = [stage.name for stage in STAGES]
