@@ -54,9 +54,9 @@ log = logging.getLogger(__name__)
 
 Registrar = Callable[[grpc.Server], None]
 
-#: The health-only server's threads and cap. A Check takes microseconds and
-#: Watch does not hold a thread (``experimental_non_blocking``), so two threads
-#: keep up with any number of probes; the cap bounds a flood's queue.
+#: The health-only server's threads and cap. It serves only Check, which takes
+#: microseconds, so two threads keep up with any number of probes; the cap
+#: bounds a flood's queue.
 HEALTH_THREADS = 2
 HEALTH_MAX_CONCURRENT_RPCS = 32
 
@@ -221,14 +221,16 @@ def _standard_interceptors(
 def _health_only_server(
     settings: Settings, health_servicer: health.HealthServicer
 ) -> tuple[grpc.Server | None, int]:
-    """A plaintext server with only the health service, for kubelet probes.
+    """A plaintext server with only health ``Check``, for kubelet probes.
 
     It shares the main server's health servicer, so graceful shutdown turns
     both NOT_SERVING at once. Health answers reveal nothing and need no token.
     It has threads of its own and its own cap, so however many calls hold the
     main server (which answers health too, or RESOURCE_EXHAUSTED once full),
     a probe here is answered at once: 64 watchers had starved health on the
-    main port until the probe's deadline.
+    main port until the probe's deadline. Only ``Check`` is served (all the
+    kubelet sends): health ``Watch`` holds a thread for as long as the caller
+    likes (grpc's servicer blocks in it), so two of them took both threads.
     """
     wanted = int(getattr(settings, "health_port", 0) or 0)
     if not wanted:
@@ -238,7 +240,14 @@ def _health_only_server(
         maximum_concurrent_rpcs=HEALTH_MAX_CONCURRENT_RPCS,
         options=[("grpc.so_reuseport", 0), *server_keepalive_options(settings)],
     )
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    check = grpc.unary_unary_rpc_method_handler(
+        health_servicer.Check,
+        request_deserializer=health_pb2.HealthCheckRequest.FromString,
+        response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(health.SERVICE_NAME, {"Check": check}),)
+    )
     port = server.add_insecure_port(f"{settings.host}:{wanted}")
     if port == 0:
         raise OSError(f"could not bind the health port {settings.host}:{wanted}")

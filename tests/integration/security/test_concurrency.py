@@ -103,6 +103,21 @@ def test_calls_past_the_cap_are_refused_and_health_still_answers(
         assert _health(server.port) == SERVING
 
 
+def test_health_watchers_cannot_starve_the_probe_port(server: RunningServer) -> None:
+    """Health Watch blocks a thread for as long as its caller likes; the
+    probe port serves Check only, so watchers there cannot take its threads."""
+    with grpc.insecure_channel(f"127.0.0.1:{server.health_port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        watches = [
+            stub.Watch(health_pb2.HealthCheckRequest(), timeout=30) for _ in range(CAP + EXTRA)
+        ]
+        for watch in watches:
+            with pytest.raises(grpc.RpcError) as info:
+                next(watch)
+            assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
+        assert stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == SERVING
+
+
 @dataclass
 class SegmentedWatch:
     """A Watch whose first stream stops sending after two events (a long
