@@ -162,11 +162,17 @@ class Client:
 
     # -- health ------------------------------------------------------------
     def health(self, service: ServiceName, timeout: float = 2.0) -> str:
-        """SERVING / NOT_SERVING / UNREACHABLE for one service."""
+        """SERVING / NOT_SERVING / BUSY / UNREACHABLE for one service.
+
+        BUSY: the service answered, but is serving as many calls as it takes
+        at once (BITMESH_MAX_CONCURRENT_RPCS), so it refused this one too.
+        """
         stub = health_pb2_grpc.HealthStub(self.channel(service))
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-        except grpc.RpcError:
+        except grpc.RpcError as exc:
+            if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                return "BUSY"
             return "UNREACHABLE"
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 

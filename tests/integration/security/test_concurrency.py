@@ -77,7 +77,7 @@ def _health(port: int) -> Any:
 
 
 def test_calls_past_the_cap_are_refused_and_health_still_answers(
-    server: RunningServer, blocker: Blocker
+    server: RunningServer, blocker: Blocker, tmp_path: Path
 ) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         hold = channel.unary_unary(HOLD)
@@ -93,10 +93,14 @@ def test_calls_past_the_cap_are_refused_and_health_still_answers(
         assert "BITMESH_MAX_CONCURRENT_RPCS" in error.message
         # The health port has threads of its own: it answers while the API port is full.
         assert _health(server.health_port) == SERVING
-        # The API port's own health is refused like any call past the cap.
+        # The API port's own health is refused like any call past the cap,
+        # which bitmesh.Client reports as BUSY, not UNREACHABLE.
         with pytest.raises(grpc.RpcError) as info:
             _health(server.port)
         assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        address = {"solver": f"127.0.0.1:{server.port}"}
+        with Client(make_settings(tmp_path), addresses=address) as client:
+            assert client.health("solver") == "BUSY"
         blocker.release.set()
         assert [f.result(timeout=10) for f in held] == [b"done"] * CAP
         assert hold(b"", timeout=10) == b"done"  # the capacity is back
