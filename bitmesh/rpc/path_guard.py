@@ -45,7 +45,7 @@ PATH_FIELDS: dict[str, tuple[str, ...]] = {
     "bitmesh.v1.Budgets": ("latency_profile",),
 }
 # Of those, the fields that take a *name* too: a value with no directory part
-# and no suffix (``t4_hawq``) names a file the service looks up in its own
+# and no suffix (``nvidia-t4``) names a file the service looks up in its own
 # folder (``solver_svc/profiles/``), so it is left as it is; anything else is
 # a path and confined like the others.
 NAME_OR_PATH_FIELDS: frozenset[tuple[str, str]] = frozenset(
@@ -62,8 +62,9 @@ def check_path_text(user_path: str) -> None:
     that reached the caller as UNKNOWN, so it is refused here with a message.
     """
     if "\x00" in user_path:
+        shown = user_path if len(user_path) <= 200 else user_path[:200] + "..."
         raise InvalidArgument(
-            f"path {user_path!r} holds a NUL byte; send the file's path as plain text"
+            f"path {shown!r} holds a NUL byte; send the file's path as plain text"
         )
     if len(user_path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
         raise InvalidArgument(
