@@ -1,8 +1,10 @@
 """``bitmesh.Client``: typed Python methods over the four services' stubs.
 
-One channel per service, a deadline on every call, and errors mapped back to
-:mod:`bitmesh.errors` through a closed table (never by importing names the
-server sends).
+One channel per service, a deadline on every call (Watch streams included:
+each stream has ``BITMESH_WATCH_SEGMENT_SECONDS`` and is reopened, skipping
+what was seen, until the job ends), keepalive pings on every channel so a
+vanished server is noticed, and errors mapped back to :mod:`bitmesh.errors`
+through a closed table (never by importing names the server sends).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bitmesh.errors import ERRORS_BY_STATUS, BitmeshError
 from bitmesh.mesh_state import resolve_addresses
+from bitmesh.rpc.keepalive import client_keepalive_options
 from bitmesh.settings import SERVICES, ServiceName, Settings, load_settings
 from bitmesh.v1 import (
     common_pb2,
@@ -38,10 +41,19 @@ _STUBS: dict[ServiceName, Any] = {
 }
 
 
+#: What gRPC itself says when a server is at ``maximum_concurrent_rpcs``.
+_GRPC_CONCURRENCY_REFUSAL = "Concurrent RPC limit exceeded!"
+
+
 def error_from_rpc(exc: grpc.RpcError) -> BitmeshError:
     """The domain error for a failed call (closed table; INTERNAL otherwise)."""
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
+    if details == _GRPC_CONCURRENCY_REFUSAL:
+        details = (
+            "the service is serving as many calls as it takes at once "
+            "(BITMESH_MAX_CONCURRENT_RPCS); retry shortly"
+        )
     cls = ERRORS_BY_STATUS.get(code.name, BitmeshError)
     error = cls(details or code.name)
     if cls is BitmeshError:
@@ -76,6 +88,7 @@ class Client:
             options = [
                 ("grpc.max_receive_message_length", self.settings.max_message_bytes),
                 ("grpc.max_send_message_length", self.settings.max_message_bytes),
+                *client_keepalive_options(self.settings),
             ]
             address = self.addresses[service]
             if self.settings.tls_ca_file:
@@ -105,12 +118,35 @@ class Client:
     def _stream(
         self, service: ServiceName, method: str, request: Any, timeout: float | None
     ) -> Iterator[Any]:
-        try:
-            yield from getattr(self.stub(service), method)(
-                request, timeout=timeout, metadata=self._metadata()
+        """A Watch stream's messages until the job ends.
+
+        ``timeout`` bounds the whole watch (DEADLINE_EXCEEDED past it). Without
+        one, each stream has ``watch_segment_seconds``; when that passes the
+        stream is opened again and the messages already seen are skipped (the
+        server replays a job's events from the first), so a job of any length
+        is followed while no single call goes without a deadline.
+        """
+        seen = 0
+        while True:
+            call = getattr(self.stub(service), method)(
+                request,
+                timeout=timeout or self.settings.watch_segment_seconds,
+                metadata=self._metadata(),
             )
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from None
+            index = 0
+            try:
+                for message in call:
+                    index += 1
+                    if index > seen:
+                        seen = index
+                        yield message
+                return
+            except grpc.RpcError as exc:
+                if timeout is None and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                    continue  # this segment's deadline: reopen and skip what was seen
+                raise error_from_rpc(exc) from None
+            finally:
+                call.cancel()
 
     def close(self) -> None:
         for channel in self._channels.values():
@@ -126,11 +162,17 @@ class Client:
 
     # -- health ------------------------------------------------------------
     def health(self, service: ServiceName, timeout: float = 2.0) -> str:
-        """SERVING / NOT_SERVING / UNREACHABLE for one service."""
+        """SERVING / NOT_SERVING / BUSY / UNREACHABLE for one service.
+
+        BUSY: the service answered, but is serving as many calls as it takes
+        at once (BITMESH_MAX_CONCURRENT_RPCS), so it refused this one too.
+        """
         stub = health_pb2_grpc.HealthStub(self.channel(service))
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-        except grpc.RpcError:
+        except grpc.RpcError as exc:
+            if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                return "BUSY"
             return "UNREACHABLE"
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 

@@ -49,6 +49,20 @@ class Settings(BaseSettings):
     max_concurrent_jobs: int = 4
     grace_seconds: float = 10.0
     call_timeout_seconds: float = 30.0
+    # Calls one server serves at once (gRPC's maximum_concurrent_rpcs); each
+    # has a thread of its own, so none waits behind the Watch streams holding
+    # the others, and a call past the cap ends RESOURCE_EXHAUSTED at once
+    # instead of queueing until its deadline. Health has its own server on
+    # BITMESH_HEALTH_PORT, outside this cap.
+    max_concurrent_rpcs: int = Field(default=64, ge=1)
+    # Both ends ping every keepalive_seconds while a call is open and drop a
+    # peer silent for keepalive_timeout_seconds more (bitmesh/rpc/keepalive.py).
+    keepalive_seconds: float = Field(default=30.0, gt=0)
+    keepalive_timeout_seconds: float = Field(default=10.0, gt=0)
+    # A client's Watch stream has this deadline; when it passes, the client
+    # opens the stream again (skipping the events it has seen) until the job
+    # ends, so a long job is followed and a vanished server is noticed.
+    watch_segment_seconds: float = Field(default=300.0, gt=0)
     log_level: str = "INFO"
     # Where torch work runs (bitmesh/devices.py): auto (CUDA when present),
     # cpu, cuda or cuda:N.
@@ -66,9 +80,21 @@ class Settings(BaseSettings):
     solver_max_total_options: int = 500_000
     solver_max_dense_cells: int = 1_000_000
     solver_max_frontier_points: int = 1_000
+    # A latency profile a request names by path is read only up to this size
+    # (the shipped profiles are a few KiB; a measured table of 20,000 layers x
+    # 16 options is about 10 MiB as CSV).
+    solver_max_profile_bytes: int = 16 * 1024 * 1024
+
+    # Pixels one image of an image folder may have, checked from its header
+    # before it is decoded (PIL's MAX_IMAGE_PIXELS is set to it too): 50 M
+    # pixels decode to 150 MB of RGB, inside the 2 GiB a worker pod gets.
+    max_image_pixels: int = 50_000_000
 
     # Security (off on loopback; on in the Kubernetes manifests).
     auth_token: str | None = None
+    # A service bound to a non-loopback address without a token refuses to
+    # start unless this is set (BITMESH_ALLOW_INSECURE=1): a network you trust.
+    allow_insecure: bool = False
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = None

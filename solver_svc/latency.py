@@ -31,7 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from bitmesh.errors import InvalidArgument, NotFound
+from bitmesh.errors import InvalidArgument, NotFound, ResourceExhausted
 from bitmesh.formats import BLOCK_FORMATS
 from solver_svc.problem import LayerChoice, OptionCost, Problem
 
@@ -207,7 +207,7 @@ def load_table_csv(
     if not path.is_file():
         raise NotFound(f"latency table {str(path)!r} does not exist")
     table: dict[tuple[str, str], float] = {}
-    with path.open(newline="") as handle:
+    with path.open(newline="", errors="replace") as handle:
         reader = csv.DictReader(handle)
         missing = {"layer", "option", "latency_ms"} - set(reader.fieldnames or ())
         if missing:
@@ -215,8 +215,11 @@ def load_table_csv(
         for row in reader:
             try:
                 table[row["layer"], row["option"]] = float(row["latency_ms"])
-            except ValueError as exc:
-                raise InvalidArgument(f"latency CSV {str(path)!r}: {exc}") from exc
+            except (TypeError, ValueError):
+                # The cell's text is not echoed: the caller may not own the file.
+                raise InvalidArgument(
+                    f"latency CSV {str(path)!r}, line {reader.line_num}: latency_ms is not a number"
+                ) from None
     return LatencyTable(
         name=name or path.stem, device=device, source=source or str(path), table=table
     )
@@ -241,8 +244,14 @@ def _from_data(data: Mapping[str, Any]) -> LatencyProfile:
     raise InvalidArgument(f"profile kind must be 'roofline' or 'table', got {kind!r}")
 
 
-def load_profile(name_or_path: str | Path) -> LatencyProfile:
-    """A profile by name (a file in ``PROFILE_DIR``) or by path (JSON or CSV)."""
+def load_profile(name_or_path: str | Path, *, max_bytes: int | None = None) -> LatencyProfile:
+    """A profile by name (a file in ``PROFILE_DIR``) or by path (JSON or CSV).
+
+    ``max_bytes`` bounds the file a caller names (``BITMESH_SOLVER_MAX_PROFILE_BYTES``
+    on the service): the size is checked before a byte is read, and the read
+    itself stops one byte past the cap, so a file that grows meanwhile is
+    refused too.
+    """
     text = str(name_or_path)
     path = Path(text)
     if not path.suffix:
@@ -253,11 +262,24 @@ def load_profile(name_or_path: str | Path) -> LatencyProfile:
         known = [p.name for p in list_profiles()]
         raise NotFound(f"latency profile {text!r} not found; known profiles: {known}")
     stat = path.stat()
-    return _parse_profile(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if max_bytes is not None:
+        _check_profile_size(text, stat.st_size, max_bytes)
+    return _parse_profile(str(path.resolve()), stat.st_mtime_ns, stat.st_size, max_bytes)
+
+
+def _check_profile_size(name: str, size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise ResourceExhausted(
+            f"latency profile {name!r} has over {max_bytes:,} bytes, the cap "
+            "(BITMESH_SOLVER_MAX_PROFILE_BYTES); send a smaller profile or ask the operator "
+            "to raise the cap"
+        )
 
 
 @lru_cache(maxsize=64)
-def _parse_profile(path_text: str, mtime_ns: int, size: int) -> LatencyProfile:
+def _parse_profile(
+    path_text: str, mtime_ns: int, size: int, max_bytes: int | None = None
+) -> LatencyProfile:
     """The parsed profile file, remembered by path, mtime and size: listing
     the profiles (a health-style call tools make often) read and parsed every
     file on every call; an edited file is read again (new mtime or size).
@@ -265,10 +287,18 @@ def _parse_profile(path_text: str, mtime_ns: int, size: int) -> LatencyProfile:
     path = Path(path_text)
     if path.suffix.lower() == ".csv":
         return load_table_csv(path)
+    with path.open("rb") as handle:
+        raw = handle.read(-1 if max_bytes is None else max_bytes + 1)
+    if max_bytes is not None:
+        _check_profile_size(path_text, len(raw), max_bytes)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"latency profile {str(path)!r} is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise InvalidArgument(f"latency profile {str(path)!r} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"latency profile {str(path)!r} must hold a JSON object")
     return _from_data(data)
 
 

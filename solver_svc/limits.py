@@ -38,6 +38,7 @@ class SolverLimits:
     max_total_options: int = 500_000
     max_dense_cells: int = 1_000_000
     max_frontier_points: int = 1_000
+    max_profile_bytes: int = 16 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for name in ("default_time_limit_s", "max_time_limit_s"):
@@ -50,6 +51,7 @@ class SolverLimits:
             "max_total_options",
             "max_dense_cells",
             "max_frontier_points",
+            "max_profile_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"BITMESH_SOLVER_{name.upper()} must be >= 1")
@@ -64,6 +66,7 @@ class SolverLimits:
             max_total_options=settings.solver_max_total_options,
             max_dense_cells=settings.solver_max_dense_cells,
             max_frontier_points=settings.solver_max_frontier_points,
+            max_profile_bytes=settings.solver_max_profile_bytes,
         )
 
     # -- time ----------------------------------------------------------------

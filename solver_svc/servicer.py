@@ -24,7 +24,7 @@ from solver_svc.convert import (
 )
 from solver_svc.frontier import frontier, lookup
 from solver_svc.kernels import warm_up
-from solver_svc.latency import list_profiles, load_profile, with_latency
+from solver_svc.latency import LatencyProfile, list_profiles, load_profile, with_latency
 from solver_svc.limits import SolverLimits
 from solver_svc.registry import LoadedProblem, ProblemRegistry
 from solver_svc.solution import Solution
@@ -67,6 +67,10 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
             return solution_to_pb(solution, solver.problem)
         return self._encoder(loaded).encode(solution, loaded.problem_id)
 
+    def _profile(self, name_or_path: str) -> LatencyProfile:
+        """A profile the request names, read no further than the cap."""
+        return load_profile(name_or_path, max_bytes=self.limits.max_profile_bytes)
+
     def _resolve(
         self, request: solver_pb2.SolveRequest | solver_pb2.FrontierRequest, profile: str
     ) -> tuple[LoadedProblem | None, ProblemSolver]:
@@ -76,13 +80,13 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
             loaded = self.registry.get(request.problem_id)
             if profile:
                 return None, ProblemSolver(
-                    with_latency(loaded.solver.problem, load_profile(profile))
+                    with_latency(loaded.solver.problem, self._profile(profile))
                 )
             return loaded, loaded.solver
         if source == "problem":
             problem = problem_from_pb(request.problem, self.limits)
             if profile:
-                problem = with_latency(problem, load_profile(profile))
+                problem = with_latency(problem, self._profile(profile))
             return None, ProblemSolver(problem)
         raise InvalidArgument("no problem: send problem_id (from RegisterProblem) or a problem")
 

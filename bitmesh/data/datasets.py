@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import math
+import struct
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from bitmesh.data.array_cache import cached_arrays
 from bitmesh.data.normalization import check_normalization
 from bitmesh.errors import InvalidArgument, NotFound
+from bitmesh.settings import load_settings
 
 __all__ = [
     "DIGITS_NUM_CLASSES",
@@ -274,7 +276,6 @@ def _check_folder_contents(folder: Path) -> None:
     with no images would end the job later. Each image's header is opened
     here (no pixels decoded), so a renamed text file is caught too.
     """
-    from PIL import Image, UnidentifiedImageError
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
     try:
@@ -300,15 +301,90 @@ def _check_folder_contents(folder: Path) -> None:
                 f"class {cls!r} of image folder {str(folder)!r} has no images: add some or "
                 "remove the empty class folder"
             )
+        cap = max_image_pixels()
         for path in images:
-            try:
-                with Image.open(path):
-                    pass
-            except (UnidentifiedImageError, OSError) as exc:
-                raise InvalidArgument(
-                    f"{path.relative_to(folder).as_posix()} in image folder {str(folder)!r} is "
-                    f"not a readable image ({type(exc).__name__}): replace or remove it"
-                ) from exc
+            check_image(path, folder, cap)
+
+
+def max_image_pixels() -> int:
+    """The pixels one image may have (``BITMESH_MAX_IMAGE_PIXELS``), read when
+    a folder is opened so the services and the Celery workers agree."""
+    return load_settings().max_image_pixels
+
+
+def _image_name(path: Path, folder: Path) -> str:
+    try:
+        return path.relative_to(folder).as_posix()
+    except ValueError:
+        return str(path)
+
+
+#: What PIL raises for a file it cannot read or decode (truncated data,
+#: corrupt headers, unknown modes). UnidentifiedImageError is an OSError.
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    struct.error,
+)
+
+
+def _refuse_image(name: str, folder: Path, exc: BaseException) -> InvalidArgument:
+    return InvalidArgument(
+        f"{name} in image folder {str(folder)!r} is not a readable image "
+        f"({type(exc).__name__}): replace or remove it"
+    )
+
+
+def _refuse_bomb(name: str, folder: Path, pixels: int | None, cap: int) -> InvalidArgument:
+    size = f"{pixels:,} pixels" if pixels is not None else "more pixels than twice the cap"
+    return InvalidArgument(
+        f"{name} in image folder {str(folder)!r} has {size}, over the cap of {cap:,} "
+        "(BITMESH_MAX_IMAGE_PIXELS): a decompression bomb or an image too large to decode; "
+        "shrink it, remove it, or ask the operator to raise the cap"
+    )
+
+
+def check_image(path: Path, folder: Path, cap: int) -> tuple[int, int]:
+    """The image's (width, height) from its header, no pixels decoded; refuses
+    a file PIL cannot identify and one with more than ``cap`` pixels, naming
+    the file (INVALID_ARGUMENT): a small PNG can declare a 100,000 x 100,000
+    canvas that would take 30 GB to decode."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = cap  # PIL's own check, in every decode after this
+    name = _image_name(path, folder)
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Image.DecompressionBombError:
+        raise _refuse_bomb(name, folder, None, cap) from None
+    except _DECODE_ERRORS as exc:
+        raise _refuse_image(name, folder, exc) from None
+    if width * height > cap:
+        raise _refuse_bomb(name, folder, width * height, cap)
+    return width, height
+
+
+def _load_rgb(folder: Path, cap: int, path: str) -> Any:
+    """ImageFolder's loader, with the checks of :func:`check_image` and decode
+    errors (a truncated file passes the header check) as INVALID_ARGUMENT
+    naming the file, instead of an internal error in the job."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = cap
+    name = _image_name(Path(path), folder)
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > cap:
+                raise _refuse_bomb(name, folder, width * height, cap)
+            return image.convert("RGB")
+    except Image.DecompressionBombError:
+        raise _refuse_bomb(name, folder, None, cap) from None
+    except _DECODE_ERRORS as exc:
+        raise _refuse_image(name, folder, exc) from None
 
 
 def check_dataset(spec: DatasetSpec) -> None:
@@ -342,7 +418,11 @@ def _image_folder(spec: DatasetSpec) -> Dataset[Any]:
             )
         )
     try:
-        dataset = datasets.ImageFolder(str(folder), transform=transforms.Compose(steps))
+        dataset = datasets.ImageFolder(
+            str(folder),
+            transform=transforms.Compose(steps),
+            loader=functools.partial(_load_rgb, folder, max_image_pixels()),
+        )
     except FileNotFoundError as exc:
         raise InvalidArgument(
             f"image folder {str(folder)!r} has no images in class subfolders "

@@ -37,7 +37,8 @@ def _request_id(context: grpc.ServicerContext) -> str:
     return uuid.uuid4().hex[:12]
 
 
-def _abort(context: grpc.ServicerContext, method: str, exc: BaseException) -> None:
+def abort_for(context: grpc.ServicerContext, method: str, exc: BaseException) -> None:
+    """End the call with ``exc``'s status, or INTERNAL with a request id (logged)."""
     if isinstance(exc, BitmeshError):
         context.abort(status_code_of(exc), exc.message)
     rid = _request_id(context)
@@ -54,7 +55,7 @@ def _wrap_unary(method: str, behaviour: Callable[..., Any]) -> Callable[..., Any
         except Exception as exc:
             if _is_abort(exc, context):
                 raise
-            _abort(context, method, exc)
+            abort_for(context, method, exc)
 
     return handler
 
@@ -66,7 +67,7 @@ def _wrap_stream(method: str, behaviour: Callable[..., Iterator[Any]]) -> Callab
         except Exception as exc:
             if _is_abort(exc, context):
                 raise
-            _abort(context, method, exc)
+            abort_for(context, method, exc)
 
     return handler
 

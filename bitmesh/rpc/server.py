@@ -2,7 +2,9 @@
 
 ``create_server`` adds the standard health service, server reflection (so
 ``grpcurl`` works) and the interceptors; tests bind port 0 and get the real
-port back. Driven by the settings, it also adds bearer-token authentication
+port back. Each server serves at most ``BITMESH_MAX_CONCURRENT_RPCS`` calls at
+once, each on a thread of its own; one past that ends RESOURCE_EXHAUSTED at
+once. Driven by the settings, it also adds bearer-token authentication
 (``BITMESH_AUTH_TOKEN``), TLS (``BITMESH_TLS_*``), path confinement for
 servers others can reach, Prometheus metrics on ``BITMESH_METRICS_PORT`` and,
 when ``BITMESH_HEALTH_PORT`` is set, a plaintext health-only port for
@@ -34,7 +36,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from bitmesh.rpc.auth import auth_interceptor
+from bitmesh.rpc.decode import RequestDecodeInterceptor
 from bitmesh.rpc.errors import ErrorInterceptor
+from bitmesh.rpc.keepalive import server_keepalive_options
 from bitmesh.rpc.metrics import (
     MetricsInterceptor,
     MetricsServer,
@@ -49,6 +53,12 @@ from bitmesh.settings import Settings
 log = logging.getLogger(__name__)
 
 Registrar = Callable[[grpc.Server], None]
+
+#: The health-only server's threads and cap. It serves only Check, which takes
+#: microseconds, so two threads keep up with any number of probes; the cap
+#: bounds a flood's queue.
+HEALTH_THREADS = 2
+HEALTH_MAX_CONCURRENT_RPCS = 32
 
 
 @dataclass
@@ -96,23 +106,60 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
+class RefusedToStart(Exception):
+    """The settings would serve a network unguarded; the message says what to set."""
+
+
+def _host_of(address: str) -> str:
+    host, _, _ = address.rpartition(":")
+    return host or address
+
+
+def refuse_insecure_bind(settings: Settings, address: str | None = None) -> None:
+    """Refuse to serve a non-loopback address with no token, unless the
+    operator says so (``BITMESH_ALLOW_INSECURE=1``).
+
+    An empty token turns authentication off; on 0.0.0.0 that served any
+    caller with only a warning in a log nobody reads at start. Loopback (the
+    embedded mesh) needs nothing; the manifests always set a token.
+    """
+    host = settings.host if address is None else _host_of(address)
+    if is_loopback(host) or settings.auth_token or settings.allow_insecure:
+        return
+    raise RefusedToStart(
+        f"refusing to serve {host} without BITMESH_AUTH_TOKEN: any caller that reaches it could "
+        "run jobs and read the artifact store. Set BITMESH_AUTH_TOKEN, bind a loopback address "
+        "(--host 127.0.0.1), or set BITMESH_ALLOW_INSECURE=1 to serve a network you trust anyway"
+    )
+
+
 def create_server(
     address: str,
     registrars: Sequence[Registrar],
     service_names: Sequence[str],
     settings: Settings,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
-    max_workers: int = 16,
+    max_workers: int | None = None,
 ) -> RunningServer:
-    """Build and start a server on ``address`` (port 0 picks a free port)."""
+    """Build and start a server on ``address`` (port 0 picks a free port).
+
+    Raises :class:`RefusedToStart` for a non-loopback address without a token
+    (see :func:`refuse_insecure_bind`), before anything is bound.
+    """
+    refuse_insecure_bind(settings, address)
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
+        *server_keepalive_options(settings),
     ]
     metrics = RpcMetrics() if settings.metrics_port else None
+    # One thread per admitted call: a call past the cap is refused at once
+    # (RESOURCE_EXHAUSTED) rather than queued behind long streams.
+    cap = settings.max_concurrent_rpcs
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers),
+        futures.ThreadPoolExecutor(max_workers=max_workers or cap, thread_name_prefix="rpc"),
+        maximum_concurrent_rpcs=cap,
         interceptors=[
             *_standard_interceptors(settings, metrics),
             *interceptors,
@@ -158,9 +205,11 @@ def create_server(
 def _standard_interceptors(
     settings: Settings, metrics: RpcMetrics | None
 ) -> list[grpc.ServerInterceptor]:
-    """Outermost first: request id (so every later log line has it), metrics
-    (so refused calls are counted), authentication, path confinement."""
-    chain: list[grpc.ServerInterceptor] = [RequestIdInterceptor()]
+    """Outermost first: request parsing (so bytes that do not parse are
+    INVALID_ARGUMENT, and everything beneath sees a message), request id (so
+    every later log line has it), metrics (so refused calls are counted),
+    authentication, path confinement."""
+    chain: list[grpc.ServerInterceptor] = [RequestDecodeInterceptor(), RequestIdInterceptor()]
     if metrics is not None:
         chain.append(MetricsInterceptor(metrics))
     for optional in (auth_interceptor(settings), path_guard_interceptor(settings)):
@@ -172,18 +221,33 @@ def _standard_interceptors(
 def _health_only_server(
     settings: Settings, health_servicer: health.HealthServicer
 ) -> tuple[grpc.Server | None, int]:
-    """A plaintext server with only the health service, for kubelet probes.
+    """A plaintext server with only health ``Check``, for kubelet probes.
 
     It shares the main server's health servicer, so graceful shutdown turns
     both NOT_SERVING at once. Health answers reveal nothing and need no token.
+    It has threads of its own and its own cap, so however many calls hold the
+    main server (which answers health too, or RESOURCE_EXHAUSTED once full),
+    a probe here is answered at once: 64 watchers had starved health on the
+    main port until the probe's deadline. Only ``Check`` is served (all the
+    kubelet sends): health ``Watch`` holds a thread for as long as the caller
+    likes (grpc's servicer blocks in it), so two of them took both threads.
     """
     wanted = int(getattr(settings, "health_port", 0) or 0)
     if not wanted:
         return None, 0
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=2), options=[("grpc.so_reuseport", 0)]
+        futures.ThreadPoolExecutor(max_workers=HEALTH_THREADS, thread_name_prefix="health"),
+        maximum_concurrent_rpcs=HEALTH_MAX_CONCURRENT_RPCS,
+        options=[("grpc.so_reuseport", 0), *server_keepalive_options(settings)],
     )
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    check = grpc.unary_unary_rpc_method_handler(
+        health_servicer.Check,
+        request_deserializer=health_pb2.HealthCheckRequest.FromString,
+        response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(health.SERVICE_NAME, {"Check": check}),)
+    )
     port = server.add_insecure_port(f"{settings.host}:{wanted}")
     if port == 0:
         raise OSError(f"could not bind the health port {settings.host}:{wanted}")
@@ -194,9 +258,11 @@ def _health_only_server(
 def _warn_if_exposed(settings: Settings, tls: bool) -> None:
     if is_loopback(settings.host):
         return
-    if not settings.auth_token:
+    if not settings.auth_token:  # only with BITMESH_ALLOW_INSECURE=1
         log.warning(
-            "listening on %s without BITMESH_AUTH_TOKEN: any caller is served", settings.host
+            "listening on %s without BITMESH_AUTH_TOKEN (BITMESH_ALLOW_INSECURE=1): any caller "
+            "is served",
+            settings.host,
         )
     if not tls:
         log.warning("listening on %s without TLS (BITMESH_TLS_CERT_FILE)", settings.host)

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Callable, Sequence
 
 from bitmesh.logs import configure_logging
-from bitmesh.rpc.server import Registrar, RunningServer, create_server, serve_until_signal
+from bitmesh.rpc.server import (
+    RefusedToStart,
+    Registrar,
+    RunningServer,
+    create_server,
+    refuse_insecure_bind,
+    serve_until_signal,
+)
 from bitmesh.settings import ServiceName, Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -21,7 +29,11 @@ ServiceFactory = Callable[
 def start_service(
     service: ServiceName, factory: ServiceFactory, settings: Settings, port: int | None = None
 ) -> RunningServer:
-    """Start ``service`` on ``port`` (settings' port when None; 0 = any free port)."""
+    """Start ``service`` on ``port`` (settings' port when None; 0 = any free port).
+
+    An unguarded non-loopback bind is refused (:class:`RefusedToStart`) before
+    the service builds anything."""
+    refuse_insecure_bind(settings)
     registrars, names, stop_hooks = factory(settings)
     bind_port = settings.port_of(service) if port is None else port
     running = create_server(f"{settings.host}:{bind_port}", registrars, names, settings)
@@ -39,6 +51,12 @@ def main(service: ServiceName, factory: ServiceFactory, argv: Sequence[str] | No
     args = parser.parse_args(argv)
     settings = load_settings(host=args.host, artifact_root=args.artifact_root)
     configure_logging(settings.log_level, service)
-    running = start_service(service, factory, settings, args.port)
+    try:
+        running = start_service(service, factory, settings, args.port)
+    except RefusedToStart as exc:
+        # A setting to fix, not a crash: the message alone, and exit code 2
+        # (a usage error, as argparse's own).
+        print(f"{service}: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     print(f"{service} serving on {settings.host}:{running.port}", flush=True)
     serve_until_signal(running, settings.grace_seconds)

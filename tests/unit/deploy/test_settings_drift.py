@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from bitmesh.jobs.plumbing import TRAINING_QUEUES, WORKER_QUEUES, worker_queues_option
+from bitmesh.rpc.server import refuse_insecure_bind
 from bitmesh.settings import SERVICES, Settings
 from tests.unit.deploy.manifests import (
     K8S,
@@ -132,6 +133,8 @@ def test_each_service_reads_its_settings_and_token(
         assert settings.auth_token, f"{service}: no token: authentication would be off"
         assert settings.tls_cert_file and settings.tls_key_file, f"{service}: TLS is off"
         assert settings.redis_url, service
+        assert not settings.allow_insecure, f"{service}: BITMESH_ALLOW_INSECURE in a manifest"
+        refuse_insecure_bind(settings)  # the service would start, guarded
 
 
 # -- ports and probes ------------------------------------------------------

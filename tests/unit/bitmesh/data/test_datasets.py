@@ -283,3 +283,32 @@ def test_image_folder_contents_are_checked(tmp_path: Path) -> None:
     (tmp_path / "c").mkdir()
     with pytest.raises(InvalidArgument, match=r"class 'c' .* has no images"):
         check_dataset(spec)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_image_bombs_and_undecodable_images_name_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A header that declares more pixels than the cap, and a file whose
+    pixels do not decode, are the caller's to fix: INVALID_ARGUMENT naming
+    the file, not a DecompressionBombError or OSError from a job's worker."""
+    from tests.hostile_images import write_png_bomb, write_truncated_png
+
+    spec = DatasetSpec("image_folder", path=str(tmp_path), shape=(3, 8, 8))
+    _write_images(tmp_path, {"a": 2, "b": 2})
+    bomb = write_png_bomb(tmp_path / "b" / "bomb.png")
+    with pytest.raises(InvalidArgument, match=r"b/bomb\.png .*BITMESH_MAX_IMAGE_PIXELS"):
+        load_dataset(spec)
+    bomb.unlink()
+    # Over the cap but under twice it (where PIL itself only warns).
+    monkeypatch.setenv("BITMESH_MAX_IMAGE_PIXELS", "100")
+    with pytest.raises(InvalidArgument, match=r"has 120 pixels, over the cap of 100"):
+        load_dataset(spec)
+    monkeypatch.delenv("BITMESH_MAX_IMAGE_PIXELS")
+    write_truncated_png(tmp_path / "a" / "cut.png")
+    # The header reads, so the folder passes its check; the pixels do not.
+    train, test = load_dataset(spec), load_dataset(spec.eval_split())
+    with pytest.raises(InvalidArgument, match=r"a/cut\.png .* not a readable image \(OSError\)"):
+        for dataset in (train, test):
+            for i in range(len(dataset)):  # type: ignore[arg-type]
+                dataset[i]
