@@ -305,10 +305,17 @@ def exit_watchdog(seconds: float) -> threading.Timer:
 
 
 def serve_until_signal(
-    running: RunningServer, grace: float, exit_margin: float = EXIT_MARGIN_S
+    running: RunningServer,
+    grace: float,
+    exit_margin: float = EXIT_MARGIN_S,
+    ready: Callable[[], None] | None = None,
 ) -> None:
     """Block until SIGTERM or SIGINT, then stop gracefully; the process exits
-    within ``grace + exit_margin`` seconds of the signal, whatever is left."""
+    within ``grace + exit_margin`` seconds of the signal, whatever is left.
+
+    ``ready`` runs once the signal handlers are in place: a "serving" line
+    printed before them let a supervisor's early SIGTERM kill the process
+    without its graceful stop."""
     stop = threading.Event()
 
     def handle(signum: int, _frame: Any) -> None:
@@ -317,6 +324,8 @@ def serve_until_signal(
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+    if ready is not None:
+        ready()
     stop.wait()
     exit_watchdog(grace + exit_margin)
     running.stop(grace)

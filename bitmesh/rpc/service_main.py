@@ -58,5 +58,8 @@ def main(service: ServiceName, factory: ServiceFactory, argv: Sequence[str] | No
         # (a usage error, as argparse's own).
         print(f"{service}: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-    print(f"{service} serving on {settings.host}:{running.port}", flush=True)
-    serve_until_signal(running, settings.grace_seconds)
+    serve_until_signal(
+        running,
+        settings.grace_seconds,
+        ready=lambda: print(f"{service} serving on {settings.host}:{running.port}", flush=True),
+    )

@@ -19,8 +19,9 @@ SERVICE = textwrap.dedent(
     # A non-daemon thread that never ends: the interpreter's exit would wait for it.
     threading.Thread(target=threading.Event().wait, name="stuck-library-thread").start()
     running = create_server("127.0.0.1:0", [], [], load_settings())
-    print("serving", flush=True)
-    serve_until_signal(running, grace=0.2, exit_margin=0.5)
+    serve_until_signal(
+        running, grace=0.2, exit_margin=0.5, ready=lambda: print("serving", flush=True)
+    )
     """
 )
 
