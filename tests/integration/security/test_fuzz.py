@@ -67,8 +67,8 @@ STRINGS = [
     "",
     "\x00",
     "a\x00b",
-    "../../etc/passwd",  # not read: hostile input
-    "/etc/shadow",  # not read: hostile input
+    "../../etc/passwd",  # not read here: hostile input
+    "/etc/shadow",  # not read here: hostile input
     "x" * 5000,
     "é\u202e\ufeff",
     "int4",

@@ -125,7 +125,7 @@ def test_latency_profiles_names_stay_names_and_paths_are_confined(tmp_path: Path
     request = solver_pb2.SolveRequest(budgets=common_pb2.Budgets(latency_profile="prof.json"))
     confine_request_paths(request, str(tmp_path))
     assert request.budgets.latency_profile == str(tmp_path.resolve() / "uploads" / "prof.json")
-    for escaping in ("/etc/passwd.json", "../p.csv", "a/../../p"):  # not read: hostile input
+    for escaping in ("/etc/passwd.json", "../p.csv", "a/../../p"):  # not read here: hostile input
         bad = solver_pb2.SolveRequest(budgets=common_pb2.Budgets(latency_profile=escaping))
         with pytest.raises(InvalidArgument, match="escapes the artifact root"):
             confine_request_paths(bad, str(tmp_path))
