@@ -26,8 +26,9 @@ from bitmesh.data.datasets import (
 from bitmesh.devices import parse_device
 from bitmesh.errors import FailedPrecondition, InvalidArgument
 from bitmesh.formats import Granularity, QuantOption
-from bitmesh.models.layers import LayerProfile, discover_layers
-from bitmesh.models.loading import ModelSpec, load_model
+from bitmesh.models.layer_cache import layers_of
+from bitmesh.models.layers import LayerProfile
+from bitmesh.models.loading import load_model
 from bitmesh.settings import load_settings
 from trainer_svc.costing import (
     axis_value,
@@ -40,11 +41,6 @@ from trainer_svc.costing import (
 from trainer_svc.specs import CalibrationSpec, QatSpec, SearchSpec, TrainingRequest
 
 log = logging.getLogger(__name__)
-
-#: Layers found per torchvision architecture (see :func:`layers_of`); a few
-#: entries per process (one per architecture, class count and input shape used).
-_ARCHITECTURE_LAYERS: dict[tuple[str, int, tuple[int, ...]], tuple[LayerProfile, ...]] = {}
-_ARCHITECTURE_LAYERS_MAX = 64
 
 #: Below this many MACs per sample a model trains fastest on one CPU thread
 #: (threads spend their time waiting for each other on tiny kernels).
@@ -67,27 +63,6 @@ class Workspace:
 
 def _sample_shape(spec: DatasetSpec) -> tuple[int, ...] | None:
     return DIGITS_SHAPE if spec.kind == "digits" else spec.shape
-
-
-def layers_of(model: nn.Module, spec: ModelSpec) -> list[LayerProfile]:
-    """The model's quantizable layers, remembered per torchvision architecture.
-
-    Discovery is a forward pass with hooks (0.4 s for a resnet18 at 3x32x32 on
-    the 2-core machine), and every job pays it twice: at submission and in the
-    worker. A torchvision architecture's layers (names, shapes, MACs) follow
-    from its name, class count and input shape alone, never from its weights,
-    so that is the key. A program file is discovered each time (its structure
-    is its content)."""
-    if spec.source != "architecture":
-        return discover_layers(model, spec.input_shape)
-    key = (spec.name_or_path, spec.num_classes, tuple(spec.input_shape))
-    found = _ARCHITECTURE_LAYERS.get(key)
-    if found is None:
-        found = tuple(discover_layers(model, spec.input_shape))
-        if len(_ARCHITECTURE_LAYERS) >= _ARCHITECTURE_LAYERS_MAX:
-            _ARCHITECTURE_LAYERS.clear()
-        _ARCHITECTURE_LAYERS[key] = found
-    return list(found)
 
 
 def check_data_fits(request: TrainingRequest) -> None:

@@ -99,30 +99,3 @@ def test_resolve_config_fills_defaults_and_granularity() -> None:
     }
     only = resolve_config(names, {"b": parse_option("int8")}, None, Granularity.PER_TENSOR)
     assert {k: v.key for k, v in only.items()} == {"b": "int8/int8:pt"}
-
-
-def test_an_architectures_layers_are_found_once_per_name_classes_and_shape(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import trainer_svc.workspace as workspace
-    from bitmesh.models.layers import discover_layers
-    from bitmesh.models.loading import load_model
-
-    monkeypatch.setattr(workspace, "_ARCHITECTURE_LAYERS", {})
-    calls: list[tuple[int, ...]] = []
-
-    def counted(model: torch.nn.Module, shape: tuple[int, ...]) -> object:
-        calls.append(tuple(shape))
-        return discover_layers(model, shape)
-
-    monkeypatch.setattr(workspace, "discover_layers", counted)
-    model = load_model(MODEL)
-    first = workspace.layers_of(model, MODEL)
-    again = workspace.layers_of(load_model(MODEL), MODEL)
-    assert again == first == discover_layers(model, MODEL.input_shape)
-    assert again is not first  # a caller's list of its own
-    other = ModelSpec(
-        source="architecture", name_or_path="digits_cnn", input_shape=(1, 8, 8), num_classes=5
-    )
-    workspace.layers_of(load_model(other), other)
-    assert calls == [(1, 8, 8), (1, 8, 8)]  # once per key
