@@ -39,7 +39,8 @@ from bitmesh.errors import InvalidArgument
 from bitmesh.formats import QuantOption
 from bitmesh.jobs.runner import JobContext
 from bitmesh.models.hashing import model_hash
-from bitmesh.models.layers import LayerProfile, discover_layers
+from bitmesh.models.layer_cache import layers_of
+from bitmesh.models.layers import LayerProfile
 from bitmesh.models.loading import ModelSpec, load_model
 from sensitivity_svc.analysis import (
     METHOD,
@@ -192,7 +193,7 @@ def prepare(
 
     torch.manual_seed(int(estimator["seed"]))
     model = load_model(model_spec)
-    layers = discover_layers(model, model_spec.input_shape)
+    layers = layers_of(model, model_spec)
     batches = _batches(dataset_spec, size, int(estimator["num_batches"]), int(estimator["seed"]))
     sample_shape = tuple(batches[0][0].shape[1:])
     if sample_shape != tuple(model_spec.input_shape):

@@ -7,12 +7,8 @@ from dataclasses import dataclass
 from bitmesh.costs import LayerCosts, option_costs
 from bitmesh.formats import QuantOption
 from bitmesh.models.hashing import model_hash
-from bitmesh.models.layers import (
-    LayerProfile,
-    discover_layers,
-    weight_coverage,
-    weight_parameters,
-)
+from bitmesh.models.layer_cache import layers_of
+from bitmesh.models.layers import LayerProfile, weight_coverage, weight_parameters
 from bitmesh.models.loading import ModelSpec, load_model
 
 
@@ -30,7 +26,7 @@ class LayerTable:
 def layer_table(spec: ModelSpec, options: list[QuantOption]) -> LayerTable:
     """Load the model, find its quantizable layers and cost every option."""
     model = load_model(spec)
-    layers = discover_layers(model, spec.input_shape)
+    layers = layers_of(model, spec)
     costs = {
         layer.name: {
             option.key: option_costs(

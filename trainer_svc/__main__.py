@@ -1,7 +1,13 @@
-"""``python -m trainer_svc``: serve the trainer on its port."""
+"""``python -m trainer_svc``: serve the trainer on its port.
+
+The job modules (torch, torchvision) are imported before the service serves:
+``StartJob`` validates every request against the loaded model, and the first
+call would otherwise pay those imports (``trainer_svc.warm``)."""
 
 from bitmesh.rpc.service_main import main
 from trainer_svc.servicer import build
+from trainer_svc.warm import warm_imports
 
 if __name__ == "__main__":
+    warm_imports()
     main("trainer", build)

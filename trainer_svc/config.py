@@ -25,6 +25,9 @@ class TrainerSettings(BaseSettings):
     lease_ttl_s: float = 30.0
     #: Deliveries of one job (crashes + 1) before it is marked FAILED.
     max_attempts: int = 5
+    #: Import torch and the job modules when a pool process starts (before
+    #: its first task) rather than in its first job: ``trainer_svc.warm``.
+    warm_imports: bool = True
 
 
 def load_trainer_settings() -> TrainerSettings:

@@ -28,6 +28,7 @@ class Outcome:
     final_entropy: float | None = None
     policy: dict[str, dict[str, float]] | None = None
     target: float | None = None
+    #: The job's work after loading (quantizing, training, evaluating the result).
     seconds: float = 0.0
 
 

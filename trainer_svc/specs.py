@@ -49,7 +49,7 @@ class TrainingSettings:
     learning_rate: float = 0.02
     weight_decay: float = 1e-4
     schedule: Schedule = "cosine"
-    checkpoint_every: int = 0  # 0: about ten checkpoints per job
+    checkpoint_every: int = 0  # 0: every tenth of the steps, at most every 30 s (loop.py)
     seed: int = 0
     data_fraction: float = 1.0
     eval_every: int = 0  # 0: evaluate on the held-out split only at the end

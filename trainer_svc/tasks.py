@@ -12,7 +12,7 @@ from functools import cache
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_ready
+from celery.signals import worker_process_init, worker_ready
 
 from bitmesh.artifacts import ArtifactStore
 from bitmesh.jobs.plumbing import PING, TRAINER
@@ -63,6 +63,17 @@ def run_training_job(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
         actions.append(redis_delivery_toucher(settings.redis_url, str(tag)))
     state = run_job(job_id, store, artifacts, lease=lease, settings=trainer, keepalive=actions)
     return state.value
+
+
+@worker_process_init.connect
+def _warm_job_modules(sender: Any = None, **_: Any) -> None:
+    """Each pool process imports torch and the job modules before it takes a
+    task, so the first job does not pay them (``trainer_svc.warm``);
+    ``BITMESH_TRAINER_WARM_IMPORTS=0`` skips it (a worker that only answers pings)."""
+    if TrainerSettings().warm_imports:
+        from trainer_svc.warm import warm_imports
+
+        warm_imports()
 
 
 @worker_ready.connect

@@ -26,7 +26,8 @@ from bitmesh.data.datasets import (
 from bitmesh.devices import parse_device
 from bitmesh.errors import FailedPrecondition, InvalidArgument
 from bitmesh.formats import Granularity, QuantOption
-from bitmesh.models.layers import LayerProfile, discover_layers
+from bitmesh.models.layer_cache import layers_of
+from bitmesh.models.layers import LayerProfile
 from bitmesh.models.loading import load_model
 from bitmesh.settings import load_settings
 from trainer_svc.costing import (
@@ -164,7 +165,7 @@ def validate(request: TrainingRequest, device: torch.device | None = None) -> Wo
         parse_device(load_settings().device)
     check_data_fits(request)
     model = load_model(request.model)
-    layers = discover_layers(model, request.model.input_shape)
+    layers = layers_of(model, request.model)
     ws = Workspace(
         request=request, model=model, layers=layers, device=device or torch.device("cpu")
     )

@@ -24,6 +24,7 @@ def test_worker_round_trip(
 ) -> None:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env.update({"BITMESH_ARTIFACT_ROOT": str(tmp_path), "PYTHONPATH": str(REPO_ROOT)})
+    env["BITMESH_TRAINER_WARM_IMPORTS"] = "0"  # pings only: no torch to import
     if queue == "redis":
         env["REDIS_URL"] = redis_url
         monkeypatch.setenv("REDIS_URL", redis_url)
