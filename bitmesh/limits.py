@@ -46,7 +46,7 @@ MAX_DIM = 2**31 - 1
 class InputLimits:
     """The ceilings, one field per ``Settings.max_*`` setting of the same name."""
 
-    max_input_elements: int = 3 * 1024 * 1024
+    max_input_elements: int = 3 * 512 * 512
     max_num_classes: int = 32_768
     max_batch_size: int = 4096
     max_batches: int = 64
