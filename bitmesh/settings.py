@@ -90,6 +90,27 @@ class Settings(BaseSettings):
     # pixels decode to 150 MB of RGB, inside the 2 GiB a worker pod gets.
     max_image_pixels: int = 50_000_000
 
+    # What one request may make an ML service allocate (bitmesh/limits.py),
+    # checked where the request is parsed, before any model or data exists.
+    # Sized for the smallest pods that build them (sensitivity 8 GiB, trainer
+    # and proxy NAS 2 GiB, which probe a model at batch 1; the 24 GiB workers
+    # load the data): one sample of at most 3 x 512 x 512 elements (3 MiB;
+    # measured over the ~0.9 GiB a service holds once torch is loaded,
+    # building and probing vgg16 (528 MiB of weights) peaked 0.75 GiB higher
+    # on it and 1.3 GiB on 3 x 1024 x 1024, past the 2 GiB pods; resnet18
+    # 0.1 and 0.3 GiB), at most 32,768 classes (ImageNet-21k fits; a head on
+    # VGG's 4096 features is then 512 MiB), batches of at most 4096 samples
+    # and an analysis of at most 64 of them, and at most 256 Mi elements
+    # (1 GiB of float32) of data held at once: a synthetic set's class means
+    # and samples, an analysis's batches, one training batch. Each cap bounds
+    # one number; the largest model at every cap at once can still pass a
+    # 2 GiB pod, which is what running model code out of the API process is for.
+    max_input_elements: int = Field(default=3 * 512 * 512, ge=1)
+    max_num_classes: int = Field(default=32_768, ge=1)
+    max_batch_size: int = Field(default=4096, ge=1)
+    max_batches: int = Field(default=64, ge=1)
+    max_data_elements: int = Field(default=256 * 1024 * 1024, ge=1)
+
     # Security (off on loopback; on in the Kubernetes manifests).
     auth_token: str | None = None
     # A service bound to a non-loopback address without a token refuses to

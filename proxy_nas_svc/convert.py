@@ -6,12 +6,14 @@ except the trial budget: zero trials is refused, not defaulted.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from bitmesh.errors import InvalidArgument
 from bitmesh.formats import QuantOption
 from bitmesh.jobs.records import JobRecord
+from bitmesh.limits import InputLimits
 from bitmesh.rpc.convert import job_event_status_to_pb, job_status_to_pb
 from bitmesh.rpc.convert_ml import dataset_spec_from_pb, model_spec_from_pb
 from bitmesh.v1 import proxy_nas_pb2 as pb
@@ -61,12 +63,26 @@ def search_from_pb(
             "trials train on the train split and score on the test split: leave the "
             "dataset's split unset (or TRAIN)"
         )
+    # The caps first (bitmesh.limits), on the numbers alone: nothing is built yet.
+    limits = InputLimits.current()
+    model = model_spec_from_pb(msg.model, limits)
+    dataset = dataset_spec_from_pb(msg.dataset, split="train", limits=limits)
+    if msg.batch_size < 0:
+        raise InvalidArgument(
+            f"batch_size must be >= 0 (0 = {DEFAULT_BATCH_SIZE}), got {msg.batch_size}"
+        )
+    batch_size = limits.batch_size("batch_size", msg.batch_size or DEFAULT_BATCH_SIZE)
+    limits.data_in_memory(
+        f"one trial batch of {batch_size}",
+        batch_size,
+        max(dataset.shape or (), model.input_shape, key=math.prod),
+    )
     space = [hyperparameter_from_pb(h) for h in msg.space]
     from proxy_nas_svc.space import validate_space
 
     return SearchRequest(
-        model=model_spec_from_pb(msg.model),
-        dataset=dataset_spec_from_pb(msg.dataset, split="train"),
+        model=model,
+        dataset=dataset,
         config=dict(config),
         space=validate_space(space),
         trials=int(msg.trials),
@@ -77,7 +93,7 @@ def search_from_pb(
         sampler=msg.sampler.strip().lower() or "tpe",  # type: ignore[arg-type]
         parallel=msg.parallel_trials or DEFAULT_PARALLEL,
         seed=int(msg.seed),
-        batch_size=msg.batch_size or DEFAULT_BATCH_SIZE,
+        batch_size=batch_size,
         budgets=dict(budgets or {}),
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bitmesh.errors import InvalidArgument
 from bitmesh.formats import parse_option
+from bitmesh.limits import InputLimits
 from bitmesh.rpc.convert import costs_to_pb, option_to_pb
 from bitmesh.v1 import common_pb2, sensitivity_pb2
 from sensitivity_svc.report import LayerSensitivity, SensitivityReport
@@ -11,11 +12,14 @@ from sensitivity_svc.report import LayerSensitivity, SensitivityReport
 DEFAULT_TARGET_RSE = 0.05
 DEFAULT_MAX_SAMPLES = 200
 DEFAULT_BATCHES = 1
-MAX_BATCHES = 64
 
 
-def settings_from_pb(msg: sensitivity_pb2.EstimatorSettings) -> dict[str, float | int]:
-    """Estimator settings with defaults filled, checked at the edge."""
+def settings_from_pb(
+    msg: sensitivity_pb2.EstimatorSettings, limits: InputLimits | None = None
+) -> dict[str, float | int]:
+    """Estimator settings with defaults filled, checked at the edge (the
+    batches an analysis keeps: BITMESH_MAX_BATCHES)."""
+    limits = limits or InputLimits.current()
     target = msg.target_relative_se or DEFAULT_TARGET_RSE
     max_samples = msg.max_samples or DEFAULT_MAX_SAMPLES
     batches = msg.num_batches or DEFAULT_BATCHES
@@ -23,8 +27,9 @@ def settings_from_pb(msg: sensitivity_pb2.EstimatorSettings) -> dict[str, float 
         raise InvalidArgument(f"target_relative_se must be in (0, 10), got {target}")
     if not 2 <= max_samples <= 100_000:
         raise InvalidArgument(f"max_samples must be in [2, 100000], got {max_samples}")
-    if not 1 <= batches <= MAX_BATCHES:
-        raise InvalidArgument(f"num_batches must be in [1, {MAX_BATCHES}], got {batches}")
+    if batches < 0:
+        raise InvalidArgument(f"num_batches must be >= 0 (0 = {DEFAULT_BATCHES}), got {batches}")
+    limits.batches("num_batches", batches)
     return {
         "target_relative_se": target,
         "max_samples": max_samples,

@@ -33,11 +33,12 @@ import torch
 from torch import Tensor, nn
 
 from bitmesh.artifacts import ArtifactStore, cache_key
-from bitmesh.data.datasets import DatasetSpec, dataset_hash, load_dataset, make_loader
+from bitmesh.data.datasets import DIGITS_SHAPE, DatasetSpec, dataset_hash, load_dataset, make_loader
 from bitmesh.devices import resolve_device
 from bitmesh.errors import InvalidArgument
 from bitmesh.formats import QuantOption
 from bitmesh.jobs.runner import JobContext
+from bitmesh.limits import InputLimits
 from bitmesh.models.hashing import model_hash
 from bitmesh.models.layer_cache import layers_of
 from bitmesh.models.layers import LayerProfile
@@ -157,6 +158,27 @@ def _batches(
     return out
 
 
+def check_analysis_size(
+    model_spec: ModelSpec,
+    dataset_spec: DatasetSpec,
+    batch_size: int,
+    batches: int,
+    limits: InputLimits | None = None,
+) -> None:
+    """Refuse an analysis whose batches would not fit before any is loaded:
+    every batch is kept (and copied to the device) for the whole analysis.
+    Its samples have the dataset's shape (the model's when that is unknown
+    here; a mismatch is refused once the first batch is read)."""
+    limits = limits or InputLimits.current()
+    limits.batch_size("batch_size", batch_size)
+    limits.batches("num_batches", batches)
+    shape = DIGITS_SHAPE if dataset_spec.kind == "digits" else dataset_spec.shape
+    largest = max((shape or ()), model_spec.input_shape, key=math.prod)
+    limits.data_in_memory(
+        f"the analysis ({batches} batches of {batch_size})", batches * batch_size, largest
+    )
+
+
 def prepare(
     model_spec: ModelSpec,
     dataset_spec: DatasetSpec,
@@ -170,11 +192,12 @@ def prepare(
     fault), or, given ``artifacts``, find a remembered stored answer."""
     if not options:
         raise InvalidArgument("no quantization options: give at least one, e.g. int4, int8, e4m3")
-    if batch_size < 0 or batch_size > 4096:
+    if batch_size < 0:
         raise InvalidArgument(
-            f"batch_size must be in [0, 4096] (0 = {DEFAULT_BATCH_SIZE}), got {batch_size}"
+            f"batch_size must be >= 0 (0 = {DEFAULT_BATCH_SIZE}), got {batch_size}"
         )
     size = batch_size or DEFAULT_BATCH_SIZE
+    check_analysis_size(model_spec, dataset_spec, size, int(estimator["num_batches"]))
     d_hash = dataset_hash(dataset_spec)
     settings = SensitivitySettings(
         target_relative_se=float(estimator["target_relative_se"]),

@@ -14,6 +14,7 @@ from typing import Any
 from bitmesh.errors import InvalidArgument
 from bitmesh.formats import Granularity, QuantOption, parse_option
 from bitmesh.jobs.records import JobRecord
+from bitmesh.limits import InputLimits
 from bitmesh.quant.range_estimators import RangeEstimator
 from bitmesh.rpc.convert import (
     config_to_pb,
@@ -75,12 +76,16 @@ def _lookup(table: Mapping[Any, Any], value: int, what: str) -> Any:
     return table[value]
 
 
-def training_from_pb(msg: trainer_pb2.TrainingSettings) -> TrainingSettings:
+def training_from_pb(
+    msg: trainer_pb2.TrainingSettings, limits: InputLimits | None = None
+) -> TrainingSettings:
     if msg.steps < 0 or msg.batch_size < 0 or msg.learning_rate < 0:
         raise InvalidArgument(
             "steps, batch_size and learning_rate must be positive (0 means the default: "
             f"{_DEFAULTS.steps}, {_DEFAULTS.batch_size}, {_DEFAULTS.learning_rate})"
         )
+    if msg.batch_size:
+        (limits or InputLimits.current()).batch_size("the training batch_size", msg.batch_size)
     return TrainingSettings(
         steps=msg.steps or _DEFAULTS.steps,
         batch_size=msg.batch_size or _DEFAULTS.batch_size,
@@ -192,6 +197,10 @@ def request_from_pb(msg: trainer_pb2.StartTrainingRequest) -> TrainingRequest:
         raise InvalidArgument("the request has no model")
     if not msg.HasField("dataset"):
         raise InvalidArgument("the request has no dataset (e.g. kind DIGITS)")
+    # The caps first (bitmesh.limits), on the numbers alone: nothing is built yet.
+    limits = InputLimits.current()
+    model = model_spec_from_pb(msg.model, limits)
+    dataset = dataset_spec_from_pb(msg.dataset, limits=limits)
     spec: QatSpec | SearchSpec | CalibrationSpec
     if which == "qat":
         spec = qat_from_pb(msg.qat)
@@ -199,13 +208,18 @@ def request_from_pb(msg: trainer_pb2.StartTrainingRequest) -> TrainingRequest:
         spec = search_from_pb(msg.search)
     else:
         spec = calibration_from_pb(msg.calibration)
-    training = training_from_pb(msg.training)
+    training = training_from_pb(msg.training, limits)
     if msg.dataset.batch_size and not msg.training.batch_size:
         training = replace(training, batch_size=msg.dataset.batch_size)
+    limits.data_in_memory(
+        f"one training batch of {training.batch_size}",
+        training.batch_size,
+        max(dataset.shape or (), model.input_shape, key=math.prod),
+    )
     return TrainingRequest(
         kind=which,
-        model=model_spec_from_pb(msg.model),
-        dataset=dataset_spec_from_pb(msg.dataset),
+        model=model,
+        dataset=dataset,
         spec=spec,
         training=training,
     )
