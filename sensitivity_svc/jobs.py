@@ -255,10 +255,10 @@ def _weights(model: nn.Module) -> dict[str, Tensor]:
 
 
 def _add_options(
-    report: SensitivityReport, job: PreparedAnalysis, missing: list[QuantOption]
+    report: SensitivityReport, job: PreparedAnalysis, model: nn.Module, missing: list[QuantOption]
 ) -> SensitivityReport:
     """Price only the options the stored report lacks, from its stored traces."""
-    weights = _weights(job.model)
+    weights = _weights(model)
     profiles = {p.name: p for p in job.layers}
     layers = []
     for layer in report.layers:
@@ -298,7 +298,7 @@ def run(job: PreparedAnalysis, artifacts: ArtifactStore, ctx: JobContext) -> dic
                 f"reusing stored traces; pricing {len(missing)} new options",
             )
             assert job.model is not None, "prepare loads the model when options are missing"
-            report = _add_options(report, job, missing)
+            report = _add_options(report, job, job.model, missing)
             artifacts.set_ref(NAMESPACE, job.key, report.to_dict())
         artifact = artifacts.put_json(report.to_dict())
         answer = _only(report, job.options)
