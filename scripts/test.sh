@@ -22,8 +22,8 @@ kernels=$!
 echo "== ruff (lint + format)"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-echo "== mypy (bitmesh/, solver_svc/)"
-.venv/bin/mypy bitmesh solver_svc
+echo "== mypy (bitmesh/ and every service)"
+.venv/bin/mypy bitmesh solver_svc sensitivity_svc trainer_svc proxy_nas_svc
 
 wait "$kernels"
 
