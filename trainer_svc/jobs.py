@@ -240,14 +240,3 @@ def _run(job_id: str, record: JobRecord, store: JobStore, artifacts: ArtifactSto
         stage="done",
         message=f"done: held-out accuracy {accuracy:.4f}",
     ).state
-
-
-def orphaned_jobs(store: JobStore, lease: Lease, limit: int = 1000) -> list[str]:
-    """RUNNING jobs nobody holds the lease of: their worker is gone."""
-    probe = f"probe:{uuid.uuid4().hex[:8]}"
-    orphans = []
-    for record in store.list(None, limit):
-        if record.state is JobState.RUNNING and lease.acquire(record.job_id, probe, 1.0):
-            lease.release(record.job_id, probe)
-            orphans.append(record.job_id)
-    return orphans

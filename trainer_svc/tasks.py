@@ -84,7 +84,7 @@ def _recover_orphans(sender: Any = None, **_: Any) -> None:
     delivery harmless). Redis redelivers by itself."""
     if load_settings().redis_url:
         return
-    from trainer_svc.jobs import orphaned_jobs
+    from trainer_svc.orphans import orphaned_jobs
 
     # Fresh stores, not the cached ones: pool processes forked later must not
     # inherit this process's SQLite connections.
