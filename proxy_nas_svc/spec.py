@@ -11,10 +11,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from bitmesh.data.datasets import DatasetSpec
+from bitmesh.data.spec import DatasetSpec
 from bitmesh.errors import InvalidArgument
 from bitmesh.formats import QuantOption, parse_option
-from bitmesh.models.loading import ModelSpec
+from bitmesh.models.spec import ModelSpec
 from proxy_nas_svc.space import Hyperparameter, space_from_dict, space_to_dict, validate_space
 
 SamplerName = Literal["tpe", "random"]

@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
 from bitmesh.costs import SizeAccounting, check_size_accounting
-from bitmesh.data.datasets import DatasetSpec
+from bitmesh.data.spec import DatasetSpec
 from bitmesh.errors import InvalidArgument
 from bitmesh.formats import Granularity, NumericFormat, QuantOption, get_format, parse_option
-from bitmesh.models.loading import ModelSpec
+from bitmesh.models.spec import ModelSpec
 from bitmesh.quant.range_estimators import RangeEstimator
 
 JobKind = Literal["qat", "search", "calibration"]

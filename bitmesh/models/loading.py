@@ -26,9 +26,7 @@ import logging
 import pickle
 import zipfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
@@ -38,9 +36,9 @@ from bitmesh.models.digits_cnn import ARCHITECTURE_NAME as DIGITS_CNN
 from bitmesh.models.digits_cnn import build_digits_cnn
 from bitmesh.models.model_files import (
     is_torchscript_archive,
-    refuse_torchscript,
     torchscript_refusal,
 )
+from bitmesh.models.spec import ModelSource, ModelSpec
 
 __all__ = [
     "ModelSource",
@@ -54,9 +52,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-ModelSource = Literal["architecture", "exported_program", "torchscript"]
-_SOURCES: tuple[str, ...] = ("architecture", "exported_program", "torchscript")
 
 #: bitmesh's own architectures: name -> builder(num_classes, input_shape).
 _BUILTIN_ARCHITECTURES: dict[str, Callable[[int, tuple[int, ...]], nn.Module]] = {
@@ -77,51 +72,6 @@ _CORRUPT_FILE_ERRORS: tuple[type[BaseException], ...] = (
 
 #: How many offending keys an error message names.
 _KEYS_SHOWN = 4
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelSpec:
-    """Where a model comes from and the shape of one input sample.
-
-    ``input_shape`` has no batch dimension, e.g. ``(3, 224, 224)``.
-    ``weights_path`` is an optional state_dict file (any source).
-    Building one refuses TorchScript (by source or by file content), so
-    every service rejects it before anything is queued.
-    """
-
-    source: ModelSource
-    name_or_path: str
-    input_shape: tuple[int, ...]
-    weights_path: str | None = None
-    num_classes: int = 10
-
-    def __post_init__(self) -> None:
-        if self.source not in _SOURCES:
-            raise InvalidArgument(
-                f"model source must be one of {', '.join(_SOURCES)}, got {self.source!r}"
-            )
-        if not self.name_or_path:
-            raise InvalidArgument(
-                "model name_or_path is empty: give an architecture name or a file path"
-            )
-        shape = tuple(self.input_shape)
-        if not 1 <= len(shape) <= 4 or any(
-            isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape
-        ):
-            raise InvalidArgument(
-                f"input shape must be 1 to 4 positive integers without the batch "
-                f"dimension, e.g. (3, 224, 224); got {self.input_shape!r}"
-            )
-        object.__setattr__(self, "input_shape", shape)
-        if (
-            isinstance(self.num_classes, bool)
-            or not isinstance(self.num_classes, int)
-            or self.num_classes < 1
-        ):
-            raise InvalidArgument(f"num_classes must be >= 1, got {self.num_classes!r}")
-        if self.weights_path == "":
-            object.__setattr__(self, "weights_path", None)
-        refuse_torchscript(self.source, self.name_or_path, self.weights_path)
 
 
 def _torchvision_architectures() -> list[str]:
