@@ -74,11 +74,14 @@ def worker_command(
 ) -> list[str]:
     """The Celery worker command line of the mesh (``bitmesh up``, and the tests
     that start workers): it consumes exactly the declared ``WORKER_QUEUES``,
-    as the worker Deployment does."""
+    as the worker Deployment does, and like it runs without mingle and gossip:
+    bitmesh never revokes tasks or reads worker events, and mingle alone
+    waits a second at every start for neighbours that do not answer."""
     command = [sys.executable, "-m", "celery", "-A", "trainer_svc.celery_app", "worker"]
     command += [worker_queues_option(), "--concurrency", str(concurrency)]
     if pool is not None:
         command += ["--pool", pool]
+    command += ["--without-mingle", "--without-gossip"]
     return [*command, "--loglevel", loglevel, "--hostname", hostname]
 
 
