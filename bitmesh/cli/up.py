@@ -44,11 +44,25 @@ def _free_port(host: str) -> int:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs. A zombie (exited, not yet reaped) does not:
+    the mesh's processes are not our children once ``up --detach`` returns,
+    so init reaps them, and some inits (a container's or a micro-VM's) reap
+    only once a second; ``os.kill(pid, 0)`` alone would count such an exited
+    process as running and ``down`` would wait up to a second for nothing."""
     try:
         os.kill(pid, 0)
     except OSError:
         return False
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Linux: the state letter of /proc/<pid>/stat is Z (elsewhere: False)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def running_mesh(settings: Settings) -> dict[str, object] | None:
@@ -171,7 +185,7 @@ def stop_mesh(settings: Settings, timeout: float = 30.0) -> list[str]:
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while any(_alive(p) for p in pids.values()) and time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.05)
         for pid in pids.values():
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)

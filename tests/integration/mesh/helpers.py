@@ -14,6 +14,24 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 _SERVING = re.compile(r"serving on ([\d.]+):(\d+)")
 
 
+def exited(pid: int) -> bool:
+    """Whether process ``pid`` has ended: gone, or a zombie not yet reaped.
+
+    Why the zombie case: `bitmesh up --detach` leaves its processes to init,
+    and some inits (a micro-VM's, a container's) reap only once a second, so
+    ``os.kill(pid, 0)`` still succeeds for a while after the process exited.
+    """
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
+
+
 @dataclass
 class ServiceProcess:
     name: str
