@@ -8,14 +8,17 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 
 # The per-machine caches, filled once while ruff and mypy run: the solver's
-# numba kernels (17 s of CPU on a fresh clone, into __pycache__) and the
-# digits splits (bitmesh/data/array_cache.py). Otherwise every test process
-# and service started before a cache exists fills it again.
+# numba kernels (17 s of CPU on a fresh clone, into __pycache__), the
+# digits splits and torchvision's model names (bitmesh/data/array_cache.py).
+# Otherwise every test process and service started before a cache exists
+# fills it again.
 .venv/bin/python -c "
 from solver_svc.kernels import warm_up
 from bitmesh.data.datasets import DatasetSpec, load_dataset
+from bitmesh.models.loading import available_architectures
 warm_up()
 load_dataset(DatasetSpec(kind='digits'))
+available_architectures()
 " &
 kernels=$!
 

@@ -22,15 +22,18 @@ reported here, as the user's mistake, and not later as an internal error.
 from __future__ import annotations
 
 import difflib
+import importlib.metadata
 import logging
 import pickle
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from bitmesh.data.array_cache import cached_arrays
 from bitmesh.errors import FailedPrecondition, InvalidArgument, NotFound
 from bitmesh.models.digits_cnn import ARCHITECTURE_NAME as DIGITS_CNN
 from bitmesh.models.digits_cnn import build_digits_cnn
@@ -75,9 +78,23 @@ _KEYS_SHOWN = 4
 
 
 def _torchvision_architectures() -> list[str]:
+    """torchvision's classification model names, from the per-machine cache.
+
+    Why cached: importing ``torchvision.models`` costs 5-8 s of CPU here
+    (``torchvision.ops`` imports ``torch._dynamo``, sympy included), which a
+    service paid on the first request naming an unknown architecture just to
+    refuse it. The names are a function of the torchvision release, so they
+    are listed once per machine and release (:mod:`bitmesh.data.array_cache`).
+    """
+    version = importlib.metadata.version("torchvision")
+    arrays = cached_arrays(f"torchvision-models-{version}", _list_torchvision_models)
+    return [str(name) for name in arrays["names"]]
+
+
+def _list_torchvision_models() -> dict[str, np.ndarray]:
     import torchvision
 
-    return list(torchvision.models.list_models(module=torchvision.models))
+    return {"names": np.array(torchvision.models.list_models(module=torchvision.models))}
 
 
 def available_architectures() -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from bitmesh.models.hashing import model_hash
 from bitmesh.models.loading import (
     ModelSpec,
     available_architectures,
+    build_architecture,
     load_model,
     load_state_dict_file,
 )
@@ -82,6 +84,25 @@ def test_unknown_architecture_lists_close_matches() -> None:
         load_model(_spec(name_or_path="resnet181"))
     with pytest.raises(InvalidArgument, match="unknown architecture 'zzzz'"):
         load_model(_spec(name_or_path="zzzz"))
+
+
+def test_torchvision_names_come_from_a_per_machine_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cached names are torchvision's own, and once they are cached an
+    unknown name is refused without importing torchvision (seconds of CPU in
+    a fresh service process)."""
+    import torchvision
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    names = set(available_architectures())
+    assert names == {"digits_cnn", *torchvision.models.list_models(module=torchvision.models)}
+    assert list((tmp_path / "bitmesh" / "arrays").glob("torchvision-models-*.npz"))
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # importing it now fails
+    with pytest.raises(InvalidArgument, match=r"unknown architecture 'resnet19'.*resnet18"):
+        build_architecture("resnet19", 10, (3, 32, 32))
+    with pytest.raises(ImportError):
+        build_architecture("resnet18", 10, (3, 32, 32))  # a known name does import it
 
 
 @pytest.mark.parametrize(
