@@ -1,0 +1,53 @@
+"""The embedded queue's transport delivers as kombu's does until its worker
+starts a shutdown, then fetches nothing more and stops polling at once."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery.signals import worker_shutting_down
+from kombu import Connection, Exchange, Queue
+
+from trainer_svc import fs_transport
+
+pytestmark = pytest.mark.unit
+
+
+def test_no_message_is_fetched_once_the_worker_shuts_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fs_transport, "_stopping", threading.Event())
+    folders = {name: tmp_path / name for name in ("in", "processed")}
+    for folder in folders.values():
+        folder.mkdir()
+    options = {
+        "data_folder_in": str(folders["in"]),
+        "data_folder_out": str(folders["in"]),
+        "processed_folder": str(folders["processed"]),
+        "polling_interval": 0.01,
+    }
+    queue = Queue("q", Exchange("q", type="direct"), routing_key="q")
+    received: list[Any] = []
+
+    def on_message(body: Any, message: Any) -> None:
+        received.append(body)
+        message.ack()
+
+    with Connection(
+        "filesystem://", transport=fs_transport.Transport, transport_options=options
+    ) as conn:
+        producer = conn.Producer()
+        with conn.Consumer(queue, callbacks=[on_message]):
+            producer.publish({"n": 1}, exchange=queue.exchange, routing_key="q", declare=[queue])
+            conn.drain_events(timeout=30)
+            assert received == [{"n": 1}]
+
+            producer.publish({"n": 2}, exchange=queue.exchange, routing_key="q")
+            worker_shutting_down.send(sender="test", sig="SIGTERM", how="Warm", exitcode=0)
+            with pytest.raises(TimeoutError):
+                conn.drain_events(timeout=30)  # kombu's own would deliver message 2
+            assert received == [{"n": 1}]
+    assert len(list(folders["in"].iterdir())) == 1  # the second message waits for a worker
