@@ -9,6 +9,7 @@ Timeouts are shortened so a killed worker's job is picked up in seconds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -139,10 +140,16 @@ class TrainerMesh:
         return int(redis.Redis.from_url(self.redis_url).llen(TRAINER.queue_name))
 
     def stop(self) -> None:
+        """End of the module: nothing of its jobs matters any more (the
+        database is flushed next), so the workers are killed, all at once,
+        instead of each waiting out a warm shutdown (1-2 s apiece)."""
         self.stop_service()
-        for worker in self.workers:
-            if worker.poll() is None:
-                self.kill_worker(worker, signal.SIGTERM)
+        running = [w for w in self.workers if w.poll() is None]
+        for worker in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGKILL)
+        for worker in running:
+            worker.wait(30)
 
 
 def make_mesh(redis_url: str, db: int, root: Path) -> TrainerMesh:
