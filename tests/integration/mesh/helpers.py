@@ -1,4 +1,4 @@
-"""Start a real service process on loopback and find its port."""
+"""Start real service processes on loopback and find their ports."""
 
 from __future__ import annotations
 
@@ -49,19 +49,20 @@ class ServiceProcess:
             raise
 
 
-def start_service(
+def spawn_service(
     name: str,
     artifact_root: str,
     extra_env: dict[str, str] | None = None,
     python_args: list[str] | None = None,
-) -> ServiceProcess:
+) -> subprocess.Popen[str]:
+    """Start ``python -m <name>_svc`` on a free port; :func:`wait_serving` finds it."""
     env = {
         **os.environ,
         "BITMESH_ARTIFACT_ROOT": artifact_root,
         "PYTHONPATH": str(REPO_ROOT),
         **(extra_env or {}),
     }
-    process = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, *(python_args or []), "-m", f"{name}_svc", "--port", "0"],
         cwd=REPO_ROOT,
         env=env,
@@ -69,6 +70,10 @@ def start_service(
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def wait_serving(name: str, process: subprocess.Popen[str]) -> ServiceProcess:
+    """Read the service's output until it says where it serves."""
     log: list[str] = []
     deadline = time.monotonic() + 90
     assert process.stdout is not None

@@ -13,7 +13,7 @@ from bitmesh.client import Client
 from bitmesh.errors import NotFound, Unimplemented
 from bitmesh.settings import SERVICES, load_settings
 from bitmesh.v1 import proxy_nas_pb2, trainer_pb2
-from tests.integration.mesh.helpers import ServiceProcess, start_service
+from tests.integration.mesh.helpers import ServiceProcess, spawn_service, wait_serving
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,14 @@ EXPECTED_NAMES = {
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServiceProcess]]:
     root = str(tmp_path_factory.mktemp("artifacts"))
-    procs = {name: start_service(name, root) for name in SERVICES}
+    # All four start at once (their imports overlap), then each is awaited.
+    spawned = {name: spawn_service(name, root) for name in SERVICES}
+    try:
+        procs = {name: wait_serving(name, process) for name, process in spawned.items()}
+    except BaseException:
+        for process in spawned.values():
+            process.kill()
+        raise
     yield procs
     for proc in procs.values():
         if proc.process.poll() is None:
