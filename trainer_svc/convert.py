@@ -15,7 +15,7 @@ from bitmesh.errors import InvalidArgument
 from bitmesh.formats import Granularity, QuantOption, parse_option
 from bitmesh.jobs.records import JobRecord
 from bitmesh.limits import InputLimits
-from bitmesh.quant.range_estimators import RangeEstimator
+from bitmesh.quant.range_spec import RangeEstimator
 from bitmesh.rpc.convert import (
     config_to_pb,
     format_from_pb,

@@ -53,7 +53,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self, request: trainer_pb2.StartTrainingRequest, context: grpc.ServicerContext
     ) -> common_pb2.JobRef:
         from trainer_svc.convert import request_from_pb
-        from trainer_svc.workspace import validate
 
         domain = request_from_pb(request)
         job_id = job_id_for(domain.kind, request.request_id)
@@ -62,6 +61,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 return common_pb2.JobRef(job_id=self.store.get(job_id).job_id)
             except NotFound:
                 pass
+        # Here, not at the top: validating loads the model (torch), which a
+        # request refused by its fields alone should not wait for.
+        from trainer_svc.workspace import validate
+
         validate(domain)
         record = create_admitted(
             self.store,

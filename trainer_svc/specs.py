@@ -18,7 +18,7 @@ from bitmesh.data.spec import DatasetSpec
 from bitmesh.errors import InvalidArgument
 from bitmesh.formats import Granularity, NumericFormat, QuantOption, get_format, parse_option
 from bitmesh.models.spec import ModelSpec
-from bitmesh.quant.range_estimators import RangeEstimator
+from bitmesh.quant.range_spec import RangeEstimator
 
 JobKind = Literal["qat", "search", "calibration"]
 Schedule = Literal["constant", "cosine", "step"]

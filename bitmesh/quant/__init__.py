@@ -1,8 +1,9 @@
-"""Torch fake quantizers (torch-only subpackage).
+"""Torch fake quantizers (torch-only subpackage, but for ``range_spec.py``).
 
 The public names are re-exported lazily so that ``import bitmesh.quant``
 itself stays cheap; the formats they take live in the torch-free
-:mod:`bitmesh.formats`.
+:mod:`bitmesh.formats`, the range estimator's settings in the torch-free
+:mod:`bitmesh.quant.range_spec`.
 """
 
 from __future__ import annotations

@@ -19,36 +19,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 
 import torch
 from torch import Tensor
 
 from bitmesh.errors import InvalidArgument
+from bitmesh.quant.range_spec import ESTIMATOR_NAMES, RangeEstimator
 
 __all__ = ["ESTIMATOR_NAMES", "RangeEstimator", "batch_statistic", "update_range"]
-
-
-@dataclass(frozen=True)
-class RangeEstimator:
-    """Which estimator to use and its parameters (``momentum`` for ema and
-    percentile, ``percentile`` in (0, 100] for percentile)."""
-
-    name: str = "minmax"
-    momentum: float = 0.95
-    percentile: float = 99.99
-
-    def __post_init__(self) -> None:
-        if self.name not in _STATISTICS:
-            raise InvalidArgument(
-                f"unknown activation range estimator {self.name!r}; "
-                f"use one of {', '.join(ESTIMATOR_NAMES)}"
-            )
-        if not 0.0 <= self.momentum < 1.0:
-            raise InvalidArgument(f"range momentum must be in [0, 1), got {self.momentum}")
-        if not 0.0 < self.percentile <= 100.0:
-            raise InvalidArgument(f"range percentile must be in (0, 100], got {self.percentile}")
 
 
 def _magnitudes(x: Tensor, unsigned: bool) -> Tensor:
@@ -88,8 +67,6 @@ _STATISTICS: Mapping[str, tuple[_Statistic, _Combine]] = MappingProxyType(
         "percentile": (_percentile_statistic, _moving_average),
     }
 )
-
-ESTIMATOR_NAMES: tuple[str, ...] = tuple(_STATISTICS)
 
 
 def batch_statistic(x: Tensor, estimator: RangeEstimator, *, unsigned: bool = False) -> Tensor:

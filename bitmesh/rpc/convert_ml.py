@@ -15,8 +15,8 @@ from bitmesh.limits import InputLimits
 from bitmesh.v1 import common_pb2 as pb
 
 if TYPE_CHECKING:
-    from bitmesh.data.datasets import DatasetSpec
-    from bitmesh.models.loading import ModelSpec
+    from bitmesh.data.spec import DatasetSpec
+    from bitmesh.models.spec import ModelSpec
 
 DIGITS_ARCH = "digits_cnn"
 DEFAULT_IMAGE_SHAPE = (3, 224, 224)
@@ -24,7 +24,7 @@ DIGITS_SHAPE = (1, 8, 8)
 
 
 def model_spec_from_pb(ref: pb.ModelRef, limits: InputLimits | None = None) -> ModelSpec:
-    from bitmesh.models.loading import ModelSpec
+    from bitmesh.models.spec import ModelSpec
 
     limits = limits or InputLimits.current()
     which = ref.WhichOneof("source")
@@ -61,7 +61,7 @@ _SPLITS = {pb.SPLIT_UNSPECIFIED: "train", pb.SPLIT_TRAIN: "train", pb.SPLIT_TEST
 def dataset_spec_from_pb(
     ref: pb.DatasetRef, split: str | None = None, limits: InputLimits | None = None
 ) -> DatasetSpec:
-    from bitmesh.data.datasets import DatasetSpec
+    from bitmesh.data.spec import DatasetSpec
 
     limits = limits or InputLimits.current()
     kind = _DATASET_KINDS.get(ref.kind)
