@@ -270,6 +270,8 @@ def _warn_if_exposed(settings: Settings, tls: bool) -> None:
 
 #: Seconds past the grace period a stopping process may take to exit.
 EXIT_MARGIN_S = 10.0
+#: How often the main thread wakes to run signal handlers (see serve_until_signal).
+SIGNAL_POLL_S = 0.2
 
 
 def exit_watchdog(seconds: float) -> threading.Timer:
@@ -326,7 +328,12 @@ def serve_until_signal(
     signal.signal(signal.SIGINT, handle)
     if ready is not None:
         ready()
-    stop.wait()
+    # Woken every SIGNAL_POLL_S: the kernel may hand SIGTERM to any thread
+    # (grpc's own, say); Python then runs the handler only when the main
+    # thread next runs bytecode, and a main thread blocked in a plain
+    # ``stop.wait()`` never does: the service ignored that SIGTERM for good.
+    while not stop.wait(SIGNAL_POLL_S):
+        pass
     exit_watchdog(grace + exit_margin)
     running.stop(grace)
     log.info("stopped")
