@@ -30,7 +30,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     console.print("Ctrl-C stops the mesh")
-    stop.wait()
+    # In steps, as bitmesh/rpc/server.py's serve_until_signal: a signal the
+    # kernel hands one of grpc's threads runs its handler only when the main
+    # thread next runs bytecode.
+    while not stop.wait(0.2):
+        pass
     stop_mesh(settings)
     console.print("mesh stopped")
     return 0
