@@ -34,7 +34,7 @@ def _stop_polling(**_: Any) -> None:
 class Transport(filesystem.Transport):  # type: ignore[misc]
     """kombu's filesystem transport, drained in polling-interval steps."""
 
-    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
+    def drain_events(self, connection: Any, timeout: Any = None, **kwargs: Any) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         step = self.polling_interval or 0.1
         while not _stopping.is_set():
