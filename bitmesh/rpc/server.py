@@ -278,10 +278,11 @@ def exit_watchdog(seconds: float) -> threading.Timer:
     """Exit the process ``seconds`` from now if it is still alive then.
 
     Why: after the graceful stop nothing of ours runs, but the interpreter's
-    exit still joins every non-daemon thread a library left behind. The
-    solver once outlived SIGTERM by more than 30 s in the test suite (cause
-    not found); in Kubernetes such a pod is only SIGKILLed at the end of its
-    termination grace period. The watchdog logs the threads still alive and
+    exit still joins every non-daemon thread a library left behind, and a
+    stop can hang in a library too. (The solver's 30 s hang in the test suite
+    was a SIGTERM the main thread never ran, fixed in ``serve_until_signal``;
+    this bounds whatever else may be left.) In Kubernetes such a pod is only
+    SIGKILLed at the end of its termination grace period. The watchdog logs the threads still alive and
     dumps their stacks (so the cause can be found), then exits with 0: the
     stop itself was graceful."""
 
