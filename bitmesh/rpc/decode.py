@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from bitmesh.rpc.handlers import WrappedHandlers
+from bitmesh.rpc.handlers import WrappingInterceptor
 
 __all__ = ["RequestDecodeInterceptor"]
 
@@ -65,18 +65,8 @@ def _wrap(_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler
     return handler
 
 
-class RequestDecodeInterceptor(grpc.ServerInterceptor):
+class RequestDecodeInterceptor(WrappingInterceptor):
     """Parses requests itself (see the module doc); one wrapper per method."""
 
     def __init__(self) -> None:
-        self._handlers = WrappedHandlers(_wrap)
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        return self._handlers.get(handler_call_details.method, handler)  # type: ignore[attr-defined]
+        super().__init__(_wrap)

@@ -17,7 +17,7 @@ import grpc
 
 from bitmesh.errors import BitmeshError
 from bitmesh.logs import current_request_id
-from bitmesh.rpc.handlers import WrappedHandlers
+from bitmesh.rpc.handlers import WrappingInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -101,18 +101,8 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     return handler
 
 
-class ErrorInterceptor(grpc.ServerInterceptor):
+class ErrorInterceptor(WrappingInterceptor):
     """Maps :class:`BitmeshError` to its status; hides unexpected internals."""
 
     def __init__(self) -> None:
-        self._handlers = WrappedHandlers(_wrap)
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        return self._handlers.get(handler_call_details.method, handler)  # type: ignore[attr-defined]
+        super().__init__(_wrap)

@@ -97,6 +97,24 @@ class WrappedHandlers:
         return wrapped
 
 
+class WrappingInterceptor(grpc.ServerInterceptor):
+    """A server interceptor that wraps each method's handler once
+    (:class:`WrappedHandlers`): subclasses only say how to wrap."""
+
+    def __init__(self, wrap: Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]) -> None:
+        self._handlers = WrappedHandlers(wrap)
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        return self._handlers.get(handler_call_details.method, handler)  # type: ignore[attr-defined]
+
+
 def split_method(full_method: str) -> tuple[str, str]:
     """('/pkg.Service/Method') -> ('pkg.Service', 'Method')."""
     service, _, method = full_method.lstrip("/").rpartition("/")

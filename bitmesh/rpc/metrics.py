@@ -39,7 +39,7 @@ from prometheus_client.registry import Collector
 from bitmesh.jobs.plumbing import PROXY_NAS, SENSITIVITY, TRAINER, TRAINING_QUEUES, JobPlumbing
 from bitmesh.jobs.records import JobState
 from bitmesh.jobs.store import JobStore, open_job_store
-from bitmesh.rpc.handlers import WrappedHandlers, split_method, wrap_handler
+from bitmesh.rpc.handlers import WrappingInterceptor, split_method, wrap_handler
 from bitmesh.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -154,24 +154,14 @@ def _code_of(context: grpc.ServicerContext, default: grpc.StatusCode) -> grpc.St
     return code if isinstance(code, grpc.StatusCode) else default
 
 
-class MetricsInterceptor(grpc.ServerInterceptor):
+class MetricsInterceptor(WrappingInterceptor):
     """Records every call of the server in :class:`RpcMetrics`."""
 
     def __init__(self, metrics: RpcMetrics) -> None:
         self.metrics = metrics
-        self._handlers = WrappedHandlers(
+        super().__init__(
             lambda method, handler: wrap_handler(handler, metrics.for_method(method).observe)
         )
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        return self._handlers.get(handler_call_details.method, handler)  # type: ignore[attr-defined]
 
 
 class JobStoreCollector(Collector):

@@ -35,7 +35,7 @@ from google.protobuf.message import Message
 from bitmesh.artifacts import ArtifactStore
 from bitmesh.errors import BitmeshError, InvalidArgument
 from bitmesh.rpc.errors import abort_for, status_code_of
-from bitmesh.rpc.handlers import WrappedHandlers
+from bitmesh.rpc.handlers import WrappingInterceptor
 from bitmesh.settings import Settings
 
 # Message full name -> its string fields that hold a file path.
@@ -198,13 +198,13 @@ def _guarded(
     return unary
 
 
-class PathGuardInterceptor(grpc.ServerInterceptor):
+class PathGuardInterceptor(WrappingInterceptor):
     """Checks the path fields of unary requests; confines them to
     ``artifact_root`` unless it is None (then only malformed paths are refused)."""
 
     def __init__(self, artifact_root: str | None) -> None:
         self.artifact_root = artifact_root
-        self._handlers = WrappedHandlers(self._wrap)
+        super().__init__(self._wrap)
 
     @property
     def confining(self) -> bool:
@@ -224,16 +224,6 @@ class PathGuardInterceptor(grpc.ServerInterceptor):
                 _guarded(method, handler.unary_stream, self.artifact_root, True), **codecs
             )
         return handler
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        return self._handlers.get(handler_call_details.method, handler)  # type: ignore[attr-defined]
 
 
 def is_loopback(host: str) -> bool:

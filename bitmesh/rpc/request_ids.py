@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import grpc
 
 from bitmesh.logs import current_request_id, request_id_scope
-from bitmesh.rpc.handlers import WrappedHandlers, wrap_handler
+from bitmesh.rpc.handlers import WrappingInterceptor, wrap_handler
 
 __all__ = ["REQUEST_ID_KEY", "RequestIdInterceptor", "current_request_id", "request_id_from"]
 
@@ -49,7 +49,7 @@ def _request_id_around(context: grpc.ServicerContext) -> Iterator[str]:
         yield request_id
 
 
-class RequestIdInterceptor(grpc.ServerInterceptor):
+class RequestIdInterceptor(WrappingInterceptor):
     """Sets the request id around each call and echoes it to the caller.
 
     The id is read from the call's own metadata inside the call, so one
@@ -57,16 +57,4 @@ class RequestIdInterceptor(grpc.ServerInterceptor):
     """
 
     def __init__(self) -> None:
-        self._handlers = WrappedHandlers(
-            lambda _method, handler: wrap_handler(handler, _request_id_around)
-        )
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        return self._handlers.get(handler_call_details.method, handler)  # type: ignore[attr-defined]
+        super().__init__(lambda _method, handler: wrap_handler(handler, _request_id_around))
