@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
+import json
 import multiprocessing
 import os
 import sys
@@ -109,28 +110,19 @@ def _prepare(seed: int, training: Training, folder: str, sets: list[OptionSet]) 
     return prepare_seed(seed, training, Path(folder), sets)
 
 
-def _budget(
+def _unit(
+    kind: str,
     prepared: dict[str, Any],
     budget: Budget,
     limit: float,
     option_set: OptionSet,
     training: Training,
 ) -> list[dict[str, Any]]:
-    from fidelity.methods import run_budget
+    """One unit of work in a worker: a budget's methods or its variants."""
+    from fidelity.methods import run_budget, run_variants
 
-    return run_budget(prepared, budget, limit, option_set, training)
-
-
-def _variants(
-    prepared: dict[str, Any],
-    budget: Budget,
-    limit: float,
-    option_set: OptionSet,
-    training: Training,
-) -> list[dict[str, Any]]:
-    from fidelity.methods import run_variants
-
-    return run_variants(prepared, budget, limit, option_set, training)
+    run = run_budget if kind == "budget" else run_variants
+    return run(prepared, budget, limit, option_set, training)
 
 
 def _executor(workers: int) -> futures.Executor:
@@ -251,9 +243,9 @@ def run(args: argparse.Namespace) -> int:
                     rows.extend(cached["rows"])
                     reused.append(kind)
                     continue
-                fn = _budget if kind == "budget" else _variants
                 future = pool.submit(
-                    fn,
+                    _unit,
+                    kind,
                     prepared[seed],
                     budget,
                     limits[budget.name],
@@ -314,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
         result_line=line,
         settings={"steps scale": args.scale, "workers": args.workers},
     )
-    Path(args.rows).write_text(__import__("json").dumps({"rows": rows, "limits": limits}, indent=1))
+    Path(args.rows).write_text(json.dumps({"rows": rows, "limits": limits}, indent=1))
     for cell in table:
         if cell["budget"] == tightest:
             iv = cell["accuracy"]

@@ -11,6 +11,7 @@ layers can be compared with what quantizing them actually costs.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -124,7 +125,7 @@ def measured_increases(
     for name in names:
         out[name] = {}
         for key in keys:
-            model = load_model(model_spec(weights)).eval()
+            model = copy.deepcopy(base)  # the file is read once, not per option
             layers = wrap_with_config(
                 model, {name: parse_option(key)}, QuantSettings(), batches[0][0][:2]
             )

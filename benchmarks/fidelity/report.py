@@ -24,7 +24,7 @@ def _iv(value: Interval | None) -> str:
     if value is None:
         return "-"
     if value.n == 1:
-        return f"{value.mean:+.2f}" if value.mean < 0 else f"{value.mean:.2f}"
+        return f"{value.mean:.2f}"
     return f"{value.mean:.2f} [{value.low:.2f}, {value.high:.2f}]"
 
 
