@@ -92,40 +92,28 @@ class InputLimits:
     def num_classes(self, what: str, classes: int) -> int:
         """``classes`` checked: >= 1 (else INVALID_ARGUMENT), within
         BITMESH_MAX_NUM_CLASSES."""
-        if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
-            raise InvalidArgument(f"{what} must be an integer >= 1, got {classes!r}")
-        if classes > self.max_num_classes:
-            raise ResourceExhausted(
-                f"{what} is {classes:,}; the cap is {self.max_num_classes:,} classes "
-                "(BITMESH_MAX_NUM_CLASSES): ask the operator to raise the cap"
-            )
-        return classes
+        return _counted(
+            what, classes, self.max_num_classes, "classes", "BITMESH_MAX_NUM_CLASSES",
+            "ask the operator to raise the cap",
+        )  # fmt: skip
 
     # -- batches ---------------------------------------------------------------
 
     def batch_size(self, what: str, size: int) -> int:
         """``size`` checked: >= 1 (else INVALID_ARGUMENT), within
         BITMESH_MAX_BATCH_SIZE."""
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise InvalidArgument(f"{what} must be an integer >= 1, got {size!r}")
-        if size > self.max_batch_size:
-            raise ResourceExhausted(
-                f"{what} is {size:,}; the cap is {self.max_batch_size:,} samples "
-                "(BITMESH_MAX_BATCH_SIZE): use smaller batches"
-            )
-        return size
+        return _counted(
+            what, size, self.max_batch_size, "samples", "BITMESH_MAX_BATCH_SIZE",
+            "use smaller batches",
+        )  # fmt: skip
 
     def batches(self, what: str, count: int) -> int:
         """``count`` checked: >= 1 (else INVALID_ARGUMENT), within
         BITMESH_MAX_BATCHES."""
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise InvalidArgument(f"{what} must be an integer >= 1, got {count!r}")
-        if count > self.max_batches:
-            raise ResourceExhausted(
-                f"{what} is {count:,}; the cap is {self.max_batches:,} batches "
-                "(BITMESH_MAX_BATCHES): ask for fewer batches"
-            )
-        return count
+        return _counted(
+            what, count, self.max_batches, "batches", "BITMESH_MAX_BATCHES",
+            "ask for fewer batches",
+        )  # fmt: skip
 
     def data_in_memory(self, what: str, samples: int, shape: Sequence[int]) -> None:
         """``samples`` samples of ``shape`` held at once fit in
@@ -153,3 +141,15 @@ def _size(elements: int) -> str:
         if count >= scale:
             return f"{count / scale:.1f} {unit}"
     return f"{count:.0f} B"
+
+
+def _counted(what: str, value: int, cap: int, unit: str, setting: str, advice: str) -> int:
+    """A count of at least 1 (else INVALID_ARGUMENT) and at most ``cap``
+    (else RESOURCE_EXHAUSTED naming ``setting``): the shape of every count cap."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgument(f"{what} must be an integer >= 1, got {value!r}")
+    if value > cap:
+        raise ResourceExhausted(
+            f"{what} is {value:,}; the cap is {cap:,} {unit} ({setting}): {advice}"
+        )
+    return value
