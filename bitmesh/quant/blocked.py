@@ -66,6 +66,9 @@ _FP16_MAX = 65504.0
 _MXINT8_CODE_SCALE = 64.0
 #: float32 bits without the sign (a 0-dim tensor: ``& python_int`` is slow).
 _MAGNITUDE_BITS = torch.tensor(0x7FFFFFFF, dtype=torch.int32)
+#: Elements per chunk of the scale-and-round loop (1 MiB of float32: half this
+#: machine's L2; 64K-1M all measured within 10 % of each other).
+_CHUNK_ELEMENTS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,7 @@ def unblock(values: Tensor, shape: tuple[int, ...], axis: int, channels: int) ->
     return rows.transpose(1, 2).reshape(shape)
 
 
-def _amax(xb: Tensor) -> tuple[Tensor, Tensor | None]:
+def _amax(xb: Tensor) -> Tensor:
     """Max |x| per block, NaN where a block holds a NaN.
 
     For blocks of 32 and more, max(amax, -amin) allocates no |x| temporary
@@ -162,14 +165,25 @@ def _amax(xb: Tensor) -> tuple[Tensor, Tensor | None]:
     dim of 16 is 4-5x slower than over 32, its int32 one less so: NVFP4's
     blocks take the max of the bit patterns with the sign cleared (ordered
     as the magnitudes, a NaN above inf), 3.7 ms against 6.8 for
-    ``abs().amax()``. That full-size int32 buffer is returned too, for the
-    element rounding to reuse as its scratch (None for the float path).
+    ``abs().amax()``, a chunk at a time into one cache-sized scratch buffer
+    (no full-size temporary).
     """
-    if xb.shape[3] < 32:
-        bits = xb.view(torch.int32) & _MAGNITUDE_BITS
-        return bits.amax(dim=3, keepdim=True).view(torch.float32), bits
-    amax = torch.maximum(xb.amax(dim=3, keepdim=True), xb.amin(dim=3, keepdim=True).neg())
-    return amax, None
+    size = xb.shape[3]
+    if size >= 32:
+        return torch.maximum(xb.amax(dim=3, keepdim=True), xb.amin(dim=3, keepdim=True).neg())
+    rows = xb.reshape(-1, size).view(torch.int32)
+    top = torch.empty((rows.shape[0], 1), dtype=torch.int32, device=xb.device)
+    scratch = torch.empty_like(rows[: _chunk_rows(rows)])
+    for start in range(0, rows.shape[0], scratch.shape[0]):
+        stop = min(start + scratch.shape[0], rows.shape[0])
+        bits = torch.bitwise_and(rows[start:stop], _MAGNITUDE_BITS, out=scratch[: stop - start])
+        torch.amax(bits, dim=1, keepdim=True, out=top[start:stop])
+    return top.view(torch.float32).view(*xb.shape[:3], 1)
+
+
+def _chunk_rows(rows: Tensor) -> int:
+    """Rows of blocks per chunk of a loop that works in the cache."""
+    return min(max(1, _CHUNK_ELEMENTS // rows.shape[1]), rows.shape[0])
 
 
 def _pow2(exponent: Tensor) -> Tensor:
@@ -191,6 +205,27 @@ def _round_elements_(v: Tensor, element: NumericFormat, scratch: Tensor | None =
     return round_fp_grid_(v.clamp_(-element.max_value, element.max_value), element, scratch)
 
 
+def _scaled_elements(xb: Tensor, owned: bool, factor: Tensor, element: NumericFormat) -> Tensor:
+    """``xb * factor`` (one factor per block) rounded onto ``element``'s grid.
+
+    Done a chunk of blocks at a time: the scaling and the seven passes of the
+    rounding then run on data in the core's L2 cache instead of main memory
+    (5x faster on resnet18's largest weight, 2.4M elements: 14.6 ms in one
+    piece against 3.0 ms in chunks of 256K), and the rounding's scratch is
+    one chunk-sized buffer reused. Written in place when ``owned``.
+    """
+    size = xb.shape[-1]
+    rows = xb.view(-1, size) if owned else xb.reshape(-1, size)
+    factors = factor.reshape(-1, 1)
+    out = rows if owned else torch.empty_like(rows)
+    scratch = torch.empty_like(rows[: _chunk_rows(rows)], dtype=torch.int32)
+    for start in range(0, rows.shape[0], scratch.shape[0]):
+        stop = min(start + scratch.shape[0], rows.shape[0])
+        chunk = torch.mul(rows[start:stop], factors[start:stop], out=out[start:stop])
+        _round_elements_(chunk, element, scratch[: stop - start])
+    return out.view(xb.shape)
+
+
 def _scaled(xb: Tensor, owned: bool, factor: Tensor, divide: bool = False) -> Tensor:
     """``xb * factor`` (or ``/``), in place when the buffer is the caller's."""
     if owned:
@@ -199,7 +234,7 @@ def _scaled(xb: Tensor, owned: bool, factor: Tensor, divide: bool = False) -> Te
 
 
 def _mx(xb: Tensor, owned: bool, fmt: NumericFormat) -> tuple[Tensor, Tensor, Tensor]:
-    amax, scratch = _amax(xb)
+    amax = _amax(xb)
     top = _floor_log2(amax)
     exponent = (top - fmt.mx_emax).clamp_(-127, 127)
     scale = _pow2(exponent)
@@ -213,7 +248,7 @@ def _mx(xb: Tensor, owned: bool, fmt: NumericFormat) -> tuple[Tensor, Tensor, Te
         codes = _scaled(xb, owned, inverse).mul_(_MXINT8_CODE_SCALE)
         codes.round_().clamp_(-127, 127).add_(0.0)
         return codes, scale / _MXINT8_CODE_SCALE, scale
-    return _round_elements_(_scaled(xb, owned, inverse), fmt.element, scratch), scale, scale
+    return _scaled_elements(xb, owned, inverse, fmt.element), scale, scale
 
 
 def _stored_e4m3(value: Tensor) -> Tensor:
@@ -225,7 +260,7 @@ def _stored_e4m3(value: Tensor) -> Tensor:
 def _nvfp4(
     xb: Tensor, owned: bool, fmt: NumericFormat, tensor_amax: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    amax, scratch = _amax(xb)
+    amax = _amax(xb)
     finite = torch.isfinite(amax)
     if tensor_amax is None:
         top = torch.where(finite, amax, torch.zeros_like(amax)).amax()
@@ -240,7 +275,7 @@ def _nvfp4(
     special = ~finite
     scale = (tensor_scale * block_scale).masked_fill_(special, float("nan"))
     encode = encode.masked_fill_(special, float("nan"))
-    elements = _round_elements_(_scaled(xb, owned, encode), fmt.element, scratch)
+    elements = _scaled_elements(xb, owned, encode, fmt.element)
     return elements, scale, block_scale, tensor_scale
 
 
