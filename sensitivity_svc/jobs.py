@@ -42,7 +42,8 @@ from bitmesh.limits import InputLimits
 from bitmesh.models.hashing import model_hash
 from bitmesh.models.layer_cache import layers_of
 from bitmesh.models.layers import LayerProfile
-from bitmesh.models.loading import ModelSpec, load_model
+from bitmesh.models.loading import ModelSpec
+from bitmesh.models.model_cache import load_model_copy
 from sensitivity_svc.analysis import (
     METHOD,
     SensitivitySettings,
@@ -215,7 +216,7 @@ def prepare(
             )
 
     torch.manual_seed(int(estimator["seed"]))
-    model = load_model(model_spec)
+    model = load_model_copy(model_spec)
     layers = layers_of(model, model_spec)
     batches = _batches(dataset_spec, size, int(estimator["num_batches"]), int(estimator["seed"]))
     sample_shape = tuple(batches[0][0].shape[1:])

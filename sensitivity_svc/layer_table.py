@@ -9,7 +9,8 @@ from bitmesh.formats import QuantOption
 from bitmesh.models.hashing import model_hash
 from bitmesh.models.layer_cache import layers_of
 from bitmesh.models.layers import LayerProfile, weight_coverage, weight_parameters
-from bitmesh.models.loading import ModelSpec, load_model
+from bitmesh.models.loading import ModelSpec
+from bitmesh.models.model_cache import load_model_copy
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class LayerTable:
 
 def layer_table(spec: ModelSpec, options: list[QuantOption]) -> LayerTable:
     """Load the model, find its quantizable layers and cost every option."""
-    model = load_model(spec)
+    model = load_model_copy(spec)
     layers = layers_of(model, spec)
     costs = {
         layer.name: {

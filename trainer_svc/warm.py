@@ -18,12 +18,9 @@ Only imports: nothing here builds a model, reads data or touches a device
 
 from __future__ import annotations
 
-import importlib
-import logging
-import time
 from collections.abc import Iterable
 
-log = logging.getLogger(__name__)
+from bitmesh import warm
 
 #: What a training job or a proxy NAS trial imports on its way to the first step.
 JOB_MODULES: tuple[str, ...] = (
@@ -40,17 +37,5 @@ JOB_MODULES: tuple[str, ...] = (
 
 
 def warm_imports(modules: Iterable[str] = JOB_MODULES) -> float:
-    """Import ``modules``; return the seconds it took (logged).
-
-    A module that fails to import is logged and skipped: warming is a head
-    start, never a reason for a worker not to start (the job that needs the
-    module then fails with its own error)."""
-    started = time.perf_counter()
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # ImportError, or anything a module raises at import
-            log.warning("could not import %s ahead of the first job: %s", name, exc)
-    seconds = time.perf_counter() - started
-    log.info("job modules imported in %.2f s", seconds)
-    return seconds
+    """Import the job modules (``bitmesh.warm.warm_imports``); the seconds it took."""
+    return warm.warm_imports(modules)

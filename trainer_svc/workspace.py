@@ -28,7 +28,7 @@ from bitmesh.errors import FailedPrecondition, InvalidArgument
 from bitmesh.formats import Granularity, QuantOption
 from bitmesh.models.layer_cache import layers_of
 from bitmesh.models.layers import LayerProfile
-from bitmesh.models.loading import load_model
+from bitmesh.models.model_cache import load_model_copy
 from bitmesh.settings import load_settings
 from trainer_svc.costing import (
     axis_value,
@@ -164,7 +164,7 @@ def validate(request: TrainingRequest, device: torch.device | None = None) -> Wo
     if device is None:
         parse_device(load_settings().device)
     check_data_fits(request)
-    model = load_model(request.model)
+    model = load_model_copy(request.model)
     layers = layers_of(model, request.model)
     ws = Workspace(
         request=request, model=model, layers=layers, device=device or torch.device("cpu")

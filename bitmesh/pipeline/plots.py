@@ -1,9 +1,21 @@
-"""``frontier.png`` and ``layers.png`` (matplotlib, Agg, imported on use)."""
+"""``frontier.png`` and ``layers.png`` (matplotlib, Agg).
+
+matplotlib is imported with this module, not inside each function: ``bitmesh
+run`` imports this module in a background thread while it waits on the mesh
+(``bitmesh.pipeline.run``), and a module's import lock makes a caller wait
+for it to finish, where ``matplotlib.use`` in one thread while another is
+half-way through importing pyplot fails.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # after the backend is chosen
 
 _AXIS_LABELS = {
     "max_bops": ("bops", "BOPs"),
@@ -22,11 +34,6 @@ def _axis_value(point: dict[str, Any], field: str) -> float:
 def plot_frontier(report: dict[str, Any], path: Path) -> None:
     """Omega along the frontier, the budget, the chosen point, the uniform
     baselines; trained accuracies on a second axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     solver = report["stages"]["solver"]
     field, label = _AXIS_LABELS[solver["axis"]]
     frontier = solver["frontier"]
@@ -76,11 +83,6 @@ def plot_frontier(report: dict[str, Any], path: Path) -> None:
 
 def plot_layers(report: dict[str, Any], path: Path) -> None:
     """Each layer's chosen format (bar colour/label) and its sensitivity (bar height)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     layers = report["stages"]["sensitivity"]["layers"]
     config = report["result"]["config"] if report.get("result") else {}
     names = [layer["name"] for layer in layers]

@@ -285,6 +285,31 @@ def test_image_folder_contents_are_checked(tmp_path: Path) -> None:
         check_dataset(spec)
 
 
+def test_a_checked_folder_is_not_reopened_until_its_files_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bitmesh.data import datasets
+
+    spec = DatasetSpec("image_folder", path=str(tmp_path), shape=(3, 8, 8))
+    _write_images(tmp_path, {"a": 2, "b": 2})
+    opened: list[str] = []
+    real = datasets.check_image
+
+    def counted(path: Path, folder: Path, cap: int) -> tuple[int, int]:
+        opened.append(path.name)
+        return real(path, folder, cap)
+
+    monkeypatch.setattr(datasets, "check_image", counted)
+    datasets.check_dataset(spec)
+    assert len(opened) == 4
+    datasets.check_dataset(spec)
+    load_dataset(spec)
+    assert len(opened) == 4  # remembered: no image opened again
+    (tmp_path / "b" / "0.png").write_text("rewritten as text")  # same name, new size
+    with pytest.raises(InvalidArgument, match=r"b/0\.png .* not a readable image"):
+        datasets.check_dataset(spec)
+
+
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_image_bombs_and_undecodable_images_name_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
