@@ -7,7 +7,11 @@ seed 0, 10 classes, bitmesh's build) and the same random data:
 - ``hessian``: ``sensitivity_svc.analysis.analyse`` (memory check included:
   on CUDA it reads ``torch.cuda.mem_get_info``) on one batch, every layer
   exactly ``--hessian-samples`` probes (min = max samples), so both devices
-  do the same work;
+  do the same work, one probe per autograd call;
+- ``hessian_batched``: the same, with up to 8 probes per autograd call
+  (``hvp_strategy="batched"``, vmap): the same probes and estimates, so the
+  faster of the two is the strategy that reaches a target error soonest on
+  that device (what ``BITMESH_HVP_STRATEGY=auto`` measures on CUDA);
 - ``qat``: ``trainer_svc.loop.train`` for ``--qat-steps`` SGD steps on the
   model wrapped at uniform INT8 (``wrap_with_config``), batches from
   ``StepBatches`` (host-to-device copies included);
@@ -38,7 +42,7 @@ import copy
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -61,7 +65,9 @@ from trainer_svc.loop import NullIO, train  # noqa: E402
 from trainer_svc.specs import TrainingSettings  # noqa: E402
 
 CLASSES = 10
-STAGES = ("hessian", "qat", "calibration", "evaluation")
+STAGES = ("hessian", "hessian_batched", "qat", "calibration", "evaluation")
+#: Probes per autograd call of the ``hessian_batched`` stage.
+BATCHED_PROBES = 8
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,14 @@ def run_stages(device: torch.device, sizes: Sizes) -> dict[str, float]:
     times["hessian"] = _timed(
         device, lambda: analyse(base, hessian_batches, layers, ["int8"], settings)
     )
+    batched = replace(
+        settings,
+        hvp_strategy="batched",
+        hvp_probes_per_call=min(BATCHED_PROBES, sizes.hessian_samples),
+    )
+    times["hessian_batched"] = _timed(
+        device, lambda: analyse(base, hessian_batches, layers, ["int8"], batched)
+    )
 
     student: nn.Module = copy.deepcopy(base)
     batches = StepBatches(train_data, sizes.batch, 0, device)
@@ -150,7 +164,7 @@ def _show(device: torch.device, times: dict[str, float]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hessian-batch", type=int, default=8)
-    parser.add_argument("--hessian-samples", type=int, default=4)
+    parser.add_argument("--hessian-samples", type=int, default=8)
     parser.add_argument("--qat-steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--calibration-batches", type=int, default=4)

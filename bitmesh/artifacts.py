@@ -116,11 +116,12 @@ class ArtifactStore:
             raise NotFound(f"artifact {sha} is not in the store at {self.root}")
         return path
 
-    def put_upload(self, data: bytes, filename: str) -> str:
-        """Store a user's file as ``uploads/<sha[:16]>/<filename>`` and return its
-        path: content-addressed like a blob (the same bytes land once), yet
-        named, so a message about the file still shows the name the user gave
-        it, and inside the root, so every service may read it (path guard)."""
+    def put_upload(self, data: bytes, filename: str) -> tuple[str, str]:
+        """Store a user's file as ``uploads/<sha[:16]>/<filename>``; return its
+        path and sha256. Content-addressed like a blob (the same bytes land
+        once), yet named, so a message about the file still shows the name
+        the user gave it, and inside the root, so every service may read it
+        (path guard)."""
         sha = sha256_hex(data)
         path = self.resolve_user_path(f"{sha[:16]}/{_check_name('file name', filename)}")
         if not self.fs.exists(path):
@@ -129,7 +130,7 @@ class ArtifactStore:
             with self.fs.open(tmp, "wb") as fh:
                 fh.write(data)
             self.fs.mv(tmp, path)
-        return str(path)
+        return str(path), sha
 
     # -- named references --------------------------------------------------
     def set_ref(self, namespace: str, key: str, value: Mapping[str, Any]) -> Artifact:

@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     # Where torch work runs (bitmesh/devices.py): auto (CUDA when present),
     # cpu, cuda or cuda:N.
     device: str = "auto"
+    # How the sensitivity service computes Hessian-vector products
+    # (sensitivity_svc/analysis.py): auto (measure on CUDA, one probe per
+    # autograd call on a CPU), single, batched (hvp_probes_per_call probes
+    # per call, vmap), or measure (the first two rounds time both).
+    hvp_strategy: Literal["auto", "single", "batched", "measure"] = "auto"
+    hvp_probes_per_call: int = Field(default=8, ge=2, le=64)
 
     # Solver ceilings (solver_svc/limits.py): every call's time, and the size
     # of a problem before any array is built for it. A dense problem costs
@@ -138,7 +144,40 @@ class Settings(BaseSettings):
         return self.artifact_root
 
 
+def _environment_key() -> tuple[tuple[str, str], ...]:
+    """Every variable the settings read (names are case-insensitive), and
+    those the default artifact root follows."""
+    return tuple(
+        sorted(
+            (name, value)
+            for name, value in os.environ.items()
+            if name.upper().startswith("BITMESH_")
+            or name.upper() == "REDIS_URL"
+            or name in ("XDG_CACHE_HOME", "HOME")
+        )
+    )
+
+
+#: The last settings read from the environment, by the variables they came from.
+_last: tuple[tuple[tuple[str, str], ...], Settings] | None = None
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Settings from the environment with explicit overrides (CLI flags) on top."""
+    """Settings from the environment with explicit overrides (CLI flags) on top.
+
+    Without overrides, the settings are parsed again only when a variable
+    they read has changed: a parse is ~10-20 ms of pydantic on the shared
+    2-core machine, and the request paths read the settings several times
+    per request (a training job's validation did 21 times). Each caller gets
+    a copy of its own.
+    """
+    global _last
     clean = {k: v for k, v in overrides.items() if v is not None}
-    return Settings(**clean)  # type: ignore[arg-type]
+    if clean:
+        return Settings(**clean)  # type: ignore[arg-type]
+    key = _environment_key()
+    last = _last
+    if last is None or last[0] != key:
+        last = (key, Settings())
+        _last = last
+    return last[1].model_copy()

@@ -43,6 +43,7 @@ from sensitivity_svc.hutchinson import (
     Batch,
     CancelFlag,
     HutchinsonSettings,
+    HvpChoice,
     LayerTrace,
     LossFn,
     ProgressFn,
@@ -82,6 +83,8 @@ METHOD = (
 )
 #: Peak memory of the gradient graph and HVPs per byte of forward activations.
 ACTIVATION_FACTOR = 3.0
+#: How the Hessian-vector products may be computed (``BITMESH_HVP_STRATEGY``).
+HVP_STRATEGIES = ("auto", "single", "batched", "measure")
 #: Weights, their gradients (with graph), and per worker thread one HVP and
 #: one probe. Measured on a 3-layer MLP of 4096 features (weights 128 MiB,
 #: activations negligible): the peak was 4.5x the weights with one worker and
@@ -109,8 +112,11 @@ class SensitivitySettings:
     activation_sensitivity: bool = False
     #: None: what the operating system reports as available.
     memory_limit_bytes: int | None = None
+    #: auto | single | batched | measure (see :func:`hvp_plan`).
+    hvp_strategy: str = "auto"
+    hvp_probes_per_call: int = 8
 
-    def estimator(self) -> HutchinsonSettings:
+    def estimator(self, probes_per_call: int = 1, measure: bool = False) -> HutchinsonSettings:
         return HutchinsonSettings(
             target_relative_se=self.target_relative_se,
             max_samples=self.max_samples,
@@ -119,7 +125,31 @@ class SensitivitySettings:
             sketch_budget=self.sketch_budget,
             seed=self.seed,
             workers=self.workers,
+            probes_per_call=probes_per_call,
+            measure_probes=measure,
         )
+
+
+def hvp_plan(settings: SensitivitySettings, device: torch.device) -> tuple[int, bool]:
+    """(probes per autograd call, whether to measure) for ``device``.
+
+    ``auto`` measures on CUDA: batched probes (vmap) may pay off on a GPU,
+    whose kernels one probe leaves mostly idle, while on this 2-core CPU
+    they were up to 10x slower per probe than a loop on most of resnet18's
+    layers; so on a CPU ``auto`` takes one probe per call (and the results
+    stay reproducible from the seed alone: with several batches, the
+    measured choice changes which probe goes to which batch).
+    """
+    strategy = settings.hvp_strategy
+    if strategy not in HVP_STRATEGIES:
+        raise InvalidArgument(
+            f"hvp strategy must be one of {', '.join(HVP_STRATEGIES)}, got {strategy!r}"
+        )
+    if strategy == "auto":
+        strategy = "measure" if device.type == "cuda" else "single"
+    if strategy == "single":
+        return 1, False
+    return settings.hvp_probes_per_call, strategy == "measure"
 
 
 @dataclass(frozen=True)
@@ -278,6 +308,27 @@ def estimate_memory(
     )
 
 
+def _fitting_plan(
+    settings: SensitivitySettings, device: torch.device, need: MemoryEstimate, limit: int | None
+) -> tuple[int, bool]:
+    """:func:`hvp_plan`, or one probe per call where k probes per call might
+    not fit. A batched call holds k probes and products, and vmap k copies of
+    the double backward's temporaries: bounded here, conservatively and not
+    measured, by k times the activation and parameter terms."""
+    probes, measure = hvp_plan(settings, device)
+    if probes > 1 and limit is not None:
+        batched = probes * (need.activations + need.parameters) + need.sketch
+        if batched > limit:
+            logger.info(
+                "one probe per Hessian-vector product: %d per call might need %s of %s",
+                probes,
+                _size(batched),
+                _size(limit),
+            )
+            return 1, False
+    return probes, measure
+
+
 def model_device(model: nn.Module) -> torch.device:
     """Where the model's parameters are (the CPU for a model without any)."""
     first = next(model.parameters(), None)
@@ -369,7 +420,6 @@ def analyse(
     """
     started = time.perf_counter()
     loss = loss_fn if loss_fn is not None else F.cross_entropy
-    estimator = settings.estimator()
     resolved_options = resolve_options(options)
     check_batches(batches)
     if len(batches) > settings.max_samples:
@@ -387,7 +437,10 @@ def analyse(
         else free_memory_bytes(device)
     )
     _check_memory(need, limit, device)
+    probes, measure = _fitting_plan(settings, device, need, limit)
+    estimator = settings.estimator(probes, measure)
     validate_data(model, loss, batches)
+    choices: list[HvpChoice] = []
 
     names = [p.name for p, _ in resolved]
     traces = estimate_weight_traces(
@@ -398,6 +451,7 @@ def analyse(
         estimator,
         progress=_staged(progress, "weights"),
         cancel=cancel,
+        on_choice=choices.append,
     )
     activations: list[LayerTrace | None] = [None] * len(resolved)
     if settings.activation_sensitivity:
@@ -443,6 +497,8 @@ def analyse(
             seed=settings.seed,
             num_batches=len(batches),
             batch_sizes=tuple(int(inputs.shape[0]) for inputs, _ in batches),
+            hvp_probes_per_call=choices[0].probes_per_call,
+            hvp_seconds_per_sample={str(k): v for k, v in choices[0].seconds_per_sample.items()},
         ),
         seconds=seconds,
     )

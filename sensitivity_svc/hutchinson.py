@@ -67,9 +67,20 @@ forward+backward pass):
    the standard error is stratified (pooled within-batch spread): the target
    is the Hessian over *these* batches, so their differences are not noise.
 
-Not used, measured: ``torch.autograd.grad(..., is_grads_batched=True)`` (vmap
-over 8 probes) was up to 10x slower per probe than a loop on this CPU on most
-layers; forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``)
+8. Batched probes, chosen by measurement: ``probes_per_call`` k > 1 takes k
+   probes in one ``torch.autograd.grad(..., is_grads_batched=True)`` call
+   (vmap). On this 2-core CPU that was up to 10x slower per probe than a
+   loop on most of resnet18's layers (faster on the small digits CNN); a
+   GPU, which one probe leaves mostly idle, may gain. With
+   ``measure_probes`` the first round takes one probe per call, the second
+   k, and the run keeps the one whose samples cost less wall time (the
+   graph's one-off build is not counted; both rounds' samples are kept, so
+   measuring costs no extra products). Each layer draws the same probes in
+   the same order either way: with one batch the estimates are the same to
+   rounding; with several, which probe goes to which batch changes. A graph
+   holding an op that vmap cannot batch falls back to one call per probe.
+
+Not used, measured: forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``)
 costs about a fresh-graph double backward (METHODS.md section 9) and cannot
 reuse one gradient graph across probes; a Nystrom correction of all-parameter
 probes (one sketch of the whole Hessian, whose cross-layer blocks make it
@@ -87,6 +98,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from contextlib import contextmanager
@@ -103,6 +115,7 @@ __all__ = [
     "Batch",
     "CancelFlag",
     "HutchinsonSettings",
+    "HvpChoice",
     "LayerTrace",
     "LossFn",
     "NystromControlVariate",
@@ -140,6 +153,13 @@ class HutchinsonSettings:
     """How long to sample and what to reuse.
 
     ``workers`` is how many Hessian-vector products run at once (threads).
+    ``probes_per_call`` is how many probes one autograd call takes (k > 1:
+    ``is_grads_batched``, vmap over k probes); with ``measure_probes`` the
+    first round takes one probe per call, the second ``probes_per_call``,
+    and the rest of the run the one whose samples cost less (see
+    :class:`HvpChoice`). The probes are the same either way (drawn in
+    order from each layer's generator); what changes is how many products
+    one call computes.
     ``sketch_size`` caps the rank of the control variate (0: plain
     Hutchinson) and ``sketch_budget`` the elements it stores per layer: a
     layer of P weights keeps ``min(sketch_size, sketch_budget // P)``
@@ -155,6 +175,8 @@ class HutchinsonSettings:
     sketch_budget: int = 16_000_000
     seed: int = 0
     workers: int = 2
+    probes_per_call: int = 1
+    measure_probes: bool = False
 
     def __post_init__(self) -> None:
         if not (self.target_relative_se > 0 and math.isfinite(self.target_relative_se)):
@@ -180,6 +202,8 @@ class HutchinsonSettings:
             raise InvalidArgument(f"seed must be >= 0, got {self.seed}")
         if self.workers < 1:
             raise InvalidArgument(f"workers must be >= 1, got {self.workers}")
+        if self.probes_per_call < 1:
+            raise InvalidArgument(f"probes_per_call must be >= 1, got {self.probes_per_call}")
 
 
 @dataclass(frozen=True)
@@ -201,6 +225,25 @@ class LayerTrace:
 
 
 ProgressFn = Callable[[LayerTrace], None]
+
+
+@dataclass(frozen=True)
+class HvpChoice:
+    """How the run computed its Hessian-vector products, and why.
+
+    ``seconds_per_sample`` holds what was measured, keyed by probes per call
+    (the wall time of a round over the samples it took; empty when nothing
+    was measured, i.e. the setting decided). ``fell_back`` says a batched
+    call failed (an op without a batching rule) and the products were taken
+    one at a time instead.
+    """
+
+    probes_per_call: int
+    seconds_per_sample: dict[int, float]
+    fell_back: bool = False
+
+
+ChoiceFn = Callable[[HvpChoice], None]
 
 
 def sketch_rank(numel: int, settings: HutchinsonSettings, batches: int = 1) -> int:
@@ -383,16 +426,46 @@ class _LayerState:
         self._rounding_scale = 0.0
         self._frob_plain: list[float] = []
         self._frob_control: list[float] = []
+        self.fell_back = False
 
-    def sample(self, gradient: Tensor | None, target: Tensor, batch: int, scale: float) -> None:
-        """Draw one probe, take one Hessian-vector product, record the sample."""
+    def sample(
+        self, gradient: Tensor | None, target: Tensor, batch: int, scale: float, probes: int = 1
+    ) -> None:
+        """Draw ``probes`` probes, take their Hessian-vector products (one
+        autograd call for all of them when ``probes`` > 1), record the samples."""
         numel = target.numel()
         if self._pair is None or self._pair.shape[1] != numel or self._pair.dtype != target.dtype:
             self._pair = torch.empty((2, numel), dtype=target.dtype, device=target.device)
         pair = self._pair
-        rademacher_(pair[0], self.generator)
-        product = _hvp(gradient, target, pair[0].view_as(target))
-        pair[1].copy_(product.reshape(-1))
+        if probes == 1:
+            rademacher_(pair[0], self.generator)
+            product = _hvp(gradient, target, pair[0].view_as(target))
+            pair[1].copy_(product.reshape(-1))
+            self._record(pair, target, batch, scale)
+            return
+        block = torch.empty((probes, numel), dtype=target.dtype, device=target.device)
+        for row in block:
+            rademacher_(row, self.generator)
+        products = self._batched_products(gradient, target, block)
+        for row, product in zip(block, products, strict=True):
+            pair[0].copy_(row)
+            pair[1].copy_(product.reshape(-1))
+            self._record(pair, target, batch, scale)
+
+    def _batched_products(self, gradient: Tensor | None, target: Tensor, block: Tensor) -> Tensor:
+        """H v for each row of ``block`` in one call; one call per row if the
+        graph holds an op that vmap cannot batch (the same products)."""
+        try:
+            return _hvp_batched(gradient, target, block.view(block.shape[0], *target.shape))
+        except RuntimeError as exc:
+            if not self.fell_back:
+                logger.info("layer %s: batched products failed (%s); one at a time", self.name, exc)
+            self.fell_back = True
+            return torch.stack([_hvp(gradient, target, row.view_as(target)) for row in block])
+
+    def _record(self, pair: Tensor, target: Tensor, batch: int, scale: float) -> None:
+        """One sample from ``pair`` = (probe v, H v), flat."""
+        numel = target.numel()
         gram = (pair @ pair.T).double().cpu().numpy()
         plain, product_sq = float(gram[0, 1]), float(gram[1, 1])
         if not math.isfinite(plain):
@@ -426,6 +499,11 @@ class _LayerState:
         # Var(v^T A v) = 2 (||A||_F^2 - sum_i A_ii^2) <= 2 E||A v||^2 for symmetric A.
         self.variances[batch].append(2.0 * frob * scale * scale)
 
+    def probes_for(self, wanted: int, batches: int) -> int:
+        """Probes per call this round: ``wanted``, but never past max_samples."""
+        room = (self.settings.max_samples - self.samples) // batches
+        return max(1, min(wanted, room))
+
     def _control_helps(self) -> bool:
         """Whether the next sample should use the correction (past samples only):
         E||(H - H_hat) v||^2 against E||H v||^2, i.e. the two variances' bounds."""
@@ -455,6 +533,8 @@ class _LayerState:
             current.samples >= settings.min_samples
             and current.standard_error <= settings.target_relative_se * abs(current.trace)
         )
+        # (A round of k probes per call shrinks k to what fits, probes_for:
+        # only a round that cannot take one sample per batch ends the layer.)
         if converged or self.samples + batches > settings.max_samples:
             self.done = True
             for control in self.controls.values():
@@ -484,6 +564,21 @@ def _hvp(gradient: Tensor | None, target: Tensor, probe: Tensor) -> Tensor:
         gradient, target, grad_outputs=probe, retain_graph=True, allow_unused=True
     )
     return torch.zeros_like(target) if product is None else product.detach()
+
+
+def _hvp_batched(gradient: Tensor | None, target: Tensor, probes: Tensor) -> Tensor:
+    """H v for each of ``probes`` (k, *target.shape) in one autograd call (vmap)."""
+    if gradient is None or not gradient.requires_grad:
+        return torch.zeros_like(probes)
+    (products,) = torch.autograd.grad(
+        gradient,
+        target,
+        grad_outputs=probes,
+        retain_graph=True,
+        allow_unused=True,
+        is_grads_batched=True,
+    )
+    return torch.zeros_like(probes) if products is None else products.detach()
 
 
 def _mean_loss(model: nn.Module, loss_fn: LossFn, batch: Batch, index: int) -> Tensor:
@@ -569,15 +664,18 @@ def _sample_all(
     scale: float,
     progress: ProgressFn | None,
     cancel: CancelFlag | None,
+    probes: int = 1,
+    batches: int = 1,
 ) -> None:
-    """One sample of each (layer, gradient, target), in ``pool``'s threads if
-    given. Progress is reported from the calling thread, and once the cancel
-    flag is seen no sample starts and nothing more is reported (samples
-    already running, at most one per worker, are waited for)."""
+    """``probes`` samples of each (layer, gradient, target) (fewer where a
+    layer's max_samples is near; one autograd call each), in ``pool``'s
+    threads if given. Progress is reported from the calling thread, and once
+    the cancel flag is seen no sample starts and nothing more is reported
+    (samples already running, at most one per worker, are waited for)."""
 
     def one(state: _LayerState, gradient: Tensor | None, target: Tensor) -> _LayerState:
         _check_cancel(cancel, state)
-        state.sample(gradient, target, batch, scale)
+        state.sample(gradient, target, batch, scale, state.probes_for(probes, batches))
         return state
 
     def report(state: _LayerState) -> None:
@@ -607,25 +705,35 @@ def _run(
     settings: HutchinsonSettings,
     progress: ProgressFn | None,
     cancel: CancelFlag | None,
+    on_choice: ChoiceFn | None = None,
 ) -> list[LayerTrace]:
     """Rounds over the batches until every layer has stopped."""
     count = len(batches)
     states = [_LayerState(i, name, count, settings) for i, name in enumerate(names)]
     kept: tuple[list[tuple[Tensor | None, Tensor]], float] | None = None
     pool = ThreadPoolExecutor(settings.workers) if settings.workers > 1 else None
+    chooser = _ProbeChooser(settings)
     try:
         while active := [i for i, s in enumerate(states) if not s.done]:
+            probes = chooser.next_round()
+            taken = sum(states[i].samples for i in active)
+            seconds = 0.0  # what a round's samples cost: its products, and its
+            # graphs where every round builds them again (several batches)
             for b in range(count):
+                started = time.perf_counter()
                 if count == 1:
                     # One batch: its graph serves every sample of the whole run.
                     if kept is None:
                         kept = build_graph(0, range(len(states)))
+                        started = time.perf_counter()
                     pairs, scale = [kept[0][i] for i in active], kept[1]
                 else:
                     pairs, scale = build_graph(b, active)
                 work = [(states[i], g, t) for i, (g, t) in zip(active, pairs, strict=True)]
-                _sample_all(pool, work, b, scale, progress, cancel)
+                _sample_all(pool, work, b, scale, progress, cancel, probes, count)
+                seconds += time.perf_counter() - started
                 del pairs, work
+            chooser.measured(probes, seconds, sum(states[i].samples for i in active) - taken)
             for i in active:
                 states[i].finish_round(settings, count)
                 if states[i].done and progress is not None:
@@ -633,7 +741,44 @@ def _run(
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+    if on_choice is not None:
+        on_choice(chooser.choice(any(s.fell_back for s in states)))
     return [s.result() for s in states]
+
+
+class _ProbeChooser:
+    """Probes per autograd call, round by round: the setting's, or (with
+    ``measure_probes``) one in the first round, ``probes_per_call`` in the
+    second, then whichever took less wall time per sample. Both rounds'
+    samples count: measuring costs no extra products."""
+
+    def __init__(self, settings: HutchinsonSettings) -> None:
+        self.wanted = settings.probes_per_call
+        self.measure = settings.measure_probes and self.wanted > 1
+        self.seconds: dict[int, float] = {}
+        self.chosen: int | None = None if self.measure else self.wanted
+
+    def next_round(self) -> int:
+        if self.chosen is not None:
+            return self.chosen
+        return 1 if 1 not in self.seconds else self.wanted
+
+    def measured(self, probes: int, seconds: float, samples: int) -> None:
+        if self.chosen is not None or samples == 0:
+            return
+        self.seconds[probes] = seconds / samples
+        if len(self.seconds) == 2:
+            self.chosen = min(self.seconds, key=lambda k: (self.seconds[k], k))
+            logger.info(
+                "Hessian-vector products: %s per call (seconds per sample: %s)",
+                self.chosen,
+                ", ".join(f"{k} per call {v:.3g}" for k, v in sorted(self.seconds.items())),
+            )
+
+    def choice(self, fell_back: bool) -> HvpChoice:
+        # A run that ended within its first round chose nothing: one per call.
+        chosen = self.chosen if self.chosen is not None else 1
+        return HvpChoice(chosen, dict(self.seconds), fell_back)
 
 
 def estimate_weight_traces(
@@ -645,6 +790,7 @@ def estimate_weight_traces(
     *,
     progress: ProgressFn | None = None,
     cancel: CancelFlag | None = None,
+    on_choice: ChoiceFn | None = None,
 ) -> list[LayerTrace]:
     """Tr(H_ll) for each (name, weight) in ``layers``, in that order.
 
@@ -652,7 +798,8 @@ def estimate_weight_traces(
     ``progress`` receives every layer's running estimate after each of its
     samples (and the final one, ``done=True``), always from the calling
     thread; ``cancel.is_set()`` is checked before every sample and every
-    report and raises Cancelled.
+    report and raises Cancelled. ``on_choice`` receives how the products
+    were computed (:class:`HvpChoice`) once the run ends.
     """
     _check_inputs([n for n, _ in layers], batches, settings)
     weights = [w for _, w in layers]
@@ -673,6 +820,7 @@ def estimate_weight_traces(
             settings,
             progress,
             cancel,
+            on_choice,
         )
 
 
@@ -685,6 +833,7 @@ def estimate_activation_traces(
     *,
     progress: ProgressFn | None = None,
     cancel: CancelFlag | None = None,
+    on_choice: ChoiceFn | None = None,
 ) -> list[LayerTrace]:
     """Mean over samples of Tr(d^2 loss_n / d a_n^2) for each layer's input a_n.
 
@@ -733,4 +882,5 @@ def estimate_activation_traces(
             settings,
             progress,
             cancel,
+            on_choice,
         )

@@ -44,6 +44,7 @@ from bitmesh.models.layer_cache import layers_of
 from bitmesh.models.layers import LayerProfile
 from bitmesh.models.loading import ModelSpec
 from bitmesh.models.model_cache import load_model_copy
+from bitmesh.settings import load_settings
 from sensitivity_svc.analysis import (
     METHOD,
     SensitivitySettings,
@@ -200,11 +201,14 @@ def prepare(
     size = batch_size or DEFAULT_BATCH_SIZE
     check_analysis_size(model_spec, dataset_spec, size, int(estimator["num_batches"]))
     d_hash = dataset_hash(dataset_spec)
+    operator = load_settings()
     settings = SensitivitySettings(
         target_relative_se=float(estimator["target_relative_se"]),
         max_samples=int(estimator["max_samples"]),
         seed=int(estimator["seed"]),
         activation_sensitivity=activation_sensitivity,
+        hvp_strategy=operator.hvp_strategy,
+        hvp_probes_per_call=operator.hvp_probes_per_call,
     )
     fingerprint = request_fingerprint(model_spec, d_hash, size, estimator, activation_sensitivity)
     known = _remembered.get(fingerprint) if fingerprint is not None else None

@@ -169,6 +169,10 @@ class EstimatorInfo:
     seed: int
     num_batches: int
     batch_sizes: tuple[int, ...]
+    #: Probes per autograd call, and the seconds per sample measured for
+    #: each candidate (keys: probes per call; empty when not measured).
+    hvp_probes_per_call: int = 1
+    hvp_seconds_per_sample: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -187,6 +191,10 @@ class EstimatorInfo:
             seed=int(data["seed"]),
             num_batches=int(data["num_batches"]),
             batch_sizes=tuple(int(b) for b in data["batch_sizes"]),
+            hvp_probes_per_call=int(data.get("hvp_probes_per_call", 1)),
+            hvp_seconds_per_sample={
+                str(k): float(v) for k, v in data.get("hvp_seconds_per_sample", {}).items()
+            },
         )
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict, ParseDict
 
-from bitmesh.artifacts import ArtifactStore, sha256_hex
+from bitmesh.artifacts import ArtifactStore
 from bitmesh.errors import InvalidArgument, NotFound
 from bitmesh.pipeline.request import PipelineRequest
 from bitmesh.rpc.convert_ml import DEFAULT_IMAGE_SHAPE, DIGITS_ARCH, DIGITS_SHAPE
@@ -94,8 +94,7 @@ def _upload(store: ArtifactStore, path_text: str, what: str) -> tuple[str, str]:
     path = Path(path_text)
     if not path.is_file():
         raise NotFound(f"{what} {path_text!r} does not exist or is not a file")
-    data = path.read_bytes()
-    return store.put_upload(data, path.name), sha256_hex(data)
+    return store.put_upload(path.read_bytes(), path.name)
 
 
 def _program_input_shape(path: str, shown: str) -> tuple[int, ...]:
