@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bitmesh.errors import ERRORS_BY_STATUS, BitmeshError
+from bitmesh.errors import ERRORS_BY_STATUS, BitmeshError, InvalidArgument
 from bitmesh.mesh_state import resolve_addresses
 from bitmesh.rpc.keepalive import client_keepalive_options
 from bitmesh.settings import SERVICES, ServiceName, Settings, load_settings
@@ -61,6 +61,41 @@ def error_from_rpc(exc: grpc.RpcError) -> BitmeshError:
     return error
 
 
+def channel_credentials(settings: Settings) -> grpc.ChannelCredentials:
+    """TLS trusting ``tls_ca_file``, presenting the client certificate when
+    one is set (a server with a client CA requires it: mutual TLS).
+
+    Raises InvalidArgument when only one of the certificate and its key is
+    set, or a file cannot be read: the setting to fix is named."""
+    cert_file, key_file = settings.tls_client_cert_file, settings.tls_client_key_file
+    if bool(cert_file) != bool(key_file):
+        raise InvalidArgument(
+            "BITMESH_TLS_CLIENT_CERT_FILE and BITMESH_TLS_CLIENT_KEY_FILE go together: "
+            "set both (mutual TLS) or neither"
+        )
+    assert settings.tls_ca_file is not None
+    files = {"BITMESH_TLS_CA_FILE": settings.tls_ca_file}
+    if cert_file and key_file:
+        files |= {
+            "BITMESH_TLS_CLIENT_CERT_FILE": cert_file,
+            "BITMESH_TLS_CLIENT_KEY_FILE": key_file,
+        }
+    read: dict[str, bytes] = {}
+    for setting, path in files.items():
+        try:
+            with open(path, "rb") as fh:
+                read[setting] = fh.read()
+        except OSError as exc:
+            raise InvalidArgument(
+                f"{setting} {path!r} cannot be read ({exc.strerror or type(exc).__name__})"
+            ) from None
+    return grpc.ssl_channel_credentials(
+        root_certificates=read["BITMESH_TLS_CA_FILE"],
+        private_key=read.get("BITMESH_TLS_CLIENT_KEY_FILE"),
+        certificate_chain=read.get("BITMESH_TLS_CLIENT_CERT_FILE"),
+    )
+
+
 class Client:
     """A client of the whole mesh. Use as a context manager to close channels."""
 
@@ -92,8 +127,7 @@ class Client:
             ]
             address = self.addresses[service]
             if self.settings.tls_ca_file:
-                with open(self.settings.tls_ca_file, "rb") as fh:
-                    creds = grpc.ssl_channel_credentials(root_certificates=fh.read())
+                creds = channel_credentials(self.settings)
                 self._channels[service] = grpc.secure_channel(address, creds, options)
             else:
                 self._channels[service] = grpc.insecure_channel(address, options)

@@ -124,8 +124,14 @@ class Settings(BaseSettings):
     allow_insecure: bool = False
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    # Servers: with a client CA, every caller must present a certificate it
+    # signed (mutual TLS).
     tls_client_ca_file: str | None = None
     tls_ca_file: str | None = None  # for clients: the CA that signed the servers
+    # Clients (bitmesh.Client, and each service calling another): the
+    # certificate and key presented to a server that asks for one.
+    tls_client_cert_file: str | None = None
+    tls_client_key_file: str | None = None
     metrics_port: int = 0  # 0 = no Prometheus endpoint
     # A plaintext port serving only the health service (Kubernetes' native gRPC
     # probes cannot do TLS or send a token); 0 = none.

@@ -1,4 +1,5 @@
-"""Test certificates: a throwaway CA and a server certificate for localhost."""
+"""Test certificates: a throwaway CA, a server certificate for localhost and
+a client certificate (mutual TLS), both signed by it."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ class TlsFiles:
     ca_cert: Path
     server_cert: Path
     server_key: Path
+    client_cert: Path
+    client_key: Path
 
 
 def _name(common_name: str) -> x509.Name:
@@ -33,7 +36,8 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def make_tls_files(folder: Path, ca_name: str = "bitmesh-test-ca") -> TlsFiles:
-    """A CA and a server certificate for localhost / 127.0.0.1 signed by it."""
+    """A CA, and a server and a client certificate for localhost / 127.0.0.1
+    signed by it."""
     folder.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -62,26 +66,36 @@ def make_tls_files(folder: Path, ca_name: str = "bitmesh-test-ca") -> TlsFiles:
         )
         .sign(ca_key, hashes.SHA256())
     )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
+    files = TlsFiles(
+        folder / "ca.crt",
+        folder / "tls.crt",
+        folder / "tls.key",
+        folder / "client.crt",
+        folder / "client.key",
     )
-    files = TlsFiles(folder / "ca.crt", folder / "tls.crt", folder / "tls.key")
     files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    files.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.server_key.write_bytes(_pem_key(key))
+    for cert_path, key_path, usage in (
+        (files.server_cert, files.server_key, ExtendedKeyUsageOID.SERVER_AUTH),
+        (files.client_cert, files.client_key, ExtendedKeyUsageOID.CLIENT_AUTH),
+    ):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name("localhost"))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(_pem_key(key))
     return files
