@@ -196,7 +196,11 @@ def run_job(
     settings: TrainerSettings | None = None,
     keepalive: list[Action] | None = None,
 ) -> JobState:
-    """Run (or resume) one job to a terminal state; return that state."""
+    """Run (or resume) one job to a terminal state; return that state.
+
+    Raises :class:`StoreOutage` when the store stayed down past its retry
+    window; the job is then QUEUED again (or was never touched) and the
+    caller sends it again: it resumes from its checkpoint."""
     settings = settings or TrainerSettings()
     record = store.get(job_id)
     if record.state.terminal:
@@ -226,7 +230,13 @@ def run_job(
         store.update(
             job_id, lambda r: transition(r, state=JobState.RUNNING, stage=stage, message=stage)
         )
-        return _run(job_id, record, store, artifacts, lost)
+        try:
+            return _run(job_id, record, store, artifacts, lost)
+        except StoreOutage:
+            if lost.is_set():  # another runner has it: nothing to hand back
+                return store.get(job_id).state
+            _requeue(job_id, store)
+            raise  # the task retries (trainer_svc.tasks); this lease is released first
 
 
 def _run(
@@ -276,34 +286,30 @@ def _run(
     ).state
 
 
-def hand_back(job_id: str, store: JobStore, lease: Lease, ttl: float) -> bool:
-    """After a :class:`StoreOutage`: wait for the store, then put the job back
-    to QUEUED (so it is not left RUNNING with nothing running it) unless
-    another runner holds its lease meanwhile. Returns whether the caller must
-    send it again (the Celery task retries itself; the next delivery resumes
-    from the checkpoint). Waits as long as the outage lasts: a worker can do
-    nothing else without its broker, which is the same Redis."""
-    forever = RetryPolicy(window_s=math.inf)
-    owner = f"hand-back:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    if not call_with_retry(lambda: lease.acquire(job_id, owner, ttl), forever):
-        return False  # a redelivery is running it already
-    try:
-        record = call_with_retry(
-            lambda: store.update(
-                job_id,
-                lambda r: (
-                    r
-                    if r.state is not JobState.RUNNING
-                    else transition(
-                        r,
-                        state=JobState.QUEUED,
-                        stage="waiting to resume",
-                        message="Redis was unreachable; waiting to resume from the checkpoint",
-                    )
-                ),
+def _requeue(job_id: str, store: JobStore) -> JobRecord:
+    """After a :class:`StoreOutage`, with the lease still ours: wait for the
+    store as long as the outage lasts (a worker can do nothing else without
+    its broker, the same Redis), then put the job back to QUEUED, so it is
+    not left RUNNING with nothing running it."""
+    return call_with_retry(
+        lambda: store.update(
+            job_id,
+            lambda r: (
+                r
+                if r.state is not JobState.RUNNING
+                else transition(
+                    r,
+                    state=JobState.QUEUED,
+                    stage="waiting to resume",
+                    message="Redis was unreachable; waiting to resume from the checkpoint",
+                )
             ),
-            forever,
-        )
-    finally:
-        lease.release(job_id, owner)
-    return not record.state.terminal
+        ),
+        RetryPolicy(window_s=math.inf),
+        what=f"the job store (to hand job {job_id} back)",
+    )
+
+
+def wait_for_store(job_id: str, store: JobStore) -> JobRecord:
+    """Block until the store answers again (for a task about to retry)."""
+    return call_with_retry(lambda: store.get(job_id), RetryPolicy(window_s=math.inf))

@@ -57,7 +57,7 @@ def ping(token: str) -> str:
 )
 def run_training_job(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
     """Run or resume one training job; returns its final state."""
-    from trainer_svc.jobs import hand_back, run_job
+    from trainer_svc.jobs import run_job, wait_for_store
 
     store, artifacts, lease, trainer = _stores()
     settings = load_settings()
@@ -69,12 +69,12 @@ def run_training_job(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
         state = run_job(job_id, store, artifacts, lease=lease, settings=trainer, keepalive=actions)
     except StoreOutage as exc:
         # Redis stayed down past BITMESH_STORE_RETRY_SECONDS: not done, not
-        # failed. Once it is back the job goes to QUEUED and this task is
-        # retried (a new message, this one acked); it resumes from its checkpoint.
+        # failed. The job is QUEUED again (run_job); once Redis answers this
+        # task is retried (a new message, this one acked) and the next
+        # delivery resumes from the checkpoint.
         log.warning("job %s: %s", job_id, exc.message)
-        if hand_back(job_id, store, lease, trainer.lease_ttl_s):
-            raise self.retry(exc=exc, countdown=1, max_retries=None) from exc
-        return "handed over"
+        wait_for_store(job_id, store)
+        raise self.retry(exc=exc, countdown=1, max_retries=None) from exc
     return state.value
 
 
