@@ -175,9 +175,21 @@ def build(
         open_lease(settings.redis_url, settings.artifact_root, PROXY_NAS.store),
         settings.job_lease_seconds,
     )
+    from bitmesh.jobs.plumbing import PROXY_NAS_TRIALS
+    from bitmesh.rpc.metrics import broker_queue_length
+    from proxy_nas_svc.coordinator import CoordinatorOptions
+
+    run_lease = open_lease(settings.redis_url, settings.artifact_root, PROXY_NAS_TRIALS.store)
     runner = SearchRunner(
         store,
-        backend_for=lambda job_id: CeleryBackend(celery, artifacts, job_id),
+        backend_for=lambda job_id: CeleryBackend(
+            celery,
+            artifacts,
+            job_id,
+            lease=run_lease,
+            queue_length=lambda: broker_queue_length(settings, PROXY_NAS_TRIALS.queue_name),
+        ),
+        options=CoordinatorOptions(requeue_after_s=settings.requeue_after_seconds),
         storage_factory=lambda: open_storage(settings.redis_url, settings.artifact_root),
         leases=leases,
         retry=RetryPolicy(window_s=settings.store_retry_seconds),

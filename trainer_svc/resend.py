@@ -65,6 +65,7 @@ class Resender:
         lease_ttl_s: float,
         requeue_after_s: float,
         clock: Callable[[], float] = time.time,
+        before_sweep: Callable[[], object] = lambda: None,
     ) -> None:
         self.store = store
         self.lease = lease
@@ -73,6 +74,9 @@ class Resender:
         self.lease_ttl_s = lease_ttl_s
         self.requeue_after_s = requeue_after_s
         self.clock = clock
+        # The embedded queue puts back dead workers' fetched messages first
+        # (trainer_svc.celery_app.restore_lost_fetches).
+        self.before_sweep = before_sweep
         self._periodic: Periodic | None = None
 
     def _waited(self, record: JobRecord, now: float) -> bool:
@@ -81,6 +85,7 @@ class Resender:
 
     def sweep(self) -> list[str]:
         """Re-send what needs it; return the ids re-sent."""
+        self.before_sweep()
         now = self.clock()
         candidates = [
             r

@@ -19,7 +19,7 @@ from bitmesh.jobs.plumbing import PING, TRAINER
 from bitmesh.jobs.retry import RetryingLease, RetryingStore, RetryPolicy, StoreOutage
 from bitmesh.jobs.store import JobStore, open_job_store
 from bitmesh.settings import load_settings
-from trainer_svc.celery_app import app, send_job
+from trainer_svc.celery_app import app, restore_lost_fetches, send_job
 from trainer_svc.config import TrainerSettings
 from trainer_svc.keepalive import Action, redis_delivery_toucher
 from trainer_svc.lease import Lease, open_lease
@@ -101,6 +101,9 @@ def _recover_orphans(sender: Any = None, **_: Any) -> None:
 
     # Fresh stores, not the cached ones: pool processes forked later must not
     # inherit this process's SQLite connections.
+    restored = restore_lost_fetches(app)
+    if restored:
+        log.warning("put back %d messages fetched by workers that died", restored)
     settings = load_settings()
     store = open_job_store(settings.redis_url, settings.artifact_root, SERVICE)
     lease = open_lease(settings.redis_url, settings.artifact_root)

@@ -21,6 +21,7 @@ import pytest
 from bitmesh.jobs.plumbing import TRAINER
 from bitmesh.settings import load_settings
 from bitmesh.v1 import common_pb2 as c
+from bitmesh.v1 import proxy_nas_pb2 as p
 from bitmesh.v1 import trainer_pb2 as t
 from tests.integration.trainer.conftest import TrainerMesh, make_mesh
 from tests.redis_process import RedisProcess
@@ -82,3 +83,51 @@ def test_a_job_whose_message_died_with_an_idle_worker_is_re_sent(
     assert resent and "never reached a runner" in resent[0].getMessage()
     events = mesh.store().events_since(job_id, 0)
     assert [e["state"] for e in events].count("succeeded") == 1
+
+
+def test_a_proxy_trial_run_whose_message_died_with_an_idle_worker_is_re_sent(
+    lost_mesh: TrainerMesh, caplog: pytest.LogCaptureFixture
+) -> None:
+    import redis
+
+    from bitmesh.client import Client
+    from bitmesh.jobs.plumbing import PROXY_NAS_TRIALS
+    from bitmesh.rpc.service_main import start_service
+    from proxy_nas_svc.servicer import build
+    from tests.integration.durability.test_service_orphans import SEARCH
+
+    mesh = lost_mesh
+    service = start_service("proxy_nas", build, mesh.settings, port=0)
+    unused = "127.0.0.1:1"
+    addresses = {"proxy_nas": f"127.0.0.1:{service.port}"}
+    addresses.update({n: unused for n in ("trainer", "sensitivity", "solver")})
+    broker = redis.Redis.from_url(mesh.redis_url)
+    try:
+        with (
+            caplog.at_level(logging.WARNING, logger="proxy_nas_svc.coordinator"),
+            Client(mesh.settings, addresses=addresses, timeout=60) as client,
+        ):
+            job_id = client.start_tuning(SEARCH).job_id
+            # No worker yet: the first run's message waits; take it as the
+            # dead worker's BRPOP did.
+            wait_for(lambda: broker.llen(PROXY_NAS_TRIALS.queue_name) > 0, 60, "a run message")
+            assert broker.rpop(PROXY_NAS_TRIALS.queue_name) is not None
+            mesh.start_worker()
+            done = wait_for(
+                lambda: (
+                    (r := client.get_tuning(job_id)).status.state
+                    in (c.JOB_STATE_SUCCEEDED, c.JOB_STATE_FAILED)
+                    and r
+                ),
+                180,
+                "the search to end",
+                poll=0.5,
+            )
+        assert done.status.state == c.JOB_STATE_SUCCEEDED, done.status.error
+        # No run failed (a lost run would end "no result within 3600 s").
+        assert all(trial.state != p.TRIAL_STATE_FAILED for trial in done.trials), [
+            (trial.number, trial.reason) for trial in done.trials
+        ]
+        assert any("message was lost" in r.getMessage() for r in caplog.records)
+    finally:
+        service.stop(1)
