@@ -40,6 +40,7 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -190,16 +191,20 @@ class Submitted:
 
 
 class Stream:
-    """Submits ``jobs`` jobs of every kind, spread over the disruptions."""
+    """Submits a job of every kind every ``gap_s`` until ``stop`` (or ``jobs``
+    rounds), so every disruption meets running work."""
 
     def __init__(self, mesh: Mesh, jobs: int, steps: int, deadline: float) -> None:
         self.mesh, self.jobs, self.steps, self.deadline = mesh, jobs, steps, deadline
         self.submitted: list[Submitted] = []
+        self.stop = threading.Event()
         self.done = threading.Event()
         self.lock = threading.Lock()
 
     def run(self, gap_s: float) -> None:
         for i in range(self.jobs):
+            if self.stop.is_set():
+                break
             for kind, submit in (
                 ("training", lambda cl, i=i: cl.start_training(_training(self.steps, i)).job_id),
                 ("sensitivity", lambda cl, i=i: cl.start_analysis(_analysis(i)).job_id),
@@ -214,7 +219,7 @@ class Stream:
                 if job_id is not None:
                     with self.lock:
                         self.submitted.append(Submitted(kind, job_id))
-            time.sleep(gap_s)
+            self.stop.wait(gap_s)
         self.done.set()
 
 
@@ -225,11 +230,14 @@ def _stores(mesh: Mesh) -> dict[str, RedisJobStore]:
     }
 
 
-def _open_jobs(mesh: Mesh, stream: Stream, running_only: bool = False) -> dict[str, float]:
-    """job id -> last update, for the submitted jobs not terminal (or RUNNING) now."""
+def _open_jobs(
+    mesh: Mesh, stream: Stream, running_only: bool = False, kinds: tuple[str, ...] = ()
+) -> dict[str, float]:
+    """job id -> last update, for the submitted jobs (of ``kinds``, all when
+    empty) not terminal (or RUNNING) now."""
     stores = _stores(mesh)
     with stream.lock:
-        submitted = list(stream.submitted)
+        submitted = [j for j in stream.submitted if not kinds or j.kind in kinds]
     out = {}
     for job in submitted:
         with contextlib.suppress(Exception):
@@ -247,8 +255,27 @@ def _recovered(mesh: Mesh, stream: Stream, open_at: dict[str, float], since: flo
     return all(job_id not in now_open or now_open[job_id] > since for job_id in open_at)
 
 
-def _disrupt(mesh: Mesh, stream: Stream, name: str, action: Callable[[], None]) -> float:
-    open_at = _open_jobs(mesh, stream, running_only=True)
+def _running_of(mesh: Mesh, stream: Stream, kind: str) -> bool:
+    stores = _stores(mesh)
+    with stream.lock:
+        jobs = [j for j in stream.submitted if j.kind == kind]
+    for job in jobs:
+        with contextlib.suppress(Exception):
+            if stores[kind].get(job.job_id).state is JobState.RUNNING:
+                return True
+    return False
+
+
+def _disrupt(
+    mesh: Mesh, stream: Stream, name: str, action: Callable[[], None], meets: str
+) -> float:
+    """Wait (up to a minute) for a ``meets`` job to run, then disrupt."""
+    wait_until = time.monotonic() + 60
+    while not _running_of(mesh, stream, meets) and time.monotonic() < wait_until:
+        time.sleep(0.5)
+    # What the disruption hits: the jobs of its kind (all kinds for Redis).
+    affected = tuple(STORES) if "Redis" in name else (meets,)
+    open_at = _open_jobs(mesh, stream, running_only=True, kinds=affected)
     started = time.time()
     print(f"chaos: {name} ({len(open_at)} jobs open)", flush=True)
     action()
@@ -265,14 +292,20 @@ def _disrupt(mesh: Mesh, stream: Stream, name: str, action: Callable[[], None]) 
     return recovery
 
 
+def _holds_a_training_job(mesh: Mesh, worker: subprocess.Popen[bytes]) -> bool:
+    """From its log: a training task received and not yet ended."""
+    text = mesh.worker_logs[worker.pid].read_text(errors="replace")
+    task = re.escape(TRAINER.task_name)
+    received = len(re.findall(rf"Task {task}\[[^]]+\] received", text))
+    ended = len(re.findall(rf"Task {task}\[[^]]+\] (?:succeeded|failed|raised|retry)", text))
+    return received > ended
+
+
 def _kill_busy_worker(mesh: Mesh) -> None:
     alive = [w for w in mesh.workers if w.poll() is None]
-    busy = [
-        w
-        for w in alive
-        if "Task bitmesh.trainer.run_job" in mesh.worker_logs[w.pid].read_text(errors="replace")
-    ]
+    busy = [w for w in alive if _holds_a_training_job(mesh, w)]
     victim = (busy or alive)[-1]
+    print(f"chaos: SIGKILL worker {victim.pid} (busy: {bool(busy)})", flush=True)
     mesh.kill_worker(victim)
     mesh.start_worker()
 
@@ -298,8 +331,8 @@ def _percentile(values: list[float], q: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--jobs", type=int, default=2, help="jobs of each kind")
-    parser.add_argument("--steps", type=int, default=300, help="training steps per job")
+    parser.add_argument("--jobs", type=int, default=8, help="at most this many of each kind")
+    parser.add_argument("--steps", type=int, default=400, help="training steps per job")
     parser.add_argument("--max-seconds", type=float, default=540.0)
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.steps < 20:
@@ -318,18 +351,23 @@ def main(argv: list[str] | None = None) -> int:
         mesh.start_worker()
         mesh.start_worker()
         stream = Stream(mesh, args.jobs, args.steps, deadline - 120)
-        submitter = threading.Thread(target=stream.run, args=(8.0,), daemon=True)
+        submitter = threading.Thread(target=stream.run, args=(10.0,), daemon=True)
         submitter.start()
-        while len(stream.submitted) < 3 and time.monotonic() < deadline:
-            time.sleep(0.5)
         recoveries = [
-            _disrupt(mesh, stream, "SIGKILL a worker", lambda: _kill_busy_worker(mesh)),
-            _disrupt(mesh, stream, "restart Redis (AOF)", lambda: _restart_redis(mesh)),
+            _disrupt(mesh, stream, "SIGKILL a worker", lambda: _kill_busy_worker(mesh), "training"),
+            _disrupt(mesh, stream, "restart Redis (AOF)", lambda: _restart_redis(mesh), "training"),
         ]
-        for name in SERVICES:
+        for name, meets in zip(SERVICES, ("training", "sensitivity", "proxy"), strict=True):
             recoveries.append(
-                _disrupt(mesh, stream, f"restart {name}", lambda n=name: _restart_service(mesh, n))
+                _disrupt(
+                    mesh,
+                    stream,
+                    f"restart {name}",
+                    lambda n=name: _restart_service(mesh, n),
+                    meets,
+                )
             )
+        stream.stop.set()
         stream.done.wait(max(1.0, deadline - time.monotonic()))
         while _open_jobs(mesh, stream) and time.monotonic() < deadline:
             time.sleep(1.0)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bitmesh.errors import Unavailable
 from bitmesh.v1 import common_pb2 as c
 from bitmesh.v1 import trainer_pb2 as t
 from tests.integration.trainer.conftest import TrainerMesh, make_mesh
@@ -111,6 +112,9 @@ def test_redis_killed_mid_job_and_back_within_seconds_the_job_goes_on(
     job_id, _ = _start_mid_job(mesh)
     aof_redis.kill()
     wait_for(lambda: OUTAGE_SEEN in _worker_log(mesh), 30, "the job to meet the outage")
+    # Meanwhile a client is told to retry (UNAVAILABLE, with why), never INTERNAL.
+    with mesh.client() as client, pytest.raises(Unavailable, match="Redis is not reachable"):
+        client.get_training(job_id)
     aof_redis.start()  # within a few seconds of the kill: AOF brings the job's record back
 
     done = _succeeded_once(mesh, job_id)
