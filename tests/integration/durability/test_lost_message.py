@@ -131,3 +131,53 @@ def test_a_proxy_trial_run_whose_message_died_with_an_idle_worker_is_re_sent(
         assert any("message was lost" in r.getMessage() for r in caplog.records)
     finally:
         service.stop(1)
+
+
+def test_a_dead_worker_s_running_job_is_re_sent_long_before_the_visibility_timeout(
+    lost_mesh: TrainerMesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole worker SIGKILLed mid-job: Redis would restore its delivery
+    only after the visibility timeout (10 minutes here, two hours by
+    default); the resender sees the lease lapse and re-sends it."""
+    from trainer_svc import checkpoints
+
+    mesh = lost_mesh
+    mesh.env.update(BITMESH_TRAINER_VISIBILITY_TIMEOUT_S="600", BITMESH_TRAINER_LEASE_TTL_S="3")
+    monkeypatch.setenv("BITMESH_TRAINER_LEASE_TTL_S", "3")  # the service's resender reads it
+    mesh.start_worker()
+    mesh.start_service()
+    steps = 400
+    with mesh.client() as client:
+        job_id = client.start_training(
+            t.StartTrainingRequest(
+                model=c.ModelRef(architecture="digits_cnn"),
+                dataset=c.DatasetRef(kind=c.DATASET_KIND_DIGITS),
+                qat=t.QatSpec(default_option=c.QuantOption(weight=c.NumericFormat(name="int8"))),
+                training=t.TrainingSettings(steps=steps, checkpoint_every=40, learning_rate=0.05),
+            )
+        ).job_id
+    artifacts = mesh.artifacts()
+    wait_for(
+        lambda: (checkpoints.latest(artifacts, job_id) or {}).get("step", 0) >= 80,
+        120,
+        "a checkpoint at step 80",
+    )
+    mesh.kill_worker(mesh.workers[-1])  # main process and pool child: no reject, no requeue
+    checkpoint_step = checkpoints.latest(artifacts, job_id)["step"]
+    mesh.start_worker()
+    with mesh.client() as client:
+        done = wait_for(
+            lambda: (
+                (r := client.get_training(job_id)).status.state
+                in (c.JOB_STATE_SUCCEEDED, c.JOB_STATE_FAILED)
+                and r
+            ),
+            120,
+            "the re-sent job to finish",
+            poll=0.5,
+        )
+    assert done.status.state == c.JOB_STATE_SUCCEEDED, done.status.error
+    assert list(done.resumed_from) == [checkpoint_step]
+    assert done.steps_done == steps
+    events = mesh.store().events_since(job_id, 0)
+    assert [e["state"] for e in events].count("succeeded") == 1
