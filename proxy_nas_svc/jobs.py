@@ -95,8 +95,9 @@ class SearchRunner:
         end_orphan(
             self.store,
             record,
-            "the proxy NAS service running this search stopped (killed or out of memory); "
-            "start the search again: its finished runs are reused",
+            "the proxy NAS service coordinating this search stopped (killed, out of memory, "
+            "or cut off from Redis past BITMESH_STORE_RETRY_SECONDS); start the search "
+            "again: its finished runs are reused",
         )
         return False
 
