@@ -63,6 +63,20 @@ class Settings(BaseSettings):
     # opens the stream again (skipping the events it has seen) until the job
     # ends, so a long job is followed and a vanished server is noticed.
     watch_segment_seconds: float = Field(default=300.0, gt=0)
+    # Job durability (bitmesh/jobs/retry.py, bitmesh/jobs/sweeper.py). A
+    # running job's store calls retry this long while Redis is unreachable
+    # (a restart with AOF takes seconds); past it the job is handed back and
+    # resumes from its checkpoint once Redis returns.
+    store_retry_seconds: float = Field(default=120.0, ge=0)
+    # A job run in a service's threads (an analysis, a search) holds a lease
+    # of this TTL, renewed every third of it; once it lapses (the service
+    # died) a sweeper, run every sweep_seconds by each replica, resumes the
+    # job or ends it FAILED with the reason.
+    job_lease_seconds: float = Field(default=30.0, gt=0)
+    sweep_seconds: float = Field(default=10.0, gt=0)
+    # A trainer job QUEUED this long with no lease while its queue holds no
+    # message is re-sent (its message was lost: docs/architecture.md).
+    requeue_after_seconds: float = Field(default=300.0, gt=0)
     log_level: str = "INFO"
     # Where torch work runs (bitmesh/devices.py): auto (CUDA when present),
     # cpu, cuda or cuda:N.

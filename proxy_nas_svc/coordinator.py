@@ -48,10 +48,14 @@ Sink = Callable[[float, str, str, dict[str, Any]], None]
 
 
 class RunBackend(Protocol):
-    """Where runs execute. ``submit`` must be idempotent per key."""
+    """Where runs execute. ``submit`` must be idempotent per key. ``lost``
+    says a sent run has no result, no live runner and no message waiting:
+    its message died with a worker (docs/architecture.md, the lost-message
+    window), so it may be sent again at once."""
 
     def submit(self, key: str, request: TrainingRequest) -> None: ...
     def result(self, key: str) -> RunResult | None: ...
+    def lost(self, key: str) -> bool: ...
 
 
 class InlineBackend:
@@ -70,6 +74,9 @@ class InlineBackend:
     def result(self, key: str) -> RunResult | None:
         return self._results.get(key)
 
+    def lost(self, key: str) -> bool:
+        return False  # runs here finish inside submit
+
 
 @dataclass(frozen=True)
 class CoordinatorOptions:
@@ -79,6 +86,10 @@ class CoordinatorOptions:
     #: (Redis visibility timeout), so this is the last line of defence.
     run_timeout_s: float = 3600.0
     resubmits: int = 1
+    #: A run sent this long ago that its backend reports ``lost`` (no result,
+    #: no runner, no message) is sent again, without counting as a resubmit
+    #: (BITMESH_REQUEUE_AFTER_SECONDS).
+    requeue_after_s: float = 300.0
 
 
 @dataclass
@@ -222,6 +233,11 @@ class Coordinator:
                 result = self.backend.result(key)
                 if result is None:
                     waited = time.monotonic() - entry.sent
+                    if waited >= opts.requeue_after_s and self.backend.lost(key):
+                        log.warning("run %s: its message was lost; sending it again", key)
+                        self.backend.submit(key, entry.request)
+                        entry.sent = time.monotonic()
+                        continue
                     if waited < opts.run_timeout_s:
                         continue
                     if entry.resubmits < opts.resubmits:

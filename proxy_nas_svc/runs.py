@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from bitmesh.artifacts import ArtifactStore
-from bitmesh.errors import Cancelled
+from bitmesh.errors import Cancelled, Unavailable
+from bitmesh.jobs.lease import Lease
 from bitmesh.jobs.plumbing import PROXY_NAS_TRIALS
 from bitmesh.jobs.store import JobStore
 from proxy_nas_svc.trial import RunResult, run_trial
@@ -33,13 +36,31 @@ RUN_TRIAL_TASK = PROXY_NAS_TRIALS.task_name
 CANCEL_POLL_S = 1.0
 
 
-class CeleryBackend:
-    """Runs as Celery tasks on the workers (the proxy NAS trial queue)."""
+def run_lease_id(key: str) -> str:
+    """The lease a worker holds while it trains run ``key`` (proxy NAS store)."""
+    return f"run:{key}"
 
-    def __init__(self, celery: Celery, artifacts: ArtifactStore, job_id: str) -> None:
+
+class CeleryBackend:
+    """Runs as Celery tasks on the workers (the proxy NAS trial queue).
+
+    With ``lease`` and ``queue_length`` it can tell a lost run (``lost``):
+    no result, its run lease free (no worker trains it) and the trial queue
+    empty (no message waits for a worker, its own included)."""
+
+    def __init__(
+        self,
+        celery: Celery,
+        artifacts: ArtifactStore,
+        job_id: str,
+        lease: Lease | None = None,
+        queue_length: Callable[[], int] | None = None,
+    ) -> None:
         self.celery = celery
         self.artifacts = artifacts
         self.job_id = job_id
+        self.lease = lease
+        self.queue_length = queue_length
 
     def submit(self, key: str, request: TrainingRequest) -> None:
         self.artifacts.set_ref(
@@ -50,6 +71,20 @@ class CeleryBackend:
     def result(self, key: str) -> RunResult | None:
         data = self.artifacts.get_ref(RESULTS_NAMESPACE, key)
         return RunResult.from_dict(data) if data is not None else None
+
+    def lost(self, key: str) -> bool:
+        if self.lease is None or self.queue_length is None:
+            return False
+        try:
+            if self.queue_length() > 0 or self.result(key) is not None:
+                return False
+            probe = f"lost-probe:{uuid.uuid4().hex[:8]}"
+            if not self.lease.acquire(run_lease_id(key), probe, 1.0):
+                return False
+            self.lease.release(run_lease_id(key), probe)
+        except Unavailable:
+            return False  # the store is down: ask again at the next poll
+        return True
 
 
 class TrialIO:

@@ -161,6 +161,9 @@ def build(
 ) -> tuple[Sequence[Registrar], Sequence[str], list[Callable[[float], None]]]:
     from bitmesh.artifacts import ArtifactStore
     from bitmesh.client import Client
+    from bitmesh.jobs.lease import open_lease
+    from bitmesh.jobs.retry import RetryPolicy
+    from bitmesh.jobs.sweeper import HeldLeases, Sweeper
     from proxy_nas_svc.runs import CeleryBackend
     from proxy_nas_svc.study import open_storage
     from trainer_svc.celery_app import make_celery
@@ -168,16 +171,36 @@ def build(
     store = open_job_store(settings.redis_url, settings.artifact_root, PROXY_NAS.store)
     artifacts = ArtifactStore(settings.artifact_root)
     celery = make_celery(settings, discover=False)
+    leases = HeldLeases(
+        open_lease(settings.redis_url, settings.artifact_root, PROXY_NAS.store),
+        settings.job_lease_seconds,
+    )
+    from bitmesh.jobs.plumbing import PROXY_NAS_TRIALS
+    from bitmesh.rpc.metrics import broker_queue_length
+    from proxy_nas_svc.coordinator import CoordinatorOptions
+
+    run_lease = open_lease(settings.redis_url, settings.artifact_root, PROXY_NAS_TRIALS.store)
     runner = SearchRunner(
         store,
-        backend_for=lambda job_id: CeleryBackend(celery, artifacts, job_id),
+        backend_for=lambda job_id: CeleryBackend(
+            celery,
+            artifacts,
+            job_id,
+            lease=run_lease,
+            queue_length=lambda: broker_queue_length(settings, PROXY_NAS_TRIALS.queue_name),
+        ),
+        options=CoordinatorOptions(requeue_after_s=settings.requeue_after_seconds),
         storage_factory=lambda: open_storage(settings.redis_url, settings.artifact_root),
+        leases=leases,
+        retry=RetryPolicy(window_s=settings.store_retry_seconds),
     )
     servicer = ProxyNasServicer(
         store, runner, settings.max_concurrent_jobs, lambda: Client(settings)
     )
+    sweeper = Sweeper(store, leases, PROXY_NAS.kinds, runner.end_orphan, settings.sweep_seconds)
+    sweeper.start()
     return (
         [lambda s: proxy_nas_pb2_grpc.add_ProxyNasServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],
-        [runner.shutdown],
+        [sweeper.stop, runner.shutdown],
     )

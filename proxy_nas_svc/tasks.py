@@ -17,10 +17,12 @@ from functools import cache
 from celery import Task, shared_task
 
 from bitmesh.artifacts import ArtifactStore
+from bitmesh.jobs.lease import Lease, open_lease
 from bitmesh.jobs.plumbing import PROXY_NAS_TRIALS
 from bitmesh.jobs.store import JobStore, open_job_store
+from bitmesh.jobs.sweeper import process_owner
 from bitmesh.settings import load_settings
-from proxy_nas_svc.runs import RUN_TRIAL_TASK, execute_run
+from proxy_nas_svc.runs import RUN_TRIAL_TASK, execute_run, run_lease_id
 from trainer_svc.config import TrainerSettings
 from trainer_svc.keepalive import Action, keep_alive, redis_delivery_toucher
 
@@ -28,11 +30,12 @@ SERVICE = PROXY_NAS_TRIALS.store
 
 
 @cache
-def _stores() -> tuple[JobStore, ArtifactStore]:
+def _stores() -> tuple[JobStore, ArtifactStore, Lease]:
     settings = load_settings()
     return (
         open_job_store(settings.redis_url, settings.artifact_root, SERVICE),
         ArtifactStore(settings.artifact_root),
+        open_lease(settings.redis_url, settings.artifact_root, SERVICE),
     )
 
 
@@ -40,13 +43,24 @@ def _stores() -> tuple[JobStore, ArtifactStore]:
     name=RUN_TRIAL_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True
 )
 def run_trial_task(self: Task, key: str) -> str:  # type: ignore[type-arg]
-    """Train one (configuration, fidelity) run of a search; idempotent per key."""
-    store, artifacts = _stores()
+    """Train one (configuration, fidelity) run of a search; idempotent per key.
+
+    The run's lease, held while it trains, tells a second delivery to leave
+    it and tells the coordinator that a run without a result is not lost
+    (``CeleryBackend.lost``)."""
+    store, artifacts, lease = _stores()
     settings = load_settings()
-    actions: list[Action] = []
+    trainer = TrainerSettings()
+    owner = process_owner()
+    if not lease.acquire(run_lease_id(key), owner, trainer.lease_ttl_s):
+        return "running elsewhere"
+    actions: list[Action] = [lambda: lease.renew(run_lease_id(key), owner, trainer.lease_ttl_s)]
     tag = (self.request.properties or {}).get("delivery_tag")
     if settings.redis_url and tag:
         actions.append(redis_delivery_toucher(settings.redis_url, str(tag)))
-    interval = max(0.2, min(30.0, TrainerSettings().visibility_timeout_s / 3))
-    with keep_alive(interval, actions):
-        return execute_run(key, artifacts, store)
+    interval = max(0.2, min(30.0, trainer.visibility_timeout_s / 3, trainer.lease_ttl_s / 3))
+    try:
+        with keep_alive(interval, actions):
+            return execute_run(key, artifacts, store)
+    finally:
+        lease.release(run_lease_id(key), owner)

@@ -6,13 +6,16 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.json_format import MessageToDict, ParseDict
 
 from bitmesh.artifacts import ArtifactStore
+from bitmesh.jobs.lease import open_lease
 from bitmesh.jobs.plumbing import SENSITIVITY
 from bitmesh.jobs.records import JobRecord
+from bitmesh.jobs.retry import RetryPolicy
 from bitmesh.jobs.runner import ThreadJobRunner
-from bitmesh.jobs.store import JobStore, open_job_store
+from bitmesh.jobs.store import JobStore, open_job_store, transition
+from bitmesh.jobs.sweeper import HeldLeases, Sweeper
 from bitmesh.rpc.convert import (
     costs_to_pb,
     job_event_status_to_pb,
@@ -79,19 +82,45 @@ class SensitivityServicer(sensitivity_pb2_grpc.SensitivityServiceServicer):
             model_hash=table.model_hash,
         )
 
-    def StartAnalysis(
-        self, request: sensitivity_pb2.StartAnalysisRequest, context: grpc.ServicerContext
-    ) -> common_pb2.JobRef:
-        estimator = settings_from_pb(request.settings)
-        prepared = prepare(
+    def _prepare(self, request: sensitivity_pb2.StartAnalysisRequest) -> Any:
+        return prepare(
             model_spec_from_pb(request.model),
             dataset_spec_from_pb(request.dataset),
             options_from_pb(request.options),
-            estimator,
+            settings_from_pb(request.settings),
             request.dataset.batch_size,
             request.activation_sensitivity,
             self.artifacts,
         )
+
+    def resume(self, record: JobRecord) -> bool:
+        """Run an orphaned analysis again from its stored request (the sweeper
+        holds its lease). Traces are not checkpointed, so it starts over; a
+        request that no longer prepares (a file gone) ends FAILED with why."""
+        request = ParseDict(record.request["request"], sensitivity_pb2.StartAnalysisRequest())
+        estimator = record.request["estimator"]
+        self.store.update(
+            record.job_id,
+            lambda r: transition(
+                r,
+                stage="resuming",
+                message="the service running it stopped; starting it over",
+            ),
+        )
+        self.runner.resume(
+            record.job_id,
+            lambda ctx: {
+                **run(self._prepare(request), self.artifacts, ctx),
+                "estimator": estimator,
+            },
+        )
+        return True
+
+    def StartAnalysis(
+        self, request: sensitivity_pb2.StartAnalysisRequest, context: grpc.ServicerContext
+    ) -> common_pb2.JobRef:
+        estimator = settings_from_pb(request.settings)
+        prepared = self._prepare(request)
         record = self.runner.submit(
             {
                 "request": MessageToDict(request, preserving_proto_field_name=True),
@@ -145,10 +174,22 @@ def build(
     settings: Settings,
 ) -> tuple[Sequence[Registrar], Sequence[str], list[Callable[[float], None]]]:
     store = open_job_store(settings.redis_url, settings.artifact_root, SENSITIVITY.store)
-    runner = ThreadJobRunner(store, KIND, settings.max_concurrent_jobs)
+    leases = HeldLeases(
+        open_lease(settings.redis_url, settings.artifact_root, SENSITIVITY.store),
+        settings.job_lease_seconds,
+    )
+    runner = ThreadJobRunner(
+        store,
+        KIND,
+        settings.max_concurrent_jobs,
+        leases=leases,
+        retry=RetryPolicy(window_s=settings.store_retry_seconds),
+    )
     servicer = SensitivityServicer(store, runner, ArtifactStore(settings.artifact_root))
+    sweeper = Sweeper(store, leases, SENSITIVITY.kinds, servicer.resume, settings.sweep_seconds)
+    sweeper.start()
     return (
         [lambda s: sensitivity_pb2_grpc.add_SensitivityServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],
-        [runner.shutdown],
+        [sweeper.stop, runner.shutdown],
     )

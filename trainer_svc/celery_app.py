@@ -37,7 +37,7 @@ def _queue(name: str) -> Queue:
 
 
 def _filesystem_config(root: Path) -> dict[str, object]:
-    folders = {name: root / "queue" / name for name in ("in", "processed", "control")}
+    folders = {name: root / "queue" / name for name in ("in", "processed", "control", "claimed")}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
     results = root / "queue" / "results"
@@ -52,6 +52,8 @@ def _filesystem_config(root: Path) -> dict[str, object]:
             "data_folder_out": str(folders["in"]),
             "processed_folder": str(folders["processed"]),
             "control_folder": str(folders["control"]),
+            # Fetched messages wait here until acked (trainer_svc/fs_transport.py).
+            "claimed_folder": str(folders["claimed"]),
             "store_processed": False,
             # A folder scan every 0.1 s (kombu's default is 1 s): a queued job
             # starts, and a worker's warm shutdown ends, within a tenth of a
@@ -114,6 +116,18 @@ def make_celery(
         # module; proxy_nas_svc.tasks imports no app (shared tasks).
         app.autodiscover_tasks(["trainer_svc", "proxy_nas_svc"], related_name="tasks")
     return app
+
+
+def restore_lost_fetches(celery: Celery) -> int:
+    """Embedded queue: put back the messages that processes now dead fetched
+    and never acknowledged (trainer_svc/fs_transport.py); Redis: nothing (it
+    restores unacknowledged deliveries itself)."""
+    options = celery.conf.broker_transport_options or {}
+    if "claimed_folder" not in options:
+        return 0
+    from trainer_svc.fs_transport import restore_claimed
+
+    return restore_claimed(options["claimed_folder"], options["data_folder_in"])
 
 
 def send_job(celery: Celery, job_id: str) -> None:

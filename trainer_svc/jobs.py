@@ -11,6 +11,7 @@ store's compare-and-set, so a job has one result.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -24,6 +25,7 @@ from typing import Any
 from bitmesh.artifacts import Artifact, ArtifactStore
 from bitmesh.errors import BitmeshError, Cancelled
 from bitmesh.jobs.records import JobRecord, JobState
+from bitmesh.jobs.retry import RetryPolicy, StoreOutage, call_with_retry
 from bitmesh.jobs.runner import JobContext
 from bitmesh.jobs.store import JobStore, transition
 from trainer_svc import checkpoints
@@ -40,13 +42,26 @@ RESULTS_NAMESPACE = "trainer-results"
 LEASE_POLL_S = 0.5
 
 
+class LeaseLost(Exception):
+    """Another runner took this job's lease (ours lapsed in a Redis outage
+    longer than its TTL): that runner goes on from the checkpoint; we stop
+    without writing anything, so the job still ends once."""
+
+
 class JobIO:
     """The loop's reporting, cancel checks and checkpoints, bound to one job."""
 
-    def __init__(self, ctx: JobContext, artifacts: ArtifactStore, total_steps: int) -> None:
+    def __init__(
+        self,
+        ctx: JobContext,
+        artifacts: ArtifactStore,
+        total_steps: int,
+        lost: threading.Event | None = None,
+    ) -> None:
         self.ctx = ctx
         self.artifacts = artifacts
         self.total_steps = total_steps
+        self.lost = lost or threading.Event()
 
     def report(self, progress: float, point: dict[str, float], stage: str) -> None:
         step = int(point.get("step", 0))
@@ -57,6 +72,8 @@ class JobIO:
         self.ctx.report(progress, stage=stage, message=message, event=event)
 
     def check_cancelled(self) -> None:
+        if self.lost.is_set():
+            raise LeaseLost(f"job {self.ctx.job_id}'s lease was taken by another runner")
         self.ctx.raise_if_cancelled()
 
     def load_checkpoint(self) -> dict[str, Any] | None:
@@ -146,20 +163,26 @@ def _bump_attempts(artifacts: ArtifactStore, job_id: str) -> int:
 @contextmanager
 def _holding(
     lease: Lease, store: JobStore, job_id: str, ttl: float, actions: list[Action]
-) -> Iterator[bool]:
-    """Wait for the job's lease (or for the job to end: yields False), keep it
-    renewed while the block runs, release it after."""
+) -> Iterator[threading.Event | None]:
+    """Wait for the job's lease (or for the job to end: yields None), keep it
+    renewed while the block runs, release it after. Yields an Event set if
+    another runner takes the lease meanwhile (see :class:`LeaseLost`)."""
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     with keep_alive(max(0.2, ttl / 3), actions):  # our delivery stays fresh while we wait
         while not lease.acquire(job_id, owner, ttl):
             if store.get(job_id).state.terminal:
-                yield False
+                yield None
                 return
             time.sleep(LEASE_POLL_S)
-    renew: Action = lambda: lease.renew(job_id, owner, ttl)  # noqa: E731
+    lost = threading.Event()
+
+    def renew() -> None:
+        if not lease.renew(job_id, owner, ttl):  # raises while Redis is down: next beat
+            lost.set()
+
     try:
         with keep_alive(max(0.2, ttl / 3), [renew, *actions]):
-            yield True
+            yield lost
     finally:
         lease.release(job_id, owner)
 
@@ -173,7 +196,11 @@ def run_job(
     settings: TrainerSettings | None = None,
     keepalive: list[Action] | None = None,
 ) -> JobState:
-    """Run (or resume) one job to a terminal state; return that state."""
+    """Run (or resume) one job to a terminal state; return that state.
+
+    Raises :class:`StoreOutage` when the store stayed down past its retry
+    window; the job is then QUEUED again (or was never touched) and the
+    caller sends it again: it resumes from its checkpoint."""
     settings = settings or TrainerSettings()
     record = store.get(job_id)
     if record.state.terminal:
@@ -181,8 +208,8 @@ def run_job(
         return record.state
     with _holding(
         lease or LocalLease(), store, job_id, settings.lease_ttl_s, keepalive or []
-    ) as held:
-        if not held:
+    ) as lost:
+        if lost is None:
             return store.get(job_id).state
         record = store.get(job_id)
         if record.state.terminal:
@@ -203,18 +230,35 @@ def run_job(
         store.update(
             job_id, lambda r: transition(r, state=JobState.RUNNING, stage=stage, message=stage)
         )
-        return _run(job_id, record, store, artifacts)
+        try:
+            return _run(job_id, record, store, artifacts, lost)
+        except StoreOutage:
+            if lost.is_set():  # another runner has it: nothing to hand back
+                return store.get(job_id).state
+            _requeue(job_id, store)
+            raise  # the task retries (trainer_svc.tasks); this lease is released first
 
 
-def _run(job_id: str, record: JobRecord, store: JobStore, artifacts: ArtifactStore) -> JobState:
+def _run(
+    job_id: str,
+    record: JobRecord,
+    store: JobStore,
+    artifacts: ArtifactStore,
+    lost: threading.Event | None = None,
+) -> JobState:
     from trainer_svc.execute import execute  # torch: only in the process that trains
 
     ctx = JobContext(store, job_id, threading.Event())
     try:
         request = TrainingRequest.from_dict(record.request)
-        outcome = execute(request, JobIO(ctx, artifacts, total_steps_of(request)))
+        outcome = execute(request, JobIO(ctx, artifacts, total_steps_of(request), lost))
         ctx.report(0.99, stage="publishing", message="storing artifacts")
         result = publish(outcome, artifacts, job_id, request)
+    except StoreOutage:
+        raise  # not the job's failure: the task hands it back (trainer_svc.tasks)
+    except LeaseLost:
+        log.warning("job %s: another runner holds its lease now; stopping here", job_id)
+        return store.get(job_id).state
     except Cancelled:
         return _finish(store, job_id, state=JobState.CANCELLED, message="cancelled").state
     except BitmeshError as exc:
@@ -240,3 +284,32 @@ def _run(job_id: str, record: JobRecord, store: JobStore, artifacts: ArtifactSto
         stage="done",
         message=f"done: held-out accuracy {accuracy:.4f}",
     ).state
+
+
+def _requeue(job_id: str, store: JobStore) -> JobRecord:
+    """After a :class:`StoreOutage`, with the lease still ours: wait for the
+    store as long as the outage lasts (a worker can do nothing else without
+    its broker, the same Redis), then put the job back to QUEUED, so it is
+    not left RUNNING with nothing running it."""
+    return call_with_retry(
+        lambda: store.update(
+            job_id,
+            lambda r: (
+                r
+                if r.state is not JobState.RUNNING
+                else transition(
+                    r,
+                    state=JobState.QUEUED,
+                    stage="waiting to resume",
+                    message="Redis was unreachable; waiting to resume from the checkpoint",
+                )
+            ),
+        ),
+        RetryPolicy(window_s=math.inf),
+        what=f"the job store (to hand job {job_id} back)",
+    )
+
+
+def wait_for_store(job_id: str, store: JobStore) -> JobRecord:
+    """Block until the store answers again (for a task about to retry)."""
+    return call_with_retry(lambda: store.get(job_id), RetryPolicy(window_s=math.inf))

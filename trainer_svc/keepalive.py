@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from bitmesh.errors import Unavailable
+
 log = logging.getLogger(__name__)
 
 UNACKED_INDEX_KEY = "unacked_index"
@@ -39,6 +41,15 @@ def redis_delivery_toucher(redis_url: str, delivery_tag: str) -> Action:
     return touch
 
 
+def _store_down(exc: Exception) -> bool:
+    """Redis unreachable (raw from redis-py, or as bitmesh's Unavailable)."""
+    import redis
+
+    return isinstance(
+        exc, (Unavailable, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+    )
+
+
 @contextmanager
 def keep_alive(interval: float, actions: list[Action]) -> Iterator[None]:
     """Run ``actions`` every ``interval`` seconds (and once now) while the block runs."""
@@ -49,8 +60,11 @@ def keep_alive(interval: float, actions: list[Action]) -> Iterator[None]:
             for action in actions:
                 try:
                     action()
-                except Exception:  # a missed beat is retried at the next one
-                    log.warning("keepalive action failed", exc_info=True)
+                except Exception as exc:  # a missed beat is retried at the next one
+                    if _store_down(exc):  # expected in an outage: one line, no trace
+                        log.warning("keepalive: %s; retrying at the next beat", exc)
+                    else:
+                        log.warning("keepalive action failed", exc_info=True)
             if stop.wait(interval):
                 return
 

@@ -26,7 +26,7 @@ from bitmesh.rpc.jobs import watch_events
 from bitmesh.rpc.server import Registrar
 from bitmesh.settings import Settings
 from bitmesh.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
-from trainer_svc.celery_app import make_celery, send_job
+from trainer_svc.celery_app import make_celery, restore_lost_fetches, send_job
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +120,26 @@ def celery_enqueue(settings: Settings) -> Enqueue:
 def build(
     settings: Settings,
 ) -> tuple[Sequence[Registrar], Sequence[str], list[Callable[[float], None]]]:
+    from bitmesh.jobs.lease import open_lease
+    from bitmesh.rpc.metrics import broker_queue_length
+    from trainer_svc.config import TrainerSettings
+    from trainer_svc.resend import Resender
+
     store = open_job_store(settings.redis_url, settings.artifact_root, STORE_NAME)
-    servicer = TrainerServicer(store, celery_enqueue(settings), settings.max_concurrent_jobs)
+    enqueue = celery_enqueue(settings)
+    celery = make_celery(settings, discover=False)
+    servicer = TrainerServicer(store, enqueue, settings.max_concurrent_jobs)
+    resender = Resender(
+        store,
+        open_lease(settings.redis_url, settings.artifact_root, STORE_NAME),
+        enqueue,
+        lambda: broker_queue_length(settings, TRAINER.queue_name),
+        TrainerSettings().lease_ttl_s,
+        settings.requeue_after_seconds,
+        before_sweep=lambda: restore_lost_fetches(celery),
+    ).start(settings.sweep_seconds)
 
     def register(server: grpc.Server) -> None:
         trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)
 
-    return [register], [SERVICE_NAME], []
+    return [register], [SERVICE_NAME], [resender.stop]

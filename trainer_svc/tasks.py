@@ -16,9 +16,10 @@ from celery.signals import worker_process_init, worker_ready
 
 from bitmesh.artifacts import ArtifactStore
 from bitmesh.jobs.plumbing import PING, TRAINER
+from bitmesh.jobs.retry import RetryingLease, RetryingStore, RetryPolicy, StoreOutage
 from bitmesh.jobs.store import JobStore, open_job_store
 from bitmesh.settings import load_settings
-from trainer_svc.celery_app import app, send_job
+from trainer_svc.celery_app import app, restore_lost_fetches, send_job
 from trainer_svc.config import TrainerSettings
 from trainer_svc.keepalive import Action, redis_delivery_toucher
 from trainer_svc.lease import Lease, open_lease
@@ -30,10 +31,13 @@ SERVICE = TRAINER.store
 @cache
 def _stores() -> tuple[JobStore, ArtifactStore, Lease, TrainerSettings]:
     settings = load_settings()
+    # A running job's store and lease calls ride out a Redis outage
+    # (bitmesh.jobs.retry) for BITMESH_STORE_RETRY_SECONDS.
+    policy = RetryPolicy(window_s=settings.store_retry_seconds)
     return (
-        open_job_store(settings.redis_url, settings.artifact_root, SERVICE),
+        RetryingStore(open_job_store(settings.redis_url, settings.artifact_root, SERVICE), policy),
         ArtifactStore(settings.artifact_root),
-        open_lease(settings.redis_url, settings.artifact_root),
+        RetryingLease(open_lease(settings.redis_url, settings.artifact_root), policy),
         TrainerSettings(),
     )
 
@@ -53,7 +57,7 @@ def ping(token: str) -> str:
 )
 def run_training_job(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
     """Run or resume one training job; returns its final state."""
-    from trainer_svc.jobs import run_job
+    from trainer_svc.jobs import run_job, wait_for_store
 
     store, artifacts, lease, trainer = _stores()
     settings = load_settings()
@@ -61,7 +65,16 @@ def run_training_job(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
     tag = (self.request.properties or {}).get("delivery_tag")
     if settings.redis_url and tag:
         actions.append(redis_delivery_toucher(settings.redis_url, str(tag)))
-    state = run_job(job_id, store, artifacts, lease=lease, settings=trainer, keepalive=actions)
+    try:
+        state = run_job(job_id, store, artifacts, lease=lease, settings=trainer, keepalive=actions)
+    except StoreOutage as exc:
+        # Redis stayed down past BITMESH_STORE_RETRY_SECONDS: not done, not
+        # failed. The job is QUEUED again (run_job); once Redis answers this
+        # task is retried (a new message, this one acked) and the next
+        # delivery resumes from the checkpoint.
+        log.warning("job %s: %s", job_id, exc.message)
+        wait_for_store(job_id, store)
+        raise self.retry(exc=exc, countdown=1, max_retries=None) from exc
     return state.value
 
 
@@ -88,6 +101,9 @@ def _recover_orphans(sender: Any = None, **_: Any) -> None:
 
     # Fresh stores, not the cached ones: pool processes forked later must not
     # inherit this process's SQLite connections.
+    restored = restore_lost_fetches(app)
+    if restored:
+        log.warning("put back %d messages fetched by workers that died", restored)
     settings = load_settings()
     store = open_job_store(settings.redis_url, settings.artifact_root, SERVICE)
     lease = open_lease(settings.redis_url, settings.artifact_root)

@@ -18,7 +18,9 @@ from typing import Any
 
 from bitmesh.errors import BitmeshError, Cancelled, ResourceExhausted
 from bitmesh.jobs.records import JobRecord, JobState, new_job_id
+from bitmesh.jobs.retry import RetryingStore, RetryPolicy, StoreOutage
 from bitmesh.jobs.store import JobStore, request_cancel, transition
+from bitmesh.jobs.sweeper import HeldLeases
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,26 @@ def execute_job(
     out ends in a terminal state with a reason a user can act on; the last
     event carries that state, so watchers stop). ``stop_reason`` tells a
     service shutdown from a user's cancel: when it returns a reason and no
-    cancel was asked for, the job ends FAILED with it, not CANCELLED."""
+    cancel was asked for, the job ends FAILED with it, not CANCELLED.
+
+    A :class:`~bitmesh.jobs.retry.StoreOutage` (the store was down past its
+    retry window) records nothing, since nothing can be: the job is left to
+    the service's sweeper, which claims it once its lease lapses and resumes
+    or ends it (:mod:`bitmesh.jobs.sweeper`)."""
+    try:
+        _execute_job(store, job_id, work, cancel_event, stop_reason, label)
+    except StoreOutage as exc:
+        log.error("%s %s: %s; its sweeper takes it over", label, job_id, exc.message)
+
+
+def _execute_job(
+    store: JobStore,
+    job_id: str,
+    work: JobWork,
+    cancel_event: threading.Event,
+    stop_reason: Callable[[], str | None],
+    label: str,
+) -> None:
     record = store.update(job_id, lambda r: transition(r, state=JobState.RUNNING))
     if record.state is not JobState.RUNNING:
         return  # cancelled while queued
@@ -104,6 +125,8 @@ def execute_job(
     ctx = JobContext(store, job_id, cancel_event)
     try:
         result = work(ctx)
+    except StoreOutage:
+        raise
     except Cancelled:
         reason = stop_reason()
         if reason and not store.get(job_id).cancel_requested:
@@ -137,8 +160,21 @@ def execute_job(
 class ThreadJobRunner:
     """Bounded in-process execution of jobs recorded in a :class:`JobStore`."""
 
-    def __init__(self, store: JobStore, kind: str, max_concurrent: int) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        kind: str,
+        max_concurrent: int,
+        leases: HeldLeases | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        """``leases``: held on every job from before its record exists until
+        it ends, so a sweeper can tell a dead process's jobs (none by default).
+        ``retry``: how long a running job's store calls ride out an outage
+        (calls of RPCs, ``submit`` and ``cancel``, fail at once instead)."""
         self.store = store
+        self.job_store: JobStore = RetryingStore(store, retry) if retry is not None else store
+        self.leases = leases
         self.kind = kind
         self.max_concurrent = max_concurrent
         self._pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix=kind)
@@ -163,9 +199,17 @@ class ThreadJobRunner:
                     f"{self.max_concurrent}; wait for one to finish or cancel one "
                     "(BITMESH_MAX_CONCURRENT_JOBS raises the cap)"
                 )
-            record = self.store.create(
-                JobRecord(job_id=job_id or new_job_id(self.kind), kind=self.kind, request=request)
-            )
+            job_id = job_id or new_job_id(self.kind)
+            if self.leases is not None and not self.leases.take(job_id):
+                raise ResourceExhausted(f"job {job_id} is already running; start another")
+            try:
+                record = self.store.create(
+                    JobRecord(job_id=job_id, kind=self.kind, request=request)
+                )
+            except BaseException:
+                if self.leases is not None:
+                    self.leases.drop(job_id)
+                raise
             event = threading.Event()
             future = self._pool.submit(self._run, record.job_id, work, event)
             self._running[record.job_id] = (future, event)
@@ -178,8 +222,20 @@ class ThreadJobRunner:
             entry[1].set()
         return record
 
+    def resume(self, job_id: str, work: JobWork) -> None:
+        """Run an orphan again (its lease already held, see bitmesh.jobs.sweeper),
+        past the cap: it was admitted once, and refusing it would leave it RUNNING."""
+        with self._lock:
+            event = threading.Event()
+            future = self._pool.submit(self._run, job_id, work, event)
+            self._running[job_id] = (future, event)
+
     def _run(self, job_id: str, work: JobWork, cancel_event: threading.Event) -> None:
-        execute_job(self.store, job_id, work, cancel_event)
+        try:
+            execute_job(self.job_store, job_id, work, cancel_event)
+        finally:
+            if self.leases is not None:
+                self.leases.drop(job_id)
 
     def shutdown(self, grace: float) -> None:
         """Let running jobs finish for ``grace`` seconds, then cancel the rest."""

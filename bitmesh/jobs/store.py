@@ -140,7 +140,10 @@ class RedisJobStore:
     def _guard(self, func: Callable[[], Any]) -> Any:
         try:
             return func()
-        except self._redis_module.exceptions.ConnectionError as exc:
+        except (
+            self._redis_module.exceptions.ConnectionError,
+            self._redis_module.exceptions.TimeoutError,
+        ) as exc:
             raise Unavailable(f"Redis is not reachable: {exc}") from exc
 
     def create(self, record: JobRecord) -> JobRecord:

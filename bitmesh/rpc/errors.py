@@ -9,13 +9,14 @@ with its traceback under that id.
 from __future__ import annotations
 
 import logging
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 
-from bitmesh.errors import BitmeshError
+from bitmesh.errors import BitmeshError, Unavailable
 from bitmesh.logs import current_request_id
 from bitmesh.rpc.handlers import WrappingInterceptor
 
@@ -37,8 +38,25 @@ def _request_id(context: grpc.ServicerContext) -> str:
     return uuid.uuid4().hex[:12]
 
 
+def _redis_down(exc: BaseException) -> Unavailable | None:
+    """A Redis connection or timeout error that reached the edge unwrapped
+    (a lock, a broker call): UNAVAILABLE, which clients retry, not INTERNAL.
+    Read from ``sys.modules`` so a service without Redis never imports it."""
+    errors: tuple[type[BaseException], ...] = ()
+    redis = sys.modules.get("redis")
+    if redis is not None:
+        errors += (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+    kombu = sys.modules.get("kombu.exceptions")
+    if kombu is not None:  # the broker (the same Redis) refused a message
+        errors += (kombu.OperationalError,)
+    if errors and isinstance(exc, errors):
+        return Unavailable(f"Redis is not reachable ({exc}); retry the call once it is back")
+    return None
+
+
 def abort_for(context: grpc.ServicerContext, method: str, exc: BaseException) -> None:
     """End the call with ``exc``'s status, or INTERNAL with a request id (logged)."""
+    exc = _redis_down(exc) or exc
     if isinstance(exc, BitmeshError):
         context.abort(status_code_of(exc), exc.message)
     rid = _request_id(context)

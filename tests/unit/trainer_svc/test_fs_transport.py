@@ -51,3 +51,75 @@ def test_no_message_is_fetched_once_the_worker_shuts_down(
                 conn.drain_events(timeout=30)  # kombu's own would deliver message 2
             assert received == [{"n": 1}]
     assert len(list(folders["in"].iterdir())) == 1  # the second message waits for a worker
+
+
+_FETCH_AND_HANG = """
+import sys, threading
+from kombu import Connection, Exchange, Queue
+from trainer_svc import fs_transport
+options = dict(zip(("data_folder_in", "data_folder_out", "claimed_folder"), sys.argv[1:4]))
+options["polling_interval"] = 0.01
+queue = Queue("q", Exchange("q", type="direct"), routing_key="q")
+with Connection("filesystem://", transport=fs_transport.Transport, transport_options=options) as conn:
+    with conn.Consumer(queue, callbacks=[lambda body, message: None]):  # never acks
+        conn.drain_events(timeout=60)
+        threading.Event().wait(120)
+"""
+
+
+def test_a_message_fetched_by_a_killed_consumer_is_put_back(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.waiting import wait_for
+
+    inbox, claimed = tmp_path / "in", tmp_path / "claimed"
+    inbox.mkdir()
+    options = {
+        "data_folder_in": str(inbox),
+        "data_folder_out": str(inbox),
+        "claimed_folder": str(claimed),
+        "polling_interval": 0.01,
+    }
+    queue = Queue("q", Exchange("q", type="direct"), routing_key="q")
+    with Connection(
+        "filesystem://", transport=fs_transport.Transport, transport_options=options
+    ) as conn:
+        conn.Producer().publish(
+            {"job": "qat-1"}, exchange=queue.exchange, routing_key="q", declare=[queue]
+        )
+    root = Path(__file__).resolve().parents[3]
+    consumer = subprocess.Popen(
+        [sys.executable, "-c", _FETCH_AND_HANG, str(inbox), str(inbox), str(claimed)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        mine = claimed / str(consumer.pid)
+        wait_for(lambda: mine.is_dir() and any(mine.iterdir()), 60, "the consumer's fetch")
+        assert not any(inbox.iterdir())  # fetched: out of the queue, but not deleted
+        assert fs_transport.restore_claimed(claimed, inbox) == 0  # its consumer lives
+    finally:
+        consumer.send_signal(signal.SIGKILL)
+        consumer.wait(30)
+    assert fs_transport.restore_claimed(claimed, inbox) == 1
+    assert not mine.exists()
+
+    received: list[Any] = []
+
+    def on_message(body: Any, message: Any) -> None:
+        received.append(body)
+        message.ack()
+
+    with (
+        Connection(
+            "filesystem://", transport=fs_transport.Transport, transport_options=options
+        ) as conn,
+        conn.Consumer(queue, callbacks=[on_message]),
+    ):
+        conn.drain_events(timeout=30)
+    assert received == [{"job": "qat-1"}]
+    assert not any(inbox.iterdir())
+    assert not any((claimed / str(os.getpid())).iterdir())  # acked: the claim is gone

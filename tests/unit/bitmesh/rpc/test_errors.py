@@ -172,3 +172,33 @@ def test_a_servicers_own_abort_and_a_normal_reply_pass_through(
         channel.unary_unary(f"/{SERVICE}/Aborts")(b"x", timeout=10)
     assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert caught.value.details() == "aborted by the servicer itself"
+
+
+def _redis_errors() -> list[BaseException]:
+    import kombu.exceptions
+    import redis
+
+    return [
+        redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379"),
+        redis.exceptions.TimeoutError("Timeout reading from socket"),
+        redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"),
+        kombu.exceptions.OperationalError("Error 111 connecting to 127.0.0.1:6379"),
+    ]
+
+
+@pytest.mark.parametrize("error", _redis_errors(), ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize("call", [_unary, _stream], ids=["unary", "stream"])
+def test_an_unwrapped_redis_or_broker_error_is_unavailable_with_a_message(
+    served: tuple[_Raiser, grpc.Channel],
+    call: Callable[[grpc.Channel], object],
+    error: BaseException,
+) -> None:
+    # Redis down is a retryable condition, not a bug: never INTERNAL.
+    raiser, channel = served
+    raiser.exception = error
+    with pytest.raises(grpc.RpcError) as caught:
+        call(channel)
+    raiser.exception = None
+    assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "Redis is not reachable" in caught.value.details()
+    assert "retry" in caught.value.details()
