@@ -87,21 +87,32 @@ def named(docs: tuple[Doc, ...], kind: str, name: str) -> Doc:
 
 
 def workloads(docs: tuple[Doc, ...]) -> list[Doc]:
-    return of_kind(docs, "Deployment", "StatefulSet")
+    return of_kind(docs, "Deployment", "StatefulSet", "CronJob")
+
+
+def pod_template(workload: Doc) -> Doc:
+    """The pod template of a Deployment, StatefulSet or CronJob."""
+    spec = workload["spec"]
+    template: Doc = (
+        spec["jobTemplate"]["spec"]["template"]
+        if workload["kind"] == "CronJob"
+        else spec["template"]
+    )
+    return template
 
 
 def containers(workload: Doc) -> list[Doc]:
-    spec = workload["spec"]["template"]["spec"]
+    spec = pod_template(workload)["spec"]
     return [*spec.get("initContainers", []), *spec["containers"]]
 
 
 def pod_spec(workload: Doc) -> Doc:
-    spec: Doc = workload["spec"]["template"]["spec"]
+    spec: Doc = pod_template(workload)["spec"]
     return spec
 
 
 def component(workload: Doc) -> str:
-    label: str = workload["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+    label: str = pod_template(workload)["metadata"]["labels"]["app.kubernetes.io/component"]
     return label
 
 
