@@ -167,11 +167,18 @@ class SqliteJobStore:
         return [JobRecord.from_dict(json.loads(r[0])) for r in rows]
 
     def purge_expired(self) -> int:
-        """Delete expired jobs and their events; how many jobs went."""
+        """Delete expired jobs and their events; how many jobs went. A job
+        that ended before retention existed gets its expiry now."""
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
             now = self.clock()
+            terminal = [state.value for state in JobState if state.terminal]
+            conn.execute(
+                "UPDATE jobs SET expires=? WHERE expires IS NULL AND "
+                f"json_extract(record, '$.state') IN ({','.join('?' * len(terminal))})",
+                (now + self.retention_seconds, *terminal),
+            )
             conn.execute(
                 "DELETE FROM events WHERE job_id IN (SELECT job_id FROM jobs WHERE expires<=?)",
                 (now,),
@@ -290,7 +297,8 @@ class RedisJobStore:
 
     def purge_expired(self) -> int:
         """Drop from every index the ids of jobs Redis has expired; how many
-        entries went (the records and events expired on their own)."""
+        entries went (the records and events expired on their own). A job
+        that ended before retention existed (no TTL) gets its TTL now."""
         gone = 0
         indexes = self._guard(
             lambda: list(self.client.scan_iter(match=f"{self.prefix}:jobs*", _type="ZSET"))
@@ -303,12 +311,28 @@ class RedisJobStore:
                 batch = members[start : start + 500]
                 pipe = self.client.pipeline(transaction=False)
                 for member in batch:
-                    pipe.exists(self._key(member.decode()))
-                present = self._guard(pipe.execute)
-                dead = [m for m, alive in zip(batch, present, strict=True) if not alive]
+                    pipe.pttl(self._key(member.decode()))
+                ttls = self._guard(pipe.execute)
+                dead = [m for m, ttl in zip(batch, ttls, strict=True) if ttl == -2]
                 if dead:
                     gone += int(self._guard(functools.partial(self.client.zrem, index, *dead)))
+                for member, ttl in zip(batch, ttls, strict=True):
+                    if ttl == -1:
+                        self._expire_if_ended(member.decode())
         return gone
+
+    def _expire_if_ended(self, job_id: str) -> None:
+        """Start the retention clock of a job that ended without one."""
+        try:
+            record = self.get(job_id)
+        except NotFound:
+            return
+        if record.state.terminal:
+            key = self._key(job_id)
+            pipe = self.client.pipeline()
+            pipe.pexpire(key, self.retention_ms)
+            pipe.pexpire(f"{key}:events", self.retention_ms)
+            self._guard(pipe.execute)
 
 
 def open_job_store(

@@ -137,3 +137,39 @@ def test_finished_trainer_jobs_checkpoints_are_removed(tmp_path) -> None:
     # The running job's superseded checkpoint is unreferenced: collected too.
     with pytest.raises(NotFound):
         artifacts.get_bytes(blobs["qat-running"][0])
+
+
+def test_jobs_that_ended_before_retention_existed_get_an_expiry(tmp_path, redis_url) -> None:
+    """A store written by an older release holds finished jobs with no expiry;
+    a purge (what `bitmesh gc` runs) starts their clock, and only theirs."""
+    import json
+
+    clock = FakeClock()
+    path = tmp_path / "jobs.sqlite3"
+    sqlite_store = SqliteJobStore(path, retention_seconds=100, clock=clock)
+    for job_id, state in (("old-done", JobState.SUCCEEDED), ("old-running", JobState.RUNNING)):
+        record = JobRecord(job_id=job_id, kind="k", state=state)
+        with sqlite3.connect(path) as conn:
+            conn.execute(
+                "INSERT INTO jobs (job_id, kind, created, record) VALUES (?, ?, ?, ?)",
+                (job_id, "k", record.created, json.dumps(record.to_dict())),
+            )
+    sqlite_store.purge_expired()
+    clock.now += 101
+    sqlite_store.purge_expired()
+    with pytest.raises(NotFound):
+        sqlite_store.get("old-done")
+    assert sqlite_store.get("old-running").state is JobState.RUNNING
+
+    prefix = f"test:{uuid.uuid4().hex}"
+    redis_store = RedisJobStore(redis_url, prefix=prefix, retention_seconds=60)
+    client = redis.Redis.from_url(redis_url)
+    for job_id, state in (("old-done", JobState.SUCCEEDED), ("old-running", JobState.RUNNING)):
+        record = JobRecord(job_id=job_id, kind="k", state=state)
+        client.set(f"{prefix}:job:{job_id}", json.dumps(record.to_dict()))
+        client.rpush(f"{prefix}:job:{job_id}:events", "{}")
+        client.zadd(f"{prefix}:jobs", {job_id: record.created})
+    assert redis_store.purge_expired() == 0
+    assert 0 < client.pttl(f"{prefix}:job:old-done") <= 60_000
+    assert 0 < client.pttl(f"{prefix}:job:old-done:events") <= 60_000
+    assert client.pttl(f"{prefix}:job:old-running") == -1
