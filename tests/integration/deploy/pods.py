@@ -34,10 +34,10 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from tests.unit.deploy.manifests import (
     DOCKER,
@@ -336,6 +336,9 @@ def _local_path(value: str, mounts: Mapping[str, Path], files: Mapping[str, Path
 class LocalLauncher:
     """Pods as processes of this machine, on this checkout's code."""
 
+    def cleanup(self) -> None:
+        pass
+
     def _base_env(self) -> dict[str, str]:
         # What the image provides besides the manifest: its PATH and Python
         # settings (the Dockerfiles' ENV); caches stay the machine's, warm.
@@ -373,14 +376,81 @@ class LocalLauncher:
         )
 
 
+class ContainerLauncher:
+    """Pods of bitmesh's images as containers of the local Docker engine, with
+    the host's network (every port on loopback, as for the local processes),
+    the manifests' user and a read-only root, and each mount a bind mount.
+    Anything else (Redis, whose image is not built here) runs as a process."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.local = LocalLauncher()
+        self.names: dict[str, str] = {}
+
+    @staticmethod
+    def handles(pod: Pod) -> bool:
+        return pod.image.startswith("bitmesh/")
+
+    def _docker_args(self, pod: Pod, name: str) -> list[str]:
+        security = pod.container.get("securityContext", {})
+        args = ["docker", "run", "--rm", "--name", name, "--network", "host", "--init"]
+        user = security.get("runAsUser") or 10001
+        args += ["--user", f"{user}:{user}"]
+        if security.get("readOnlyRootFilesystem"):
+            args.append("--read-only")
+        for mount_path, folder in pod.mounts.items():
+            for path in [folder, *folder.rglob("*")]:
+                path.chmod(0o777 if path.is_dir() else 0o644)
+            args += ["-v", f"{folder}:{mount_path}"]
+        for key, value in pod.env.items():
+            if not key.startswith("__"):
+                args += ["-e", f"{key}={value}"]
+        return args
+
+    def start(self, pod: Pod, log: Path) -> subprocess.Popen[bytes]:
+        if not self.handles(pod):
+            return self.local.start(pod, log)
+        name = f"bitmesh-smoke-{self.run_id}-{pod.name}"
+        self.names[pod.name] = name
+        program, *rest = pod.argv
+        argv = [*self._docker_args(pod, name), "--entrypoint", program, pod.image, *rest]
+        with log.open("ab") as out:
+            return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+
+    def run(self, pod: Pod, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        if not self.handles(pod):
+            return self.local.run(pod, argv, timeout)
+        if pod.name in self.names:  # an exec probe, inside the running container
+            command = ["docker", "exec", self.names[pod.name], *argv]
+        else:  # a CronJob's one run
+            name = f"bitmesh-smoke-{self.run_id}-{pod.name}"
+            program, *rest = argv
+            command = [*self._docker_args(pod, name), "--entrypoint", program, pod.image, *rest]
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+    def cleanup(self) -> None:
+        for name in self.names.values():
+            subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
+
+
+def engine_problem(images: list[str]) -> str | None:
+    """Why the images cannot run here (no engine, an image not built), or None."""
+    if shutil.which("docker") is None:
+        return "no docker command (scripts/images.sh installs Debian's docker.io)"
+    info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
+    if info.returncode != 0:
+        return f"no Docker engine answers: {info.stderr.strip()[-200:]}"
+    for image in images:
+        found = subprocess.run(
+            ["docker", "image", "inspect", image], capture_output=True, text=True, timeout=60
+        )
+        if found.returncode != 0:
+            return f"image {image} is not built (scripts/images.sh builds it)"
+    return None
+
+
 def tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except FileNotFoundError:
         return "(no log)"
-
-
-def iter_probe_ports(pod: Pod) -> Iterator[tuple[str, dict[str, Any]]]:
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        if probe in pod.container:
-            yield probe, pod.container[probe]

@@ -39,7 +39,15 @@ from bitmesh.v1 import common_pb2 as c
 from bitmesh.v1 import proxy_nas_pb2 as p
 from bitmesh.v1 import sensitivity_pb2 as s
 from bitmesh.v1 import trainer_pb2 as t
-from tests.integration.deploy.pods import Cluster, Launcher, LocalLauncher, Pod, tail
+from tests.integration.deploy.pods import (
+    Cluster,
+    ContainerLauncher,
+    Launcher,
+    LocalLauncher,
+    Pod,
+    engine_problem,
+    tail,
+)
 from tests.unit.deploy.manifests import OVERLAYS, render
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -133,9 +141,10 @@ def _ready(mesh: Mesh, pod: Pod) -> bool:
     raise AssertionError(f"{pod.name} has no probe to tell that it is ready")
 
 
-def start_mesh(cluster: Cluster, launcher: Launcher) -> Mesh:
-    pods = {pod.name: pod for pod in cluster.pods()}
-    mesh = Mesh(cluster, launcher, pods, {}, {})
+def start_mesh(mesh: Mesh) -> None:
+    """Start every pod of ``mesh`` and wait until each is ready; what started
+    is in ``mesh.processes`` even when this fails (the caller stops it)."""
+    cluster, launcher, pods = mesh.cluster, mesh.launcher, mesh.pods
     # Redis first (what the cluster's Service gives the others), then the rest.
     order = sorted(pods.values(), key=lambda pod: pod.component != "redis")
     for pod in order:
@@ -151,7 +160,6 @@ def start_mesh(cluster: Cluster, launcher: Launcher) -> Mesh:
             mesh.wait(lambda pod=pod: _ready(mesh, pod), START_TIMEOUT_S, f"{pod.name} ready")
     for pod in order:
         mesh.wait(lambda pod=pod: _ready(mesh, pod), START_TIMEOUT_S, f"{pod.name} ready", poll=1)
-    return mesh
 
 
 def stop_mesh(mesh: Mesh) -> None:
@@ -170,17 +178,35 @@ def stop_mesh(mesh: Mesh) -> None:
     assert not stuck, "\n".join(stuck)
 
 
-@pytest.fixture(params=OVERLAYS)
+@pytest.fixture(
+    params=[pytest.param(("processes", o), id=f"{o}-processes") for o in OVERLAYS]
+    + [
+        pytest.param(("containers", o), id=f"{o}-containers", marks=pytest.mark.containers)
+        for o in OVERLAYS
+    ]
+)
 def mesh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mesh]:
-    cluster = Cluster(render(request.param), tmp_path)
+    how, overlay = request.param
+    cluster = Cluster(render(overlay), tmp_path)
     missing = cluster.missing()
     if missing:
-        pytest.skip(f"overlay {request.param} cannot run on one machine: {'; '.join(missing)}")
-    started = start_mesh(cluster, LocalLauncher())
+        pytest.skip(f"overlay {overlay} cannot run on one machine: {'; '.join(missing)}")
+    launcher: Launcher = LocalLauncher()
+    if how == "containers":
+        images = sorted({pod.image for pod in cluster.pods() if ContainerLauncher.handles(pod)})
+        problem = engine_problem(images)
+        if problem:
+            pytest.skip(f"NO IMAGES: {problem}; scripts/images.sh builds them and runs this")
+        launcher = ContainerLauncher(tmp_path.name[-12:].replace("_", "-").lower())
+    started = Mesh(cluster, launcher, {pod.name: pod for pod in cluster.pods()}, {}, {})
     try:
+        start_mesh(started)
         yield started
     finally:
-        stop_mesh(started)
+        try:
+            stop_mesh(started)
+        finally:
+            launcher.cleanup()
 
 
 # -- the jobs -----------------------------------------------------------------
