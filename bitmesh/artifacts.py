@@ -144,6 +144,15 @@ class ArtifactStore:
             data: bytes = fh.read()
         return data
 
+    def head(self, sha: str, size: int) -> tuple[bytes, int]:
+        """The first ``size`` bytes of a blob and its whole size (reads no more)."""
+        path = self._blob_path(sha)
+        try:
+            with self.fs.open(path, "rb") as fh:
+                return fh.read(size), int(self.fs.size(path))
+        except FileNotFoundError:
+            raise NotFound(f"artifact {sha} is not in the store at {self.root}") from None
+
     def get_json(self, sha: str) -> Any:
         return json.loads(self.get_bytes(sha))
 

@@ -112,12 +112,12 @@ def _mark(artifacts: ArtifactStore, roots: set[str]) -> set[str]:
             continue
         marked.add(sha)
         try:
-            data = artifacts.get_bytes(sha)
+            start, size = artifacts.head(sha, 64)
         except NotFound:
             continue  # a sha256 in some text that names no blob here
-        if len(data) > MAX_SCANNED_BYTES or data.lstrip()[:1] not in (b"{", b"["):
-            continue
-        pending.extend(_shas_in(data) - marked)
+        if size > MAX_SCANNED_BYTES or start.lstrip()[:1] not in (b"{", b"["):
+            continue  # weights, checkpoints: read no further than their first bytes
+        pending.extend(_shas_in(artifacts.get_bytes(sha)) - marked)
     return marked
 
 
