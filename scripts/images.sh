@@ -122,5 +122,5 @@ if [ "${1:-}" = "--no-test" ]; then
   exit 0
 fi
 echo "images: the manifest smoke test against containers of these images" >&2
-BITMESH_SMOKE_IMAGES=1 .venv/bin/python -m pytest -q -p no:cacheprovider \
+PYTHONPATH="$PWD" .venv/bin/python -m pytest -q -p no:cacheprovider -rs \
   tests/integration/deploy/test_manifest_smoke.py -k containers

@@ -393,7 +393,8 @@ class ContainerLauncher:
 
     def _docker_args(self, pod: Pod, name: str) -> list[str]:
         security = pod.container.get("securityContext", {})
-        args = ["docker", "run", "--rm", "--name", name, "--network", "host", "--init"]
+        # No --init: in a pod the program is PID 1 too, and must handle SIGTERM itself.
+        args = ["docker", "run", "--rm", "--name", name, "--network", "host"]
         user = security.get("runAsUser") or 10001
         args += ["--user", f"{user}:{user}"]
         if security.get("readOnlyRootFilesystem"):
