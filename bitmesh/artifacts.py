@@ -6,16 +6,22 @@ can be found again by what produced them (model hash, dataset hash, settings).
 The root is a local folder by default and any fsspec URL (``s3://bucket/x``)
 in a cluster. Keys and namespaces are checked so that no name a user sends
 can escape the root.
+
+Deleting is for retention only (``bitmesh gc``, :mod:`bitmesh.gc`): a blob
+is immutable while it exists, and only the collector, which knows every
+reference, decides that none is left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import fsspec
@@ -43,6 +49,38 @@ def stable_json(value: Any) -> bytes:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """A blob (or an abandoned temporary file) as listed by the store."""
+
+    path: str
+    sha256: str | None  # None for a ``*.tmp-*`` file a writer left behind
+    mtime: float
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class StoredRef:
+    """A named reference and the blob it points at."""
+
+    namespace: str
+    key: str
+    sha256: str
+
+
+def _mtime(info: Mapping[str, Any]) -> float:
+    """The modification time fsspec reports, whichever key the backend uses."""
+    for name in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        value = info.get(name)
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, str):
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return 0.0
 
 
 def _check_name(kind: str, name: str) -> str:
@@ -89,6 +127,8 @@ class ArtifactStore:
             with self.fs.open(tmp, "wb") as fh:
                 fh.write(data)
             self.fs.mv(tmp, path)
+        else:
+            self._refresh(path)
         return Artifact(
             uri=self.uri_of(path), sha256=sha, size_bytes=len(data), media_type=media_type
         )
@@ -103,6 +143,15 @@ class ArtifactStore:
         with self.fs.open(path, "rb") as fh:
             data: bytes = fh.read()
         return data
+
+    def head(self, sha: str, size: int) -> tuple[bytes, int]:
+        """The first ``size`` bytes of a blob and its whole size (reads no more)."""
+        path = self._blob_path(sha)
+        try:
+            with self.fs.open(path, "rb") as fh:
+                return fh.read(size), int(self.fs.size(path))
+        except FileNotFoundError:
+            raise NotFound(f"artifact {sha} is not in the store at {self.root}") from None
 
     def get_json(self, sha: str) -> Any:
         return json.loads(self.get_bytes(sha))
@@ -132,6 +181,51 @@ class ArtifactStore:
             self.fs.mv(tmp, path)
         return str(path), sha
 
+    def _refresh(self, path: str) -> None:
+        """Make a blob young again when it is stored a second time, so that
+        ``bitmesh gc``, which spares young blobs, does not delete it while the
+        new writer has yet to store its reference. Backends that cannot touch
+        (object stores) keep the old time."""
+        with contextlib.suppress(NotImplementedError, ValueError, OSError):
+            self.fs.touch(path, truncate=False)
+
+    def blob_mtime(self, sha: str) -> float | None:
+        """When a blob was last written or refreshed; None when it is absent."""
+        try:
+            return _mtime(self.fs.info(self._blob_path(sha)))
+        except FileNotFoundError:
+            return None
+
+    def delete(self, sha: str) -> bool:
+        """Remove a blob; False when it was not there. Only the collector calls this."""
+        path = self._blob_path(sha)
+        try:
+            self.fs.rm_file(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def remove_path(self, path: str) -> None:
+        """Remove a listed file (:meth:`blobs`) inside ``cas/``, e.g. an abandoned tmp file."""
+        if not path.startswith(f"{self.root}/cas/"):
+            raise InvalidArgument(f"{path!r} is not a file of the blob store at {self.root}")
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(path)
+
+    def blobs(self) -> Iterator[StoredBlob]:
+        """Every file under ``cas/``: blobs and temporary files of writes in flight."""
+        base = f"{self.root}/cas"
+        if not self.fs.exists(base):
+            return
+        for path, info in self.fs.find(base, detail=True).items():
+            name = path.rsplit("/", 1)[-1]
+            sha = name if _SHA256.match(name) else None
+            if sha is None and ".tmp-" not in name:
+                continue
+            yield StoredBlob(
+                path=path, sha256=sha, mtime=_mtime(info), size_bytes=int(info.get("size", 0))
+            )
+
     # -- named references --------------------------------------------------
     def set_ref(self, namespace: str, key: str, value: Mapping[str, Any]) -> Artifact:
         """Store ``value`` as a blob and point ``namespace/key`` at it."""
@@ -152,6 +246,31 @@ class ArtifactStore:
         with self.fs.open(path, "rb") as fh:
             pointer = json.loads(fh.read())
         return self.get_json(pointer["sha256"])
+
+    def delete_ref(self, namespace: str, key: str) -> bool:
+        """Remove ``namespace/key`` (its blob stays until ``bitmesh gc``)."""
+        try:
+            self.fs.rm_file(self._ref_path(namespace, key))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def refs(self) -> Iterator[StoredRef]:
+        """Every named reference and the blob it points at."""
+        base = f"{self.root}/refs"
+        if not self.fs.exists(base):
+            return
+        for path in self.fs.find(base):
+            relative = path[len(base) + 1 :]
+            if relative.count("/") != 1 or not relative.endswith(".json"):
+                continue  # a temporary file of a write in flight
+            namespace, name = relative.split("/")
+            try:
+                with self.fs.open(path, "rb") as fh:
+                    pointer = json.loads(fh.read())
+            except FileNotFoundError:
+                continue  # deleted while listed
+            yield StoredRef(namespace, name.removesuffix(".json"), str(pointer["sha256"]))
 
     def resolve_user_path(self, relative: str) -> str:
         """A path inside the root for a name a user sent; refuses escapes."""

@@ -78,6 +78,13 @@ class Settings(BaseSettings):
     # message is re-sent (its message was lost: docs/architecture.md).
     requeue_after_seconds: float = Field(default=300.0, gt=0)
     log_level: str = "INFO"
+    # How long a finished job's record and events stay in its store (running
+    # and queued jobs never expire): a trainer job with eval_every=1 writes an
+    # event per step, and Redis holds every byte in memory (bitmesh/jobs/store.py).
+    job_retention_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
+    # `bitmesh gc` (bitmesh/gc.py) never deletes a blob younger than this: a
+    # writer stores a blob first and its reference (a ref, a job result) after.
+    gc_min_blob_age_seconds: float = Field(default=3600.0, ge=0)
     # Where torch work runs (bitmesh/devices.py): auto (CUDA when present),
     # cpu, cuda or cuda:N.
     device: str = "auto"

@@ -5,7 +5,8 @@ state, policy, RNG states, step, metrics), written with ``torch.save`` and read
 back with ``weights_only=True``: a checkpoint is data, and reading it can
 never run code. The blob is content-addressed; the named reference
 ``trainer-checkpoints/<job id>`` points at the latest one, so a worker that
-picks up a redelivered job finds where the dead one stopped.
+picks up a redelivered job finds where the dead one stopped. Once the job
+has ended, ``bitmesh gc`` (bitmesh/gc.py) removes the reference and the blobs.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import torch
 
 from bitmesh.artifacts import Artifact, ArtifactStore
 from bitmesh.errors import FailedPrecondition
+from bitmesh.jobs.plumbing import TRAINER
 
-NAMESPACE = "trainer-checkpoints"
+NAMESPACE = TRAINER.checkpoint_namespace
 MEDIA_TYPE = "application/vnd.bitmesh.checkpoint+torch"
 
 

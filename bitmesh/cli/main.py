@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from bitmesh.cli import (
+    gc_cmd,
     layers_cmd,
     mesh_cmds,
     run_cmd,
@@ -26,6 +27,7 @@ COMMAND_MODULES = (
     train_cmds,
     tune_cmd,
     run_cmd,
+    gc_cmd,
 )
 
 

@@ -33,6 +33,9 @@ class JobPlumbing:
     kinds: tuple[str, ...]
     queue: str | None = None
     task: str | None = None
+    # The artifact-ref namespace of its jobs' checkpoints (keyed by job id),
+    # which `bitmesh gc` removes once the job has ended.
+    checkpoints: str | None = None
 
     @property
     def redis_prefix(self) -> str:
@@ -45,6 +48,13 @@ class JobPlumbing:
         if self.queue is None:
             raise LookupError(f"the {self.store} store's work travels on no queue")
         return self.queue
+
+    @property
+    def checkpoint_namespace(self) -> str:
+        """The checkpoints' ref namespace, for plumbing whose jobs checkpoint."""
+        if self.checkpoints is None:
+            raise LookupError(f"the {self.store} store's jobs keep no checkpoints")
+        return self.checkpoints
 
     @property
     def task_name(self) -> str:
@@ -61,6 +71,7 @@ TRAINER = JobPlumbing(
     kinds=("qat", "search", "calibration"),
     queue="bitmesh.trainer",
     task="bitmesh.trainer.run_job",
+    checkpoints="trainer-checkpoints",
 )
 SENSITIVITY = JobPlumbing(store="sensitivity", kinds=("sensitivity",))
 PROXY_NAS = JobPlumbing(store="proxy_nas", kinds=("tune",))

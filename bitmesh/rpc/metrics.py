@@ -14,7 +14,12 @@ share counters) served over HTTP on ``BITMESH_METRICS_PORT`` (0 = off):
 - ``bitmesh_queue_length{queue}``: Celery messages waiting in the broker, one
   sample per training queue (``TRAINING_QUEUES`` of
   :mod:`bitmesh.jobs.plumbing`: training jobs and proxy NAS trials), the
-  figures KEDA scales workers on.
+  figures KEDA scales workers on;
+- ``bitmesh_redis_memory_used_bytes`` and ``bitmesh_redis_memory_max_bytes``:
+  Redis' ``INFO memory`` (``used_memory``, ``maxmemory``), reported by every
+  service with a Redis. Redis runs with ``maxmemory-policy noeviction`` (job
+  keys must never be evicted), so a full Redis refuses writes; the alert in
+  ``deploy/k8s/components/redis-memory-alert`` fires well before that.
 
 Gauges read at scrape time never fail a scrape: a store or broker that cannot
 be read is logged and its samples are left out.
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,6 +234,52 @@ class QueueLengthCollector(Collector):
             yield family
 
 
+class RedisMemoryCollector(Collector):
+    """Redis' memory use and ceiling, read from ``INFO memory`` at scrape time."""
+
+    def __init__(self, info_memory: Callable[[], Mapping[str, Any]]) -> None:
+        self._info_memory = info_memory
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "bitmesh_redis_memory_used_bytes", "Memory Redis uses (INFO used_memory)."
+            ),
+            GaugeMetricFamily(
+                "bitmesh_redis_memory_max_bytes",
+                "Redis' maxmemory (INFO maxmemory); 0 means no limit is set.",
+            ),
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            info = self._info_memory()
+            used, ceiling = float(info["used_memory"]), float(info["maxmemory"])
+        except Exception as exc:  # a scrape must not fail because Redis is down
+            log.warning("metrics: cannot read Redis' memory: %s", exc)
+            return
+        used_family, max_family = self._families()
+        used_family.add_metric((), used)
+        max_family.add_metric((), ceiling)
+        yield used_family
+        yield max_family
+
+
+def redis_info_memory(url: str) -> dict[str, Any]:
+    """``INFO memory`` of the Redis at ``url``, on a short-lived connection."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        info: dict[str, Any] = client.info("memory")
+        return info
+    finally:
+        client.close()
+
+
 def broker_queue_length(settings: Settings, queue: str) -> int:
     """Messages waiting in Celery's broker for ``queue``.
 
@@ -267,6 +318,9 @@ def add_service_collectors(
             registry.register(JobStoreCollector(opener, plumbing.kinds))
     if any(name in QUEUE_SERVICES for name in service_names):
         registry.register(QueueLengthCollector(lambda q: broker_queue_length(settings, q)))
+    redis_url = settings.redis_url
+    if redis_url and any(name in JOB_STORES or name in QUEUE_SERVICES for name in service_names):
+        registry.register(RedisMemoryCollector(lambda: redis_info_memory(redis_url)))
 
 
 @dataclass

@@ -16,6 +16,9 @@
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+# A folder or URL of wheels to install from instead of the package index
+# (scripts/images.sh serves the lock's wheels on loopback).
+ARG PIP_FIND_LINKS=
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -27,7 +30,8 @@ COPY bitmesh ./bitmesh
 COPY sensitivity_svc ./sensitivity_svc
 COPY trainer_svc ./trainer_svc
 COPY proxy_nas_svc ./proxy_nas_svc
-RUN pip install --constraint requirements.lock ".[ml,jobs]" \
+RUN pip install --constraint requirements.lock \
+      ${PIP_FIND_LINKS:+--no-index --find-links "$PIP_FIND_LINKS"} ".[ml,jobs]" \
  && pip check
 
 FROM ${PYTHON_IMAGE} AS runtime

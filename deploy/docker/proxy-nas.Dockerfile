@@ -13,6 +13,9 @@
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+# A folder or URL of wheels to install from instead of the package index
+# (scripts/images.sh serves the lock's wheels on loopback).
+ARG PIP_FIND_LINKS=
 ARG TORCH_INDEX_URL=
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -25,6 +28,7 @@ COPY bitmesh ./bitmesh
 COPY proxy_nas_svc ./proxy_nas_svc
 COPY trainer_svc ./trainer_svc
 RUN pip install --constraint requirements.lock \
+      ${PIP_FIND_LINKS:+--no-index --find-links "$PIP_FIND_LINKS"} \
       ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} ".[ml,jobs]" \
  && pip check
 

@@ -7,6 +7,9 @@
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+# A folder or URL of wheels to install from instead of the package index
+# (scripts/images.sh serves the lock's wheels on loopback).
+ARG PIP_FIND_LINKS=
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -16,7 +19,8 @@ WORKDIR /src
 COPY pyproject.toml requirements.lock README.md ./
 COPY bitmesh ./bitmesh
 COPY solver_svc ./solver_svc
-RUN pip install --constraint requirements.lock ".[solver]" \
+RUN pip install --constraint requirements.lock \
+      ${PIP_FIND_LINKS:+--no-index --find-links "$PIP_FIND_LINKS"} ".[solver]" \
  && pip check \
  && if python -c "import torch" 2>/dev/null; then echo "torch leaked into the solver image" >&2; exit 1; fi
 

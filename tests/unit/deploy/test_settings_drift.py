@@ -30,6 +30,7 @@ from tests.unit.deploy.manifests import (
     named,
     of_kind,
     pod_spec,
+    pod_template,
     proto_service_name,
     render,
     secret_refs,
@@ -47,6 +48,9 @@ FOREIGN_ENV = {
     "redis": {"REDIS_PASSWORD", "REDISCLI_AUTH"},
     "worker": {"REMAP_SIGTERM"},
 }
+# Workloads that serve no gRPC and so mount no TLS files (they still read the
+# shared ConfigMap, which names them).
+NO_TLS = {"redis", "gc"}
 # Secrets the operator provides to the overlays that do not generate them,
 # with the keys read; docs/deploy.md must tell how to make each.
 OPERATOR_SECRETS = {
@@ -219,7 +223,8 @@ def test_tls_and_artifact_paths_are_mounted(
         (container,) = pod_spec(workload)["containers"]
         mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
         settings = _settings_of(docs, container, monkeypatch)
-        for path in (settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file):
+        tls_files = (settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
+        for path in () if component(workload) in NO_TLS else tls_files:
             assert path, "a TLS file setting is empty"
             folder, filename = posixpath.split(path)
             secret = volumes[mounts[folder]["name"]]["secret"]
@@ -271,7 +276,7 @@ def test_only_the_mesh_may_reach_redis(docs: tuple[Doc, ...]) -> None:
     redis = [w for w in workloads(docs) if component(w) == "redis"]
     assert len(policies) == len(redis), "an in-cluster Redis needs its NetworkPolicy"
     for policy, statefulset in zip(policies, redis, strict=True):
-        labels = statefulset["spec"]["template"]["metadata"]["labels"]
+        labels = pod_template(statefulset)["metadata"]["labels"]
         selector = policy["spec"]["podSelector"]["matchLabels"]
         assert selector.items() <= labels.items()
         assert policy["spec"]["policyTypes"] == ["Ingress"]
@@ -284,7 +289,7 @@ def test_only_the_mesh_may_reach_redis(docs: tuple[Doc, ...]) -> None:
         assert len(pod_rules) == 1
         allowed = pod_rules[0].items()
         for workload in workloads(docs):
-            pod_labels = workload["spec"]["template"]["metadata"]["labels"].items()
+            pod_labels = pod_template(workload)["metadata"]["labels"].items()
             uses_redis = any(
                 e["name"] == "REDIS_URL" for c in containers(workload) for e in env_of(c)
             )
@@ -304,6 +309,85 @@ def test_redis_persists_with_aof(docs: tuple[Doc, ...]) -> None:
         (claim,) = statefulset["spec"]["volumeClaimTemplates"]
         data_mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
         assert data_mount[claim["metadata"]["name"]] == args[args.index("--dir") + 1]
+
+
+_REDIS_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1024,
+    "m": 1000**2,
+    "mb": 1024**2,
+    "g": 1000**3,
+    "gb": 1024**3,
+}
+_K8S_UNITS = {
+    "": 1,
+    "Ki": 1024,
+    "Mi": 1024**2,
+    "Gi": 1024**3,
+    "K": 1000,
+    "M": 1000**2,
+    "G": 1000**3,
+}
+
+
+def _bytes(value: str, units: dict[str, int]) -> int:
+    match = re.fullmatch(r"(\d+)([A-Za-z]*)", value)
+    assert match and match.group(2) in units, f"cannot read the size {value!r}"
+    return int(match.group(1)) * units[match.group(2)]
+
+
+def test_redis_has_a_maxmemory_under_its_limit_and_never_evicts(docs: tuple[Doc, ...]) -> None:
+    for statefulset in of_kind(docs, "StatefulSet"):
+        (container,) = containers(statefulset)
+        args = container["args"]
+        assert "--maxmemory" in args, "Redis without maxmemory grows until the kernel kills it"
+        ceiling = _bytes(args[args.index("--maxmemory") + 1].lower(), _REDIS_UNITS)
+        limit = _bytes(container["resources"]["limits"]["memory"], _K8S_UNITS)
+        # Headroom for the AOF rewrite's fork, client buffers, fragmentation.
+        assert 0 < ceiling <= 0.8 * limit, (ceiling, limit)
+        # Any evicting policy could drop job records and queued tasks.
+        assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+
+
+def test_redis_memory_alert_reads_metrics_the_services_export() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from bitmesh.rpc.metrics import RedisMemoryCollector
+
+    registry = CollectorRegistry()
+    registry.register(RedisMemoryCollector(lambda: {"used_memory": 1, "maxmemory": 2}))
+    exported = {m.name for m in registry.collect()}
+    rules = [
+        rule
+        for rule_doc in of_kind(render("gpu"), "PrometheusRule")
+        for group in rule_doc["spec"]["groups"]
+        for rule in group["rules"]
+    ]
+    assert rules, "the gpu overlay has no alert on Redis' memory"
+    for rule in rules:
+        used = set(re.findall(r"bitmesh_[a-z_]+", rule["expr"]))
+        assert used and used <= exported, (rule["alert"], sorted(used - exported))
+
+
+def test_gc_runs_on_a_schedule_with_the_mesh_settings(
+    docs: tuple[Doc, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bitmesh.cli.main import build_parser
+
+    cron_jobs = [w for w in of_kind(docs, "CronJob") if component(w) == "gc"]
+    assert len(cron_jobs) == 1, "no CronJob runs `bitmesh gc`"
+    (cron,) = cron_jobs
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    (container,) = containers(cron)
+    assert container["command"][:2] == ["bitmesh", "gc"]
+    build_parser().parse_args(container["command"][1:])  # a command the CLI has
+    settings = _settings_of(docs, container, monkeypatch)
+    assert settings.redis_url, "gc would collect against an empty SQLite store"
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert settings.artifact_root in mounts
+    assert pod_spec(cron)["restartPolicy"] in {"OnFailure", "Never"}
 
 
 # -- Celery workers --------------------------------------------------------
@@ -417,9 +501,11 @@ def test_images_are_built_here_and_pinned(docs: tuple[Doc, ...]) -> None:
                 dockerfile = REPO / "deploy" / "docker" / f"{name}.Dockerfile"
                 assert dockerfile.is_file(), f"no Dockerfile builds {image}"
                 text = dockerfile.read_text()
-                module = (
-                    container["command"][2].split(".")[0]
-                    if container["command"][0] == "celery"
-                    else container["command"][-1]
-                )
+                command = container["command"]
+                if command[0] == "celery":
+                    module = command[2].split(".")[0]
+                elif command[0] == "bitmesh":  # the CLI's console script
+                    module = "bitmesh"
+                else:
+                    module = command[-1]
                 assert f"COPY {module} ./{module}" in text, f"{dockerfile.name} lacks {module}"

@@ -95,3 +95,21 @@ def test_service_tables_name_real_services() -> None:
     }
     assert set(JOB_STORES) == names
     assert names > QUEUE_SERVICES
+
+
+def test_redis_memory_is_reported_from_info(tmp_path: Path) -> None:
+    from bitmesh.rpc.metrics import RedisMemoryCollector, redis_info_memory
+    from tests.redis_server import redis_server
+
+    args = ["--maxmemory", "64mb", "--maxmemory-policy", "noeviction"]
+    with redis_server(tmp_path / "redis", args) as server:
+        text = _text(RedisMemoryCollector(lambda: redis_info_memory(server.url())))
+    samples = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("bitmesh_redis_memory_")
+    }
+    assert samples["bitmesh_redis_memory_max_bytes"] == 64 * 1024 * 1024
+    assert samples["bitmesh_redis_memory_used_bytes"] > 0
+    down = _text(RedisMemoryCollector(lambda: redis_info_memory(server.url())))
+    assert "bitmesh_redis_memory_used_bytes " not in down  # Redis is gone: no samples
