@@ -1,10 +1,15 @@
-"""The chaos benchmark in a reduced form (one job of each kind, short
-training): every disruption runs, and nothing is lost, doubled or stuck."""
+"""The chaos benchmark's entry point refuses bad arguments.
+
+A whole chaos run is not in the suite: even reduced (two jobs of each kind)
+it took 235 s of the suite's 552 on the shared 2-core machine, and every
+disruption it makes is proven on its own by tests/integration/durability
+(Redis SIGKILLed and back, Redis down past the retry window, each service
+killed mid-job, a worker lost mid-handover). Run ``benchmarks/bench_chaos.py``
+for the combined figures."""
 
 from __future__ import annotations
 
 import importlib.util
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +19,7 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_chaos.py"
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -28,20 +33,6 @@ def bench() -> Iterator[ModuleType]:
         yield module
     finally:
         sys.modules.pop("bench_chaos", None)
-
-
-def test_a_reduced_chaos_run_loses_nothing(
-    bench: ModuleType, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code = bench.main(["--jobs", "2", "--steps", "200", "--max-seconds", "400"])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    for name in ("SIGKILL a worker", "restart Redis", "restart trainer", "restart proxy_nas"):
-        assert f"chaos: {name}" in out
-    result = dict(re.findall(r"(\w+)=([\d.]+)", out.strip().splitlines()[-1]))
-    assert int(result["jobs_submitted"]) >= 3
-    assert result["jobs_lost"] == result["duplicate_results"] == result["stuck_running"] == "0"
-    assert float(result["p99_recovery_s"]) > 0
 
 
 def test_bad_arguments_exit_2(bench: ModuleType) -> None:

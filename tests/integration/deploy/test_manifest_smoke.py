@@ -94,14 +94,23 @@ class Mesh:
             time.sleep(poll)
 
     def client_settings(self) -> Settings:
-        """A client as the services' peers are configured (addresses, CA, token)."""
+        """A client as the services' peers are configured (addresses, CA,
+        token, and the client certificate where the overlay has mutual TLS)."""
         env = next(pod.env for pod in self.pods.values() if pod.component in SERVICES)
         files = next(pod.mounts for pod in self.pods.values() if pod.component in SERVICES)
-        ca = env["BITMESH_TLS_CA_FILE"]
-        folder, _, name = ca.rpartition("/")
+
+        def local(setting: str) -> str | None:
+            """The pod's file named by ``setting``, where it lies here."""
+            if setting not in env:
+                return None
+            folder, _, name = env[setting].rpartition("/")
+            return str(files[folder] / name)
+
         return Settings(
             auth_token=env["BITMESH_AUTH_TOKEN"],
-            tls_ca_file=str(files[folder] / name),
+            tls_ca_file=local("BITMESH_TLS_CA_FILE"),
+            tls_client_cert_file=local("BITMESH_TLS_CLIENT_CERT_FILE"),
+            tls_client_key_file=local("BITMESH_TLS_CLIENT_KEY_FILE"),
             call_timeout_seconds=60,
             **{f"{svc}_address": env[f"BITMESH_{svc.upper()}_ADDRESS"] for svc in SERVICES},  # type: ignore[arg-type]
         )

@@ -74,9 +74,12 @@ def make_tls_files(folder: Path, ca_name: str = "bitmesh-test-ca") -> TlsFiles:
         folder / "client.key",
     )
     files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    for cert_path, key_path, usage in (
-        (files.server_cert, files.server_key, ExtendedKeyUsageOID.SERVER_AUTH),
-        (files.client_cert, files.client_key, ExtendedKeyUsageOID.CLIENT_AUTH),
+    # The server certificate may also be a client's, as the manifests'
+    # bitmesh-tls is (a service calling a peer under mutual TLS).
+    server_usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    for cert_path, key_path, usages in (
+        (files.server_cert, files.server_key, server_usages),
+        (files.client_cert, files.client_key, [ExtendedKeyUsageOID.CLIENT_AUTH]),
     ):
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
@@ -93,7 +96,7 @@ def make_tls_files(folder: Path, ca_name: str = "bitmesh-test-ca") -> TlsFiles:
                 ),
                 critical=False,
             )
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -48,9 +48,11 @@ FOREIGN_ENV = {
     "redis": {"REDIS_PASSWORD", "REDISCLI_AUTH"},
     "worker": {"REMAP_SIGTERM"},
 }
-# Workloads that serve no gRPC and so mount no TLS files (they still read the
-# shared ConfigMap, which names them).
-NO_TLS = {"redis", "gc"}
+# Workloads that serve no gRPC and call none, and so mount no TLS files (they
+# still read the shared ConfigMap, which names them). The worker is one: it
+# trains and runs proxy trials in-process and talks only to Redis, so a
+# user's model running there cannot read the services' TLS key (issue 16).
+NO_TLS = {"redis", "gc", "worker"}
 # Secrets the operator provides to the overlays that do not generate them,
 # with the keys read; docs/deploy.md must tell how to make each.
 OPERATOR_SECRETS = {
@@ -224,6 +226,9 @@ def test_tls_and_artifact_paths_are_mounted(
         mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
         settings = _settings_of(docs, container, monkeypatch)
         tls_files = (settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
+        if component(workload) in NO_TLS:
+            mounted = {v.get("secret", {}).get("secretName") for v in volumes.values()}
+            assert "bitmesh-tls" not in mounted, f"{component(workload)} mounts the TLS key"
         for path in () if component(workload) in NO_TLS else tls_files:
             assert path, "a TLS file setting is empty"
             folder, filename = posixpath.split(path)
