@@ -24,6 +24,7 @@ from typing import Protocol
 
 from bitmesh.errors import Unavailable
 from bitmesh.jobs.plumbing import TRAINER, redis_prefix
+from bitmesh.jobs.store import thread_connection
 
 # Renew our lease, or take it back when it lapsed and nobody took it
 # meanwhile (a Redis outage longer than the TTL must not cost a live runner
@@ -101,12 +102,7 @@ class SqliteLease:
         )
 
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
-        return conn
+        return thread_connection(self._local, self.path)
 
     def acquire(self, job_id: str, owner: str, ttl: float) -> bool:
         conn = self._conn()

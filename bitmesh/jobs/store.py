@@ -43,6 +43,18 @@ class JobStore(Protocol):
     def purge_expired(self) -> int: ...
 
 
+def thread_connection(local: threading.local, path: str) -> sqlite3.Connection:
+    """This thread's connection to the SQLite file ``path`` (kept in ``local``):
+    autocommit, so each caller opens its own transactions, and a 30 s busy
+    wait while another process holds the file's lock."""
+    conn: sqlite3.Connection | None = getattr(local, "conn", None)
+    if conn is None:
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout=30000")
+        local.conn = conn
+    return conn
+
+
 def transition(record: JobRecord, **changes: Any) -> JobRecord:
     """Apply ``changes`` unless the job already ended (terminal is final)."""
     if record.state.terminal and "state" in changes:
@@ -81,12 +93,7 @@ class SqliteJobStore:
                 conn.execute("ALTER TABLE jobs ADD COLUMN expires REAL")
 
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
-        return conn
+        return thread_connection(self._local, self.path)
 
     def create(self, record: JobRecord) -> JobRecord:
         conn = self._conn()
