@@ -138,6 +138,22 @@ class Settings(BaseSettings):
     max_batches: int = Field(default=64, ge=1)
     max_data_elements: int = Field(default=256 * 1024 * 1024, ge=1)
 
+    # The model sandbox (bitmesh/models/sandbox/): a child process that loads,
+    # checks, probes and describes a user's program file (.pt2) so the API
+    # service never runs it. memory: address space a model may add past the
+    # child's own after importing torch (the import maps ~3.5 GiB, under
+    # 1 GiB resident); 2 GiB holds vgg16's 528 MiB of weights and its probe
+    # (0.75 GiB measured) twice over, and the child (~1 GiB resident plus
+    # this) fits beside the service in the sensitivity pod's 8 GiB. cpu:
+    # seconds of CPU per request (the child runs one thread); wall: seconds
+    # per request before the service kills the child, under the clients'
+    # 30 s call deadline so a caller sees RESOURCE_EXHAUSTED, not
+    # DEADLINE_EXCEEDED; start: seconds the child may take to import torch.
+    sandbox_memory_bytes: int = Field(default=2 * 1024**3, ge=64 * 1024**2)
+    sandbox_cpu_seconds: int = Field(default=20, ge=1)
+    sandbox_wall_seconds: float = Field(default=20.0, gt=0)
+    sandbox_start_seconds: float = Field(default=120.0, gt=0)
+
     # Security (off on loopback; on in the Kubernetes manifests).
     auth_token: str | None = None
     # A service bound to a non-loopback address without a token refuses to
