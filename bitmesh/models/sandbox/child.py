@@ -10,8 +10,8 @@ working directory and no GPU. It imports torch once, then caps itself:
   address space (mostly shared libraries, under 1 GiB resident, more or
   less by build), which an absolute cap would spend on mappings;
 - CPU: before each request the soft ``RLIMIT_CPU`` is set to the seconds
-  used so far plus ``--cpu-seconds``, so the cap is per request in a
-  long-lived process; past it the kernel ends the process (SIGXCPU).
+  used so far plus the request's ``cpu_seconds``, so the cap is per request
+  in a long-lived process; past it the kernel ends the process (SIGXCPU).
 
 The service enforces the wall-clock limit and restarts the process after
 any kill. Replies are JSON lines on a private copy of stdout; file
@@ -102,7 +102,7 @@ def _memory_failure(memory_bytes: int) -> str:
     )
 
 
-def serve(memory_bytes: int, cpu_seconds: int, replies: TextIO) -> None:
+def serve(memory_bytes: int, replies: TextIO) -> None:
     """Answer requests from stdin until it closes."""
     # Everything a first load imports, imported before the caps and the
     # ready line, so no request's wall clock pays it: torch.export.load pulls
@@ -126,11 +126,12 @@ def serve(memory_bytes: int, cpu_seconds: int, replies: TextIO) -> None:
     replies.flush()
     tables: dict[tuple[Any, ...], str] = {}
     for line in sys.stdin:
-        used = resource.getrusage(resource.RUSAGE_SELF)
-        spent = int(used.ru_utime + used.ru_stime) + 1
-        resource.setrlimit(resource.RLIMIT_CPU, (spent + cpu_seconds, resource.RLIM_INFINITY))
         try:
             request = json.loads(line)
+            used = resource.getrusage(resource.RUSAGE_SELF)
+            spent = int(used.ru_utime + used.ru_stime) + 1
+            limit = spent + max(1, int(request["cpu_seconds"]))
+            resource.setrlimit(resource.RLIMIT_CPU, (limit, resource.RLIM_INFINITY))
             reply = _answer(request["spec"], memory_bytes, tables)
         except (ValueError, KeyError, TypeError) as exc:
             reply = failure("INVALID_ARGUMENT", f"malformed sandbox request: {exc}")
@@ -141,12 +142,11 @@ def serve(memory_bytes: int, cpu_seconds: int, replies: TextIO) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--memory-bytes", type=int, required=True)
-    parser.add_argument("--cpu-seconds", type=int, required=True)
     args = parser.parse_args(argv)
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    serve(args.memory_bytes, args.cpu_seconds, replies)
+    serve(args.memory_bytes, replies)
 
 
 if __name__ == "__main__":

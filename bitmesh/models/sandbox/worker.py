@@ -12,7 +12,8 @@ the layer table back as JSON. The child is
 - **capped**: memory and CPU rlimits set by the child on itself
   (``BITMESH_SANDBOX_MEMORY_BYTES``, ``BITMESH_SANDBOX_CPU_SECONDS``), and a
   wall clock per request enforced here (``BITMESH_SANDBOX_WALL_SECONDS``):
-  past it the child is killed;
+  past it the child is killed. The limits are read per request; the memory
+  cap is set when the child starts, so a changed one starts a new child;
 - **reused**: it stays up between requests, so its torch import (seconds) is
   paid once and a file it has described is answered from its memory; after
   a kill or a crash it is started again on the next request (one that
@@ -76,14 +77,15 @@ class SandboxLimits:
         )
 
 
-def child_environment(workdir: str) -> dict[str, str]:
+def child_environment(scratch: str) -> dict[str, str]:
     """The child's whole environment: the allowlist, plus what pins it to
-    one CPU thread, no GPU, and its own folder for anything it writes."""
+    one CPU thread, no GPU, and ``scratch`` (its own folder, not its working
+    directory) for what torch writes (inductor's cache, temporary files)."""
     env = {name: os.environ[name] for name in ENV_ALLOWLIST if name in os.environ}
     env.update(
         {
-            "HOME": workdir,
-            "TMPDIR": workdir,
+            "HOME": scratch,
+            "TMPDIR": scratch,
             "PYTHONPATH": str(Path(bitmesh.__file__).resolve().parent.parent),
             "PYTHONNOUSERSITE": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
@@ -105,6 +107,7 @@ class Sandbox:
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self._buffer = b""
+        self._memory_bytes = 0  # the cap the running child set on itself
         self.starts = 0  # how many children were started (tests, metrics)
 
     @property
@@ -118,9 +121,9 @@ class Sandbox:
         FailedPrecondition), ResourceExhausted past a memory, CPU or wall
         cap, Unavailable when the child cannot start.
         """
-        request = {"spec": spec_to_json(_absolute(spec))}
         with self._lock:
             limits = self.limits
+            request = {"spec": spec_to_json(_absolute(spec)), "cpu_seconds": limits.cpu_seconds}
             process = self._ensure_started(limits)
             reply = self._exchange(process, request, limits)
         if reply.get("ok") is True:
@@ -140,32 +143,39 @@ class Sandbox:
     # -- the child's life ---------------------------------------------------
 
     def _ensure_started(self, limits: SandboxLimits) -> subprocess.Popen[bytes]:
-        if self._process is not None and self._process.poll() is None:
+        if (
+            self._process is not None
+            and self._process.poll() is None
+            and self._memory_bytes == limits.memory_bytes
+        ):
             return self._process
         self._stop()
         self._workdir = tempfile.TemporaryDirectory(prefix="bitmesh-sandbox-")
+        cwd, scratch = Path(self._workdir.name, "cwd"), Path(self._workdir.name, "scratch")
+        cwd.mkdir()
+        scratch.mkdir()
         command = [
             sys.executable,
             "-m",
             "bitmesh.models.sandbox.child",
             f"--memory-bytes={limits.memory_bytes}",
-            f"--cpu-seconds={limits.cpu_seconds}",
         ]
         process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            cwd=self._workdir.name,
-            env=child_environment(self._workdir.name),
+            cwd=cwd,
+            env=child_environment(str(scratch)),
             close_fds=True,
             start_new_session=True,
         )
         self._process = process
+        self._memory_bytes = limits.memory_bytes
         self._buffer = b""
         self.starts += 1
         ready = self._read_line(process, limits.start_seconds)
-        if ready is None or json.loads(ready).get("ready") is not True:
+        if ready is None or ready.strip() != b'{"ready": true}':
             self._stop()
             raise Unavailable(
                 f"the model sandbox did not start within BITMESH_SANDBOX_START_SECONDS="
