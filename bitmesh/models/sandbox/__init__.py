@@ -11,8 +11,10 @@ the first program file it is asked about.
 
 from __future__ import annotations
 
+import os
 import threading
 
+from bitmesh.errors import InvalidArgument, NotFound
 from bitmesh.models.sandbox.table import ModelTable
 from bitmesh.models.sandbox.worker import Sandbox, SandboxLimits
 from bitmesh.models.spec import ModelSpec
@@ -57,9 +59,20 @@ def close_default_sandbox() -> None:
 
 def vet_model(spec: ModelSpec) -> ModelTable | None:
     """Describe a program file in the sandbox (raising what it raises), before
-    the calling process goes near it; None for an architecture (nothing to vet)."""
+    the calling process goes near it; None for an architecture (nothing to vet).
+
+    A path that is no file is refused here, as the loader words it, without
+    starting a child for it."""
     if not needs_sandbox(spec):
         return None
+    for path, what in (
+        (spec.name_or_path, "exported program"),
+        (spec.weights_path, "weights file"),
+    ):
+        if path is not None and not os.path.isfile(path):
+            if not os.path.exists(path):
+                raise NotFound(f"{what} {path!r} does not exist")
+            raise InvalidArgument(f"{what} {path!r} is not a regular file")
     return default_sandbox().describe(spec)
 
 

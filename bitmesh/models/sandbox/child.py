@@ -58,7 +58,7 @@ def _is_allocation_failure(exc: BaseException) -> bool:
 
 def _identity(data: dict[str, Any]) -> tuple[Any, ...]:
     paths = [p for p in (data.get("weights_path"), data.get("name_or_path")) if p]
-    stats = []
+    stats: list[tuple[int, int, int, int] | None] = []
     for path in paths:
         try:
             st = os.stat(path)
