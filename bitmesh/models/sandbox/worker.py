@@ -53,6 +53,10 @@ logger = logging.getLogger(__name__)
 ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "LD_LIBRARY_PATH", "TZ")
 
 
+#: How long a child whose output closed gets to report its exit status.
+_EXIT_WAIT_S = 2.0
+
+
 class SandboxLimits:
     """The child's caps, from the settings (see bitmesh/settings.py)."""
 
@@ -108,6 +112,7 @@ class Sandbox:
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self._buffer = b""
         self._memory_bytes = 0  # the cap the running child set on itself
+        self._closed = False  # its output ended (it exited)
         self.starts = 0  # how many children were started (tests, metrics)
 
     @property
@@ -173,6 +178,7 @@ class Sandbox:
         self._process = process
         self._memory_bytes = limits.memory_bytes
         self._buffer = b""
+        self._closed = False
         self.starts += 1
         ready = self._read_line(process, limits.start_seconds)
         if ready is None or ready.strip() != b'{"ready": true}':
@@ -209,7 +215,14 @@ class Sandbox:
             raise Unavailable("the model sandbox ended before the request; try again") from None
         line = self._read_line(process, limits.wall_seconds)
         if line is None:
-            ended = process.poll()
+            # Its output closes as it exits: wait briefly for the status that
+            # says why (SIGXCPU, a kill), else it is still running: the wall clock.
+            ended: int | None = None
+            if self._closed:
+                try:
+                    ended = process.wait(timeout=_EXIT_WAIT_S)
+                except subprocess.TimeoutExpired:
+                    ended = None
             self._stop()
             raise _limit_error(ended, limits)
         try:
@@ -237,6 +250,7 @@ class Sandbox:
                 return None
             chunk = os.read(fd, 1 << 20)
             if not chunk:
+                self._closed = True
                 return None
             self._buffer += chunk
             if len(self._buffer) > MAX_REPLY_BYTES:
