@@ -13,6 +13,7 @@ is killed within seconds; the 50 GB request fails against the default.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,15 @@ from bitmesh.models.sandbox import default_sandbox
 from bitmesh.models.spec import ModelSpec
 from bitmesh.rpc.server import RunningServer
 from bitmesh.rpc.service_main import start_service
-from bitmesh.v1 import common_pb2, sensitivity_pb2, sensitivity_pb2_grpc
+from bitmesh.v1 import (
+    common_pb2,
+    proxy_nas_pb2,
+    proxy_nas_pb2_grpc,
+    sensitivity_pb2,
+    sensitivity_pb2_grpc,
+    trainer_pb2,
+    trainer_pb2_grpc,
+)
 from sensitivity_svc.servicer import build
 from tests.hostile_models import (
     INPUT_SHAPE,
@@ -190,6 +199,69 @@ def test_start_analysis_refuses_a_hostile_program_before_queueing(
         listed = stub.ListAnalyses(common_pb2.ListJobsRequest(), timeout=10)
         assert not listed.jobs
     _assert_serving(server.port)
+
+
+@pytest.fixture(scope="module")
+def submitters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, RunningServer]]:
+    """The trainer and proxy NAS services, which vet a program before their own checks."""
+    root = tmp_path_factory.mktemp("submitters")
+    started: dict[str, RunningServer] = {}
+    try:
+        for service in ("trainer", "proxy_nas"):
+            module = importlib.import_module(f"{service}_svc.servicer")
+            started[service] = start_service(service, module.build, make_settings(root), port=0)
+        yield started
+    finally:
+        for running in started.values():
+            running.stop(0)
+
+
+def _synthetic() -> common_pb2.DatasetRef:
+    return common_pb2.DatasetRef(
+        kind=common_pb2.DATASET_KIND_SYNTHETIC, shape=list(INPUT_SHAPE), num_classes=NUM_CLASSES
+    )
+
+
+def test_start_job_and_start_search_refuse_a_hostile_program(
+    submitters: dict[str, RunningServer], files: dict[str, Path]
+) -> None:
+    model = _model(files["read"])
+    job = trainer_pb2.StartTrainingRequest(model=model, dataset=_synthetic())
+    job.calibration.SetInParent()
+    search = proxy_nas_pb2.StartSearchRequest(
+        model=model,
+        dataset=_synthetic(),
+        default_option=INT8,
+        space=[
+            proxy_nas_pb2.Hyperparameter(
+                name="learning_rate", categorical=proxy_nas_pb2.Categorical(choices=["0.1"])
+            )
+        ],
+        trials=1,
+        fidelity=[proxy_nas_pb2.Rung(data_fraction=1.0, steps=1)],
+    )
+    calls = {
+        "trainer": lambda ch: trainer_pb2_grpc.TrainerServiceStub(ch).StartJob(
+            job, timeout=DEADLINE_S
+        ),
+        "proxy_nas": lambda ch: proxy_nas_pb2_grpc.ProxyNasServiceStub(ch).StartSearch(
+            search, timeout=DEADLINE_S
+        ),
+    }
+    for service, call in calls.items():
+        port = submitters[service].port
+        with (
+            grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+            pytest.raises(grpc.RpcError) as caught,
+        ):
+            call(channel)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, service
+        assert "aten.from_file, which reads files" in (caught.value.details() or ""), service
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=10
+            )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 @pytest.mark.parametrize("field", ["exported_program", "torchscript"])
