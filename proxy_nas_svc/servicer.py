@@ -166,11 +166,11 @@ def build(
     from bitmesh.jobs.sweeper import HeldLeases, Sweeper
     from proxy_nas_svc.runs import CeleryBackend
     from proxy_nas_svc.study import open_storage
-    from trainer_svc.celery_app import make_celery
+    from trainer_svc.celery_app import make_celery, ready_to_send
 
     store = open_job_store(settings.redis_url, settings.artifact_root, PROXY_NAS.store)
     artifacts = ArtifactStore(settings.artifact_root)
-    celery = make_celery(settings, discover=False)
+    celery = ready_to_send(make_celery(settings, discover=False))
     leases = HeldLeases(
         open_lease(settings.redis_url, settings.artifact_root, PROXY_NAS.store),
         settings.job_lease_seconds,

@@ -130,6 +130,19 @@ def restore_lost_fetches(celery: Celery) -> int:
     return restore_claimed(options["claimed_folder"], options["data_folder_in"])
 
 
+def ready_to_send(celery: Celery) -> Celery:
+    """``celery`` with what its first ``send_task`` would set up made now.
+
+    Why: Celery imports the result backend's module and builds the producer
+    pool on the first send, 0.4 s (loaded machine) of the first StartJob or
+    StartSearch a service serves; the rest of its sends take a millisecond.
+    A service calls this while it starts, before it serves. Neither step
+    connects to the broker, so a service still starts while Redis is down."""
+    _ = celery.backend
+    _ = celery.amqp.producer_pool
+    return celery
+
+
 def send_job(celery: Celery, job_id: str) -> None:
     """Send a job id to the trainer queue by task name (no task code needed)."""
     celery.send_task(TRAINER.task_name, args=[job_id], queue=TRAINER.queue_name)

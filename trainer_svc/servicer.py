@@ -26,7 +26,7 @@ from bitmesh.rpc.jobs import watch_events
 from bitmesh.rpc.server import Registrar
 from bitmesh.settings import Settings
 from bitmesh.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
-from trainer_svc.celery_app import make_celery, restore_lost_fetches, send_job
+from trainer_svc.celery_app import make_celery, ready_to_send, restore_lost_fetches, send_job
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
 def celery_enqueue(settings: Settings) -> Enqueue:
     """Send job ids to the trainer queue of the broker ``settings`` name."""
-    app = make_celery(settings, discover=False)
+    app = ready_to_send(make_celery(settings, discover=False))
 
     def send(job_id: str) -> None:
         send_job(app, job_id)
