@@ -115,7 +115,9 @@ def parse_token_file(text: str, source: str = "the token file") -> TokenTable:
             )
         key = token.encode()
         if key in seen and seen[key] != tenant:
-            raise TokenFileError(f"{where}: this token is also {seen[key]!r}'s; give each its own")
+            raise TokenFileError(
+                f"{where}: tenant {seen[key]!r} has this token too; give each tenant its own"
+            )
         seen[key] = tenant
         entries.append((tenant, key))
     return TokenTable(tuple(entries))
