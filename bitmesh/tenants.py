@@ -42,7 +42,8 @@ DEFAULT_TENANT = "default"
 #: The folder of the artifact root that holds every other tenant's namespace.
 TENANTS_FOLDER = "tenants"
 #: A tenant's name is a folder name and a log field: short, plain, lower case.
-_TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+TENANT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+_TENANT_NAME = re.compile(TENANT_NAME_PATTERN)
 #: Shorter tokens are guessable; ``openssl rand -hex 32`` gives 64 characters.
 MIN_TOKEN_CHARS = 16
 

@@ -168,9 +168,9 @@ def build(
     from bitmesh.artifacts import ArtifactStore
     from bitmesh.client import Client
     from bitmesh.jobs.lease import open_lease
-    from bitmesh.rpc.auth import as_caller
     from bitmesh.jobs.retry import RetryPolicy
     from bitmesh.jobs.sweeper import HeldLeases, Sweeper
+    from bitmesh.rpc.auth import as_caller
     from proxy_nas_svc.runs import CeleryBackend
     from proxy_nas_svc.study import open_storage
     from trainer_svc.celery_app import make_celery
@@ -195,6 +195,7 @@ def build(
             job_id,
             lease=run_lease,
             queue_length=lambda: broker_queue_length(settings, PROXY_NAS_TRIALS.queue_name),
+            tenant=store.get(job_id).tenant,  # its runs go to its tenant's store
         ),
         options=CoordinatorOptions(requeue_after_s=settings.requeue_after_seconds),
         storage_factory=lambda: open_storage(settings.redis_url, settings.artifact_root),
@@ -203,7 +204,10 @@ def build(
     )
     servicer = ProxyNasServicer(
         # The solver is called on the caller's behalf, with its token (its tenant).
-        store, runner, settings.max_concurrent_jobs, lambda: Client(as_caller(settings))
+        store,
+        runner,
+        settings.max_concurrent_jobs,
+        lambda: Client(as_caller(settings)),
     )
     sweeper = Sweeper(store, leases, PROXY_NAS.kinds, runner.end_orphan, settings.sweep_seconds)
     sweeper.start()

@@ -84,7 +84,9 @@ class SensitivityServicer(sensitivity_pb2_grpc.SensitivityServiceServicer):
             model_hash=table.model_hash,
         )
 
-    def _prepare(self, request: sensitivity_pb2.StartAnalysisRequest, artifacts: ArtifactStore) -> Any:
+    def _prepare(
+        self, request: sensitivity_pb2.StartAnalysisRequest, artifacts: ArtifactStore
+    ) -> Any:
         return prepare(
             model_spec_from_pb(request.model),
             dataset_spec_from_pb(request.dataset),

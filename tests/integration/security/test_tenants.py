@@ -94,9 +94,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             server.stop(1)
 
 
-def refusal(call: Callable[[], Any]) -> grpc.RpcError:
+def refusal(call: Callable[..., Any], *args: Any, **kwargs: Any) -> grpc.RpcError:
+    """The error ``call(*args, **kwargs)`` ends with."""
     with pytest.raises(grpc.RpcError) as info:
-        result = call()
+        result = call(*args, **kwargs)
         if hasattr(result, "__next__"):  # a stream fails on its first read
             next(result)
     return info.value
@@ -140,7 +141,7 @@ def test_another_tenants_analysis_is_not_found_as_a_missing_one(
     call = getattr(stub, method)
     for caller in TENANTS:
         missing = refusal(
-            lambda: call(common_pb2.JobRef(job_id=MISSING_JOB), metadata=auth(caller), timeout=30)
+            call, common_pb2.JobRef(job_id=MISSING_JOB), metadata=auth(caller), timeout=30
         )
         for owner, job_id in analyses.items():
             ref = common_pb2.JobRef(job_id=job_id)
@@ -148,7 +149,7 @@ def test_another_tenants_analysis_is_not_found_as_a_missing_one(
                 reply = call(ref, metadata=auth(caller), timeout=30)
                 assert reply is not None
                 continue
-            error = refusal(lambda ref=ref: call(ref, metadata=auth(caller), timeout=30))
+            error = refusal(call, ref, metadata=auth(caller), timeout=30)
             same_as_missing(error, job_id, missing, MISSING_JOB)
     for owner, job_id in analyses.items():  # nobody else's cancel touched them
         result = stub.GetAnalysis(common_pb2.JobRef(job_id=job_id), metadata=auth(owner))
@@ -218,8 +219,8 @@ def test_another_tenants_files_are_not_found_as_missing_ones(
     dataset_folder = bobs_weights.parent  # exists; an image-folder dataset's path
     for caller in ("alice", "default"):
         for field in ("weights", "exported_program"):
-            seen = refusal(lambda f=field: _layers(mesh, caller, **{f: str(bobs_weights)}))
-            unseen = refusal(lambda f=field: _layers(mesh, caller, **{f: str(missing)}))
+            seen = refusal(_layers, mesh, caller, **{field: str(bobs_weights)})
+            unseen = refusal(_layers, mesh, caller, **{field: str(missing)})
             same_as_missing(seen, str(bobs_weights), unseen, str(missing))
         folder = sensitivity_pb2.StartAnalysisRequest(
             model=common_pb2.ModelRef(architecture="digits_cnn"),
@@ -227,13 +228,10 @@ def test_another_tenants_files_are_not_found_as_missing_ones(
                 kind=common_pb2.DATASET_KIND_IMAGE_FOLDER, path=str(dataset_folder)
             ),
         )
-        seen = refusal(
-            lambda r=folder: mesh.sensitivity().StartAnalysis(r, metadata=auth(caller), timeout=30)
-        )
+        start = mesh.sensitivity().StartAnalysis
+        seen = refusal(start, folder, metadata=auth(caller), timeout=30)
         folder.dataset.path = str(dataset_folder / "absent")
-        unseen = refusal(
-            lambda r=folder: mesh.sensitivity().StartAnalysis(r, metadata=auth(caller), timeout=30)
-        )
+        unseen = refusal(start, folder, metadata=auth(caller), timeout=30)
         same_as_missing(seen, str(dataset_folder), unseen, str(dataset_folder / "absent"))
     # A relative path is the caller's own uploads, never bob's.
     error = refusal(lambda: _layers(mesh, "alice", weights="mine/digits.pt"))
@@ -347,7 +345,7 @@ def test_a_trainer_job_writes_into_its_tenants_namespace(
         follow_on.model.weights = weights
         follow_on.request_id = ""
         other = "bob" if tenant == "alice" else "alice"
-        error = refusal(lambda r=follow_on: mesh.trainer().StartJob(r, metadata=auth(other)))
+        error = refusal(mesh.trainer().StartJob, follow_on, metadata=auth(other), timeout=120)
         assert error.code() is grpc.StatusCode.NOT_FOUND
         assert "in the files of tenant" in error.details()
         mine = mesh.trainer().StartJob(follow_on, metadata=auth(tenant), timeout=120)
@@ -362,8 +360,8 @@ def test_another_tenants_training_job_is_not_found(
     absent = "train-0000000000000000"
     for caller, owner in (("bob", "alice"), ("alice", "bob"), ("default", "alice")):
         job_id = trained[owner]
-        seen = refusal(lambda j=job_id: call(common_pb2.JobRef(job_id=j), metadata=auth(caller)))
-        unseen = refusal(lambda: call(common_pb2.JobRef(job_id=absent), metadata=auth(caller)))
+        seen = refusal(call, common_pb2.JobRef(job_id=job_id), metadata=auth(caller))
+        unseen = refusal(call, common_pb2.JobRef(job_id=absent), metadata=auth(caller))
         same_as_missing(seen, job_id, unseen, absent)
 
 
