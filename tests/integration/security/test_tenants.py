@@ -1,9 +1,9 @@
 """Tenants kept apart, over real servers on loopback (issue 16, "Tenants test").
 
 One mesh root, a token file with two tenants (alice, bob) beside the shared
-token (the tenant ``default``), and the sensitivity, solver and trainer
-services started as in production (``start_service``; the trainer on its
-embedded queue). Each tenant sees its own jobs, problems and files; every
+token (the tenant ``default``), and the four services started as in
+production (``start_service``; the trainer and proxy NAS on the embedded
+queue, with no worker: their jobs stay open, which is all these need). Each tenant sees its own jobs, problems and files; every
 other tenant's are NOT_FOUND with exactly the answer a thing that does not
 exist gets, so nothing hints that they exist. Trainer jobs are run the way a
 Celery worker runs them (``trainer_svc.jobs.run_job`` with the mesh's root
@@ -27,6 +27,8 @@ from bitmesh.rpc.server import RunningServer
 from bitmesh.rpc.service_main import start_service
 from bitmesh.v1 import (
     common_pb2,
+    proxy_nas_pb2,
+    proxy_nas_pb2_grpc,
     sensitivity_pb2,
     sensitivity_pb2_grpc,
     solver_pb2,
@@ -68,9 +70,13 @@ class Mesh:
     def trainer(self) -> trainer_pb2_grpc.TrainerServiceStub:
         return trainer_pb2_grpc.TrainerServiceStub(self.channels["trainer"])
 
+    def proxy_nas(self) -> proxy_nas_pb2_grpc.ProxyNasServiceStub:
+        return proxy_nas_pb2_grpc.ProxyNasServiceStub(self.channels["proxy_nas"])
+
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    from proxy_nas_svc.servicer import build as proxy_nas
     from sensitivity_svc.servicer import build as sensitivity
     from solver_svc.servicer import build as solver
     from trainer_svc.servicer import build as trainer
@@ -79,7 +85,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     token_file = tmp_path_factory.mktemp("secret") / "tokens"
     token_file.write_text("# tenant: token\n" + "".join(f"{t}: {k}\n" for t, k in TOKENS.items()))
     settings = make_settings(root, auth_token=TOKEN, token_file=str(token_file))
-    builds = {"sensitivity": sensitivity, "solver": solver, "trainer": trainer}
+    builds = {
+        "sensitivity": sensitivity,
+        "solver": solver,
+        "trainer": trainer,
+        "proxy_nas": proxy_nas,
+    }
     servers: dict[str, RunningServer] = {}
     channels: dict[str, grpc.Channel] = {}
     try:
@@ -374,3 +385,61 @@ def test_each_tenant_lists_only_its_own_training_jobs(mesh: Mesh, trained: dict[
         assert not ids & others, tenant
         if tenant in trained:
             assert trained[tenant] in ids
+
+
+# -- proxy NAS: searches ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def searches(mesh: Mesh) -> Iterator[dict[str, str]]:
+    """An open search per tenant (no worker takes its trials), cancelled after."""
+    layers = [
+        common_pb2.LayerConfig(layer=name, option=INT8)
+        for name in ("conv1", "conv2", "conv3", "fc1", "fc2")
+    ]
+    request = proxy_nas_pb2.StartSearchRequest(
+        model=common_pb2.ModelRef(architecture="digits_cnn"),
+        dataset=common_pb2.DatasetRef(kind=common_pb2.DATASET_KIND_DIGITS),
+        config=common_pb2.QuantConfig(layers=layers),
+        space=[
+            proxy_nas_pb2.Hyperparameter(
+                name="learning_rate",
+                categorical=proxy_nas_pb2.Categorical(choices=["0.002", "0.02"]),
+            )
+        ],
+        trials=2,
+        fidelity=[proxy_nas_pb2.Rung(data_fraction=0.25, steps=4)],
+        full_fidelity=proxy_nas_pb2.Rung(data_fraction=0.5, steps=8),
+        parallel_trials=1,
+        request_id="the-same-key",
+    )
+    stub = mesh.proxy_nas()
+    jobs = {t: stub.StartSearch(request, metadata=auth(t), timeout=120).job_id for t in TENANTS}
+    assert len(set(jobs.values())) == len(TENANTS), "an idempotency key crossed tenants"
+    yield jobs
+    for tenant, job_id in jobs.items():
+        stub.CancelSearch(common_pb2.JobRef(job_id=job_id), metadata=auth(tenant), timeout=30)
+
+
+@pytest.mark.parametrize("method", ["GetSearch", "WatchSearch", "CancelSearch"])
+def test_another_tenants_search_is_not_found(
+    mesh: Mesh, searches: dict[str, str], method: str
+) -> None:
+    call = getattr(mesh.proxy_nas(), method)
+    absent = "tune-0000000000000000"
+    for caller in TENANTS:
+        unseen = refusal(call, common_pb2.JobRef(job_id=absent), metadata=auth(caller))
+        for owner, job_id in searches.items():
+            if owner != caller:
+                seen = refusal(call, common_pb2.JobRef(job_id=job_id), metadata=auth(caller))
+                same_as_missing(seen, job_id, unseen, absent)
+    for owner, job_id in searches.items():  # still open: no other tenant cancelled it
+        result = mesh.proxy_nas().GetSearch(
+            common_pb2.JobRef(job_id=job_id), metadata=auth(owner), timeout=30
+        )
+        assert result.status.state != common_pb2.JOB_STATE_CANCELLED, owner
+
+
+def test_each_tenant_lists_only_its_own_searches(mesh: Mesh, searches: dict[str, str]) -> None:
+    stub = mesh.proxy_nas()
+    for tenant in TENANTS:
+        listed = stub.ListSearches(common_pb2.ListJobsRequest(), metadata=auth(tenant), timeout=30)
+        assert [job.job_id for job in listed.jobs] == [searches[tenant]], tenant
