@@ -59,8 +59,8 @@ def test_each_token_names_its_tenant() -> None:
     from bitmesh.rpc.auth import caller_of
     from bitmesh.tenants import TokenTable
 
-    tokens = TokenTable((("default", b"shared"), ("alice", b"alice-token-0123456789")))
-    assert caller_of((("authorization", "Bearer shared"),), tokens) == ("default", "shared")
+    tokens = TokenTable((("default", b"common-token"), ("alice", b"alice-token-0123456789")))
+    assert caller_of((("authorization", "Bearer common-token"),), tokens) == ("default", "common-token")
     assert caller_of((("authorization", "Bearer alice-token-0123456789"),), tokens)[0] == "alice"
     assert caller_of((("authorization", "Bearer alice-token"),), tokens) == (None, WRONG_TOKEN)
     assert caller_of((), tokens) == (None, MISSING_TOKEN)
@@ -72,11 +72,11 @@ def test_a_peer_call_carries_the_callers_token() -> None:
     from bitmesh.rpc.auth import as_caller
     from bitmesh.tenants import tenant_scope
 
-    settings = Settings(auth_token="shared")
+    settings = Settings(auth_token="common-token")
     assert as_caller(settings) is settings
     with tenant_scope("alice", "alice-token-0123456789"):
         assert as_caller(settings).auth_token == "alice-token-0123456789"
-    assert settings.auth_token == "shared"
+    assert settings.auth_token == "common-token"
 
 
 def test_a_token_file_turns_auth_on(tmp_path) -> None:  # type: ignore[no-untyped-def]
