@@ -60,7 +60,10 @@ def test_each_token_names_its_tenant() -> None:
     from bitmesh.tenants import TokenTable
 
     tokens = TokenTable((("default", b"common-token"), ("alice", b"alice-token-0123456789")))
-    assert caller_of((("authorization", "Bearer common-token"),), tokens) == ("default", "common-token")
+    assert caller_of((("authorization", "Bearer common-token"),), tokens) == (
+        "default",
+        "common-token",
+    )
     assert caller_of((("authorization", "Bearer alice-token-0123456789"),), tokens)[0] == "alice"
     assert caller_of((("authorization", "Bearer alice-token"),), tokens) == (None, WRONG_TOKEN)
     assert caller_of((), tokens) == (None, MISSING_TOKEN)
