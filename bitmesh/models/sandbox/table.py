@@ -100,16 +100,15 @@ def spec_from_json(data: dict[str, Any]) -> ModelSpec:
 
 def describe(spec: ModelSpec) -> ModelTable:
     """Load the model (checked, probed) and discover its layers: the child's work."""
-    from bitmesh.models.hashing import model_hash
     from bitmesh.models.layer_cache import layers_of
     from bitmesh.models.layers import weight_parameters
-    from bitmesh.models.model_cache import load_model_copy
+    from bitmesh.models.model_cache import load_model_for_reading, model_hash_of
 
-    model = load_model_copy(spec)
+    model = load_model_for_reading(spec)
     layers = layers_of(model, spec)
     return ModelTable(
         layers=tuple(layers),
         total_parameters=sum(p.numel() for p in model.parameters()),
-        model_hash=model_hash(model),
+        model_hash=model_hash_of(spec, model),
         weight_parameters=weight_parameters(model),
     )
