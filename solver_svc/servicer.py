@@ -22,6 +22,7 @@ from solver_svc.convert import (
     problem_from_pb,
     solution_to_pb,
 )
+from solver_svc.cpsat import import_ortools
 from solver_svc.frontier import frontier, lookup
 from solver_svc.kernels import warm_up
 from solver_svc.latency import LatencyProfile, list_profiles, load_profile, with_latency
@@ -213,9 +214,11 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
 def build(
     settings: Settings,
 ) -> tuple[Sequence[Registrar], Sequence[str], list[Callable[[float], None]]]:
-    # Compile (or load) the search kernels before the port opens: the first
-    # compile takes several seconds, which no request should wait for.
+    # Compile (or load) the search kernels and import OR-Tools before the
+    # port opens: the first compile and the imports take several seconds,
+    # which no request (and no request's time limit) should pay.
     warm_up()
+    import_ortools()
     registry = ProblemRegistry(ArtifactStore(settings.artifact_root))
     servicer = SolverServicer(registry, SolverLimits.from_settings(settings))
     return (
