@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     # instead of queueing until its deadline. Health has its own server on
     # BITMESH_HEALTH_PORT, outside this cap.
     max_concurrent_rpcs: int = Field(default=64, ge=1)
+    # Of those calls, how many may be response streams (Watch): a stream
+    # holds its thread for a job's whole life, so without this cap watchers
+    # filled the server and every Get and Start was refused. Always leaves at
+    # least one thread to unary calls (bitmesh/rpc/streams.py); a stream past
+    # it ends RESOURCE_EXHAUSTED at once and bitmesh.Client retries it.
+    max_concurrent_streams: int = Field(default=48, ge=1)
     # Both ends ping every keepalive_seconds while a call is open and drop a
     # peer silent for keepalive_timeout_seconds more (bitmesh/rpc/keepalive.py).
     keepalive_seconds: float = Field(default=30.0, gt=0)
