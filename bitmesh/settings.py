@@ -143,6 +143,10 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=4096, ge=1)
     max_batches: int = Field(default=64, ge=1)
     max_data_elements: int = Field(default=256 * 1024 * 1024, ge=1)
+    # Batches one calibration job runs forward (streamed, none kept): bounds
+    # its time, not its memory. 10,000 batches of 256 is 2.56 M samples, twice
+    # ImageNet's training set; the default job runs 8.
+    max_calibration_batches: int = Field(default=10_000, ge=1)
 
     # Security (off on loopback; on in the Kubernetes manifests).
     auth_token: str | None = None
