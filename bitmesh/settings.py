@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     solver_max_total_options: int = 500_000
     solver_max_dense_cells: int = 1_000_000
     solver_max_frontier_points: int = 1_000
+    # Dense cells of all the problems the registry keeps loaded together
+    # (solver_svc/registry.py): ~240 MiB at 60 bytes a cell.
+    solver_max_loaded_cells: int = Field(default=4_000_000, ge=1)
     # A latency profile a request names by path is read only up to this size
     # (the shipped profiles are a few KiB; a measured table of 20,000 layers x
     # 16 options is about 10 MiB as CSV).

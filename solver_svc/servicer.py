@@ -219,7 +219,9 @@ def build(
     # which no request (and no request's time limit) should pay.
     warm_up()
     import_ortools()
-    registry = ProblemRegistry(ArtifactStore(settings.artifact_root))
+    registry = ProblemRegistry(
+        ArtifactStore(settings.artifact_root), max_loaded_cells=settings.solver_max_loaded_cells
+    )
     servicer = SolverServicer(registry, SolverLimits.from_settings(settings))
     return (
         [lambda s: solver_pb2_grpc.add_SolverServiceServicer_to_server(servicer, s)],
