@@ -113,6 +113,11 @@ class Settings(BaseSettings):
     solver_max_total_options: int = 500_000
     solver_max_dense_cells: int = 1_000_000
     solver_max_frontier_points: int = 1_000
+    # Solves one solver process runs at once (solver_svc/limits.py); a call
+    # past it waits for a slot within its own time limit, then ends
+    # RESOURCE_EXHAUSTED. 64 solves at once starved the process's GIL, and
+    # its health port missed a 1 s deadline.
+    solver_max_concurrent_solves: int = Field(default=8, ge=1)
     # Dense cells of all the problems the registry keeps loaded together
     # (solver_svc/registry.py): ~240 MiB at 60 bytes a cell.
     solver_max_loaded_cells: int = Field(default=4_000_000, ge=1)
