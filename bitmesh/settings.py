@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     # instead of queueing until its deadline. Health has its own server on
     # BITMESH_HEALTH_PORT, outside this cap.
     max_concurrent_rpcs: int = Field(default=64, ge=1)
+    # Of those calls, how many may be response streams (Watch): a stream
+    # holds its thread for a job's whole life, so without this cap watchers
+    # filled the server and every Get and Start was refused. Always leaves at
+    # least one thread to unary calls (bitmesh/rpc/streams.py); a stream past
+    # it ends RESOURCE_EXHAUSTED at once and bitmesh.Client retries it.
+    max_concurrent_streams: int = Field(default=48, ge=1)
     # Both ends ping every keepalive_seconds while a call is open and drop a
     # peer silent for keepalive_timeout_seconds more (bitmesh/rpc/keepalive.py).
     keepalive_seconds: float = Field(default=30.0, gt=0)
@@ -109,6 +115,14 @@ class Settings(BaseSettings):
     solver_max_total_options: int = 500_000
     solver_max_dense_cells: int = 1_000_000
     solver_max_frontier_points: int = 1_000
+    # Solves one solver process runs at once (solver_svc/limits.py); a call
+    # past it waits for a slot within its own time limit, then ends
+    # RESOURCE_EXHAUSTED. 64 solves at once starved the process's GIL, and
+    # its health port missed a 1 s deadline.
+    solver_max_concurrent_solves: int = Field(default=8, ge=1)
+    # Dense cells of all the problems the registry keeps loaded together
+    # (solver_svc/registry.py): ~240 MiB at 60 bytes a cell.
+    solver_max_loaded_cells: int = Field(default=4_000_000, ge=1)
     # A latency profile a request names by path is read only up to this size
     # (the shipped profiles are a few KiB; a measured table of 20,000 layers x
     # 16 options is about 10 MiB as CSV).
@@ -139,6 +153,10 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=4096, ge=1)
     max_batches: int = Field(default=64, ge=1)
     max_data_elements: int = Field(default=256 * 1024 * 1024, ge=1)
+    # Batches one calibration job runs forward (streamed, none kept): bounds
+    # its time, not its memory. 10,000 batches of 256 is 2.56 M samples, twice
+    # ImageNet's training set; the default job runs 8.
+    max_calibration_batches: int = Field(default=10_000, ge=1)
 
     # The model sandbox (bitmesh/models/sandbox/): a child process that loads,
     # checks, probes and describes a user's program file (.pt2) so the API
