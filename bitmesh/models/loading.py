@@ -30,7 +30,8 @@ import importlib.metadata
 import logging
 import pickle
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -256,14 +257,38 @@ def _short_reason(exc: BaseException) -> str:
     return reason if len(reason) <= 300 else reason[:297] + "..."
 
 
+@contextmanager
+def one_cpu_thread() -> Iterator[None]:
+    """Run the block on one intra-op CPU thread, then restore the count.
+
+    Why: a probe is one sample through the model, dozens of small ops, each
+    an OpenMP parallel region ending at a barrier. On a busy machine a
+    barrier waits for a thread the kernel has descheduled, so on the shared
+    2-core machine a resnet18 probe at 3x32x32 took 0.2-1.6 s on two threads
+    and 0.03-0.04 s on one (measured with other processes busy); a mesh's
+    first job paid it four times (two probes at submission, two in the
+    worker), 4.9 s of a 9.4 s stage. torch keeps the count per thread
+    (OpenMP), but a thread started meanwhile inherits the one set here, so
+    the block should be short, as a probe is."""
+    previous = torch.get_num_threads()
+    if previous > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if previous > 1:
+            torch.set_num_threads(previous)
+
+
 def probe_forward(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
     """Run ``model`` once on a zero batch of one sample; a shape error is the user's.
 
-    The batch is made where the model's parameters are (CPU or a GPU)."""
+    The batch is made where the model's parameters are (CPU or a GPU), and
+    its CPU work runs on one thread (:func:`one_cpu_thread`)."""
     first = next(model.parameters(), None)
     batch = torch.zeros((1, *input_shape), device=first.device if first is not None else None)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), one_cpu_thread():
             output = model(batch)
     except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
         raise InvalidArgument(

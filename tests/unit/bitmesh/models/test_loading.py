@@ -351,3 +351,23 @@ def test_state_dict_file_is_not_a_program(tmp_path: Path) -> None:
     torch.save(DigitsCNN().state_dict(), path)
     with pytest.raises(InvalidArgument, match="not a readable"):
         load_model(_spec(source="exported_program", name_or_path=str(path)))
+
+
+def test_a_probe_runs_on_one_cpu_thread_and_restores_the_count() -> None:
+    from bitmesh.models.loading import probe_forward
+
+    seen: list[int] = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(torch.get_num_threads())
+            return x.flatten(1)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        probe_forward(Recorder(), (3, 4, 4))
+        assert seen == [1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
