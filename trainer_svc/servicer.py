@@ -17,9 +17,10 @@ import grpc
 
 from bitmesh.errors import NotFound, Unavailable
 from bitmesh.jobs.admission import create_admitted
+from bitmesh.jobs.ending import finish
 from bitmesh.jobs.plumbing import TRAINER
 from bitmesh.jobs.records import JobRecord, JobState, new_job_id
-from bitmesh.jobs.store import JobStore, open_job_store, request_cancel, transition
+from bitmesh.jobs.store import JobStore, open_job_store, request_cancel
 from bitmesh.rpc.convert import job_status_to_pb
 from bitmesh.rpc.job_servicer import list_jobs
 from bitmesh.rpc.jobs import watch_events
@@ -76,7 +77,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         except Exception as exc:
             log.exception("could not enqueue job %s", job_id)
             reason = f"the job queue is unreachable ({type(exc).__name__}); is Redis up?"
-            self.store.update(job_id, lambda r: transition(r, state=JobState.FAILED, error=reason))
+            finish(self.store, job_id, state=JobState.FAILED, error=reason, message="failed")
             raise Unavailable(reason) from exc
         return common_pb2.JobRef(job_id=record.job_id)
 
