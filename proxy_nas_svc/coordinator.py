@@ -39,7 +39,7 @@ from proxy_nas_svc.trial import RunResult, trial_request
 if TYPE_CHECKING:
     import optuna
 
-    from trainer_svc.specs import TrainingRequest
+    from trainer_svc.public import TrainingRequest
 
 log = logging.getLogger(__name__)
 
