@@ -221,7 +221,7 @@ def run_job(
             threading.Event(),
             label="job",
             logs="the worker log",
-            admit=lambda: _admit(artifacts, job_id, settings.max_attempts),
+            admit=lambda record: _admit(artifacts, job_id, settings.max_attempts),
             starting=stage,
             done_message=_done_message,
             hand_back=hand_back,

@@ -45,6 +45,9 @@ class JobRecord:
     request: dict[str, Any] = field(default_factory=dict)
     result: dict[str, Any] | None = None
     cancel_requested: bool = False
+    #: How many times a runner started it (``execute_job`` counts): more
+    #: than one when its runner died and it was resumed.
+    attempts: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

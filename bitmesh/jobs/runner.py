@@ -86,6 +86,27 @@ def _no_reason() -> str | None:
     return None
 
 
+def _admit_all(record: JobRecord) -> str | None:
+    return None
+
+
+def attempts_cap(max_attempts: int, setting: str) -> Callable[[JobRecord], str | None]:
+    """An ``admit`` that refuses a job started ``max_attempts`` times already:
+    each start after the first means its runner died mid-job (killed, out of
+    memory), and a job that kills its runner would otherwise be resumed for
+    ever. ``setting`` names the variable that raises the cap."""
+
+    def admit(record: JobRecord) -> str | None:
+        if record.attempts < max_attempts:
+            return None
+        return (
+            f"started {record.attempts} times without finishing: its runner stopped each "
+            f"time (killed, or out of memory); not retrying ({setting} raises the cap)"
+        )
+
+    return admit
+
+
 def execute_job(
     store: JobStore,
     job_id: str,
@@ -95,7 +116,7 @@ def execute_job(
     label: str = "job",
     *,
     logs: str = "the service log",
-    admit: Callable[[], str | None] = _no_reason,
+    admit: Callable[[JobRecord], str | None] = _admit_all,
     starting: str = "",
     done_message: Callable[[dict[str, Any]], str] | None = None,
     hand_back: Callable[[], bool] | None = None,
@@ -115,9 +136,11 @@ def execute_job(
       it, not CANCELLED.
     - ``label`` and ``logs`` name the job and where its traceback went in
       the reason of an unexpected error (never the exception's text).
-    - ``admit`` is asked once the job is known to be open and not cancelled,
-      before it is marked RUNNING; a reason it returns ends the job FAILED
-      with it (the trainer's cap on deliveries of a job that keeps dying).
+    - ``admit`` is asked, with the record, once the job is known to be open
+      and not cancelled, before it is marked RUNNING (which counts one more
+      of its ``attempts``); a reason it returns ends the job FAILED with it:
+      a cap on the runs of a job that keeps killing its runner
+      (:func:`attempts_cap`, the trainer's delivery count).
     - ``starting`` is the stage and message written with RUNNING
       ("resuming at step 40"); ``done_message`` the message of a success
       (its stage is then "done").
@@ -162,7 +185,7 @@ def _execute_job(
     stop_reason: Callable[[], str | None],
     label: str,
     logs: str,
-    admit: Callable[[], str | None],
+    admit: Callable[[JobRecord], str | None],
     starting: str,
     done_message: Callable[[dict[str, Any]], str] | None,
 ) -> JobState:
@@ -171,11 +194,14 @@ def _execute_job(
         return record.state  # cancelled while queued, or a redelivery of a finished job
     if record.cancel_requested:  # cancelled while its runner was dead: do not start it again
         return finish(store, job_id, state=JobState.CANCELLED, message="cancelled").state
-    refusal = admit()
+    refusal = admit(record)
     if refusal:
         return finish(store, job_id, state=JobState.FAILED, error=refusal, message="failed").state
     changes: dict[str, Any] = {"stage": starting, "message": starting} if starting else {}
-    record = store.update(job_id, lambda r: transition(r, state=JobState.RUNNING, **changes))
+    record = store.update(
+        job_id,
+        lambda r: transition(r, state=JobState.RUNNING, attempts=r.attempts + 1, **changes),
+    )
     if record.state is not JobState.RUNNING:
         return record.state  # cancelled in between
 
@@ -217,14 +243,22 @@ class ThreadJobRunner:
         max_concurrent: int,
         leases: HeldLeases | None = None,
         retry: RetryPolicy | None = None,
+        max_attempts: int | None = None,
     ) -> None:
         """``leases``: held on every job from before its record exists until
         it ends, so a sweeper can tell a dead process's jobs (none by default).
         ``retry``: how long a running job's store calls ride out an outage
-        (calls of RPCs, ``submit`` and ``cancel``, fail at once instead)."""
+        (calls of RPCs, ``submit`` and ``cancel``, fail at once instead).
+        ``max_attempts``: starts of one job (the first, and each resume of an
+        orphan) before it ends FAILED instead (BITMESH_JOB_MAX_ATTEMPTS)."""
         self.store = store
         self.job_store: JobStore = RetryingStore(store, retry) if retry is not None else store
         self.leases = leases
+        self.admit = (
+            attempts_cap(max_attempts, "BITMESH_JOB_MAX_ATTEMPTS")
+            if max_attempts is not None
+            else _admit_all
+        )
         self.kind = kind
         self.max_concurrent = max_concurrent
         self._pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix=kind)
@@ -282,7 +316,7 @@ class ThreadJobRunner:
 
     def _run(self, job_id: str, work: JobWork, cancel_event: threading.Event) -> None:
         try:
-            execute_job(self.job_store, job_id, work, cancel_event)
+            execute_job(self.job_store, job_id, work, cancel_event, admit=self.admit)
         finally:
             if self.leases is not None:
                 self.leases.drop(job_id)

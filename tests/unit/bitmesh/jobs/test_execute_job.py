@@ -16,7 +16,7 @@ from bitmesh.jobs.ending import final_event
 from bitmesh.jobs.lease import LeaseLost
 from bitmesh.jobs.records import JobRecord, JobState
 from bitmesh.jobs.retry import StoreOutage
-from bitmesh.jobs.runner import JobContext, execute_job
+from bitmesh.jobs.runner import JobContext, ThreadJobRunner, attempts_cap, execute_job
 from bitmesh.jobs.store import SqliteJobStore, request_cancel, transition
 from bitmesh.jobs.sweeper import end_orphan
 
@@ -143,7 +143,7 @@ def test_a_refusal_ends_the_job_failed_before_its_work_runs(tmp_path: Path) -> N
         "r",
         lambda ctx: ran.append(True) or {},
         threading.Event(),
-        admit=lambda: "ran 5 times without finishing; not retrying",
+        admit=lambda record: "ran 5 times without finishing; not retrying",
     )
     record = store.get("r")
     assert state is JobState.FAILED and not ran
@@ -218,3 +218,42 @@ def test_a_store_outage_is_left_to_the_sweeper_or_handed_back(tmp_path: Path) ->
     assert handed == ["b"] and store.events_since("b", 0) == []
     # Nothing to hand back (another runner holds it): it stops quietly.
     assert execute_job(store, "b", _outage, threading.Event(), hand_back=lambda: False) is None
+
+
+def test_each_start_counts_and_a_job_that_keeps_killing_its_runner_ends_failed(
+    tmp_path: Path,
+) -> None:
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    store.create(JobRecord(job_id="oom", kind="k"))
+    admit = attempts_cap(2, "BITMESH_JOB_MAX_ATTEMPTS")
+
+    class _Killed(BaseException):
+        """The runner dying mid-job: nothing is recorded."""
+
+    def dies(ctx: JobContext) -> dict[str, Any]:
+        raise _Killed
+
+    for attempt in (1, 2):  # the first run, then the sweeper's resume
+        with pytest.raises(_Killed):
+            execute_job(store, "oom", dies, threading.Event(), admit=admit)
+        record = store.get("oom")
+        assert record.state is JobState.RUNNING and record.attempts == attempt
+    ran: list[bool] = []
+    state = execute_job(
+        store, "oom", lambda ctx: ran.append(True) or {}, threading.Event(), admit=admit
+    )
+    record = store.get("oom")
+    assert state is JobState.FAILED and not ran and record.attempts == 2
+    assert record.error.startswith("started 2 times without finishing")
+    assert "BITMESH_JOB_MAX_ATTEMPTS" in record.error
+    assert store.events_since("oom", 0) == [final_event(record)]
+
+
+def test_the_thread_runner_caps_the_resumes_of_an_orphan(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    store.create(JobRecord(job_id="k-1", kind="k", state=JobState.RUNNING, attempts=3))
+    runner = ThreadJobRunner(store, "k", max_concurrent=1, max_attempts=3)
+    ran: list[bool] = []
+    runner.resume("k-1", lambda ctx: ran.append(True) or {})
+    runner.shutdown(grace=30)
+    assert store.get("k-1").state is JobState.FAILED and not ran
