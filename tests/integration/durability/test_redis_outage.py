@@ -17,7 +17,7 @@ from bitmesh.errors import Unavailable
 from bitmesh.v1 import common_pb2 as c
 from bitmesh.v1 import trainer_pb2 as t
 from tests.integration.trainer.conftest import TrainerMesh, make_mesh
-from tests.redis_process import RedisProcess
+from tests.redis_server import RedisProcess
 from tests.waiting import wait_for
 from trainer_svc import checkpoints
 from trainer_svc.jobs import ATTEMPTS_NAMESPACE
