@@ -1,9 +1,13 @@
-"""Run jobs in threads of the serving process (the sensitivity service's way).
+"""Run jobs and record how they end: the one ladder, and the thread runner.
 
 A job is a function of a :class:`JobContext`; it reports progress through the
-context and checks for cancellation between units of work. The runner caps
-how many jobs run at once (RESOURCE_EXHAUSTED beyond the cap, nothing lost:
-the refused job is never created) and records every outcome in the store.
+context and checks for cancellation between units of work.
+:func:`execute_job` runs one to its end and records every outcome; every
+runner goes through it (the sensitivity service's threads, the proxy NAS
+coordinators, the trainer's Celery tasks). :class:`ThreadJobRunner` runs
+jobs in threads of the serving process (the sensitivity service's way) and
+caps how many run at once (RESOURCE_EXHAUSTED beyond the cap, nothing lost:
+the refused job is never created).
 """
 
 from __future__ import annotations
