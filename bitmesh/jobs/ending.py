@@ -5,28 +5,21 @@ coordinator and the sweepers each wrote their own last event, with different
 keys (the trainer's carried ``error`` and the word "failed" as its message,
 the others the error as the message). Watchers stop on the first event whose
 state is terminal (``bitmesh.rpc.jobs.watch_events``), so every way a job
-ends goes through :func:`finish` and every final event is
-:func:`final_event`: the user's line in ``message`` (the error when it
-failed), the error again in ``error``.
+ends goes through :func:`finish` (or, for a job cancelled while queued,
+:func:`bitmesh.jobs.store.request_cancel`) and every final event is
+:func:`final_event` (in :mod:`bitmesh.jobs.records`, which the store can
+import): the user's line in ``message`` (the error when it failed), the
+error again in ``error``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from bitmesh.jobs.records import JobRecord
+from bitmesh.jobs.records import JobRecord, final_event
 from bitmesh.jobs.store import JobStore, transition
 
-
-def final_event(record: JobRecord) -> dict[str, Any]:
-    """The last event of a job that ended as ``record`` says."""
-    return {
-        "state": record.state.value,
-        "progress": record.progress,
-        "stage": record.stage,
-        "message": record.error or record.message,
-        "error": record.error,
-    }
+__all__ = ["final_event", "finish"]
 
 
 def finish(store: JobStore, job_id: str, **changes: Any) -> JobRecord:

@@ -60,3 +60,15 @@ class JobRecord:
 
     def with_changes(self, **changes: Any) -> JobRecord:
         return replace(self, **changes, updated=time.time())
+
+
+def final_event(record: JobRecord) -> dict[str, Any]:
+    """The last event of a job that ended as ``record`` says: one shape for
+    every service (:mod:`bitmesh.jobs.ending`)."""
+    return {
+        "state": record.state.value,
+        "progress": record.progress,
+        "stage": record.stage,
+        "message": record.error or record.message,
+        "error": record.error,
+    }

@@ -195,6 +195,7 @@ def test_a_cancelled_queued_job_never_runs(stores) -> None:  # type: ignore[no-u
     assert request_cancel(store, "early").state is JobState.CANCELLED
     assert run_job("early", store, artifacts) is JobState.CANCELLED
     assert checkpoints.latest(artifacts, "early") is None
+    assert store.events_since("early", 0) == [final_event(store.get("early"))]
 
 
 class _EventsDown(SqliteJobStore):

@@ -85,6 +85,8 @@ def test_a_job_cancelled_while_queued_never_runs(tmp_path: Path) -> None:
     request_cancel(store, "q")
     execute_job(store, "q", lambda ctx: ran.append(True) or {}, threading.Event())
     assert not ran and store.get("q").state is JobState.CANCELLED
+    # The cancel wrote its final event (watchers stop on it); the runner none.
+    assert store.events_since("q", 0) == [final_event(store.get("q"))]
 
 
 def test_a_users_cancel_wins_over_a_service_stop(tmp_path: Path) -> None:
