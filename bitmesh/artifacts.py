@@ -116,6 +116,17 @@ class ArtifactStore:
     def uri_of(self, path: str) -> str:
         return f"{self.protocol}://{path}"
 
+    def for_tenant(self, tenant: str) -> ArtifactStore:
+        """The store of ``tenant``'s own namespace (:func:`bitmesh.tenants.namespace_of`):
+        this one for ``default``, ``<root>/tenants/<name>`` for the others, a
+        whole store each (blobs, refs, uploads), so no cache, checkpoint or
+        upload is shared between tenants."""
+        from bitmesh.tenants import DEFAULT_TENANT, namespace_of
+
+        if tenant == DEFAULT_TENANT:
+            return self
+        return ArtifactStore(self.uri_of(namespace_of(self.root, tenant)))
+
     # -- blobs -------------------------------------------------------------
     def put_bytes(self, data: bytes, media_type: str = "application/octet-stream") -> Artifact:
         """Store ``data`` once; storing the same bytes again is a no-op."""

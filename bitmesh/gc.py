@@ -14,6 +14,12 @@ collector decides instead, from everything that can reference a blob:
 4. Sweep: every unmarked blob older than ``min_age_seconds`` is deleted, and
    temporary files of writes abandoned that long ago.
 
+Tenants (:mod:`bitmesh.tenants`): each tenant's namespace under
+``<root>/tenants/`` is a store of its own, collected in turn like the root
+(``default``'s). Every store is marked from the live records of every tenant:
+a sha256 that any job names keeps its blob wherever it lies, which can only
+keep more, never delete what a job still needs.
+
 Why the age guard: a writer stores a blob first and its reference after, and
 a blob stored again is only touched (its bytes are already there), so a blob
 younger than the guard may be about to be referenced; the mtime is read
@@ -37,6 +43,7 @@ from bitmesh.jobs.plumbing import ALL_PLUMBING, JobPlumbing
 from bitmesh.jobs.records import JobRecord
 from bitmesh.jobs.store import JobStore, open_job_store
 from bitmesh.settings import Settings
+from bitmesh.tenants import TENANT_NAME_PATTERN, TENANTS_FOLDER
 
 _SHA_IN_TEXT = re.compile(rb"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
 # A marked blob is scanned for further references only when it is JSON and
@@ -178,6 +185,39 @@ def collect(
     )
 
 
+def tenant_stores(artifacts: ArtifactStore) -> list[ArtifactStore]:
+    """The store of every tenant namespace found under ``artifacts``' root."""
+    base = f"{artifacts.root}/{TENANTS_FOLDER}"
+    if not artifacts.fs.exists(base):
+        return []
+    names = sorted(
+        str(info["name"]).rstrip("/").rsplit("/", 1)[-1]
+        for info in artifacts.fs.ls(base, detail=True)
+        if info.get("type") == "directory"
+    )
+    return [artifacts.for_tenant(name) for name in names if re.match(TENANT_NAME_PATTERN, name)]
+
+
+def collect_all(
+    artifacts: ArtifactStore,
+    stores: Mapping[str, JobStore],
+    min_age_seconds: float,
+    dry_run: bool = False,
+    clock: Callable[[], float] = time.time,
+) -> GcReport:
+    """:func:`collect` over the root store and then every tenant's, summed."""
+    reports = [
+        collect(store, stores, min_age_seconds, dry_run=dry_run, clock=clock)
+        for store in (artifacts, *tenant_stores(artifacts))
+    ]
+    totals = {
+        name: sum(getattr(r, name) for r in reports)
+        for name in GcReport.__dataclass_fields__
+        if name != "dry_run"
+    }
+    return GcReport(**totals, dry_run=dry_run)
+
+
 def open_stores(settings: Settings) -> dict[str, JobStore]:
     """Every job store the mesh declares (:data:`ALL_PLUMBING`), by store name."""
     names = dict.fromkeys(p.store for p in ALL_PLUMBING)
@@ -193,8 +233,9 @@ def open_stores(settings: Settings) -> dict[str, JobStore]:
 
 
 def collect_mesh(settings: Settings, dry_run: bool = False) -> GcReport:
-    """``bitmesh gc``: collect the artifact store the settings name."""
-    return collect(
+    """``bitmesh gc``: collect the artifact store the settings name (every
+    tenant's namespace in it)."""
+    return collect_all(
         ArtifactStore(settings.artifact_root),
         open_stores(settings),
         settings.gc_min_blob_age_seconds,

@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bitmesh.tenants import DEFAULT_TENANT, TENANT_NAME_PATTERN
+
 ServiceName = Literal["sensitivity", "solver", "trainer", "proxy_nas"]
 SERVICES: tuple[ServiceName, ...] = ("sensitivity", "solver", "trainer", "proxy_nas")
 
@@ -143,7 +145,16 @@ class Settings(BaseSettings):
     max_data_elements: int = Field(default=256 * 1024 * 1024, ge=1)
 
     # Security (off on loopback; on in the Kubernetes manifests).
+    # The shared bearer token: the tenant "default" (bitmesh/tenants.py). A
+    # client sends it (or its own tenant's token) on every call.
     auth_token: str | None = None
+    # Servers: a file of "tenant: token" lines, one tenant per token; each
+    # tenant's jobs and files are its own (docs/architecture.md, Tenants).
+    token_file: str | None = None
+    # Clients that write into the shared artifact root (`bitmesh run`'s
+    # uploads, reading trained weights back): the tenant of their token, whose
+    # namespace (<root>/tenants/<name>, the root for "default") they use.
+    tenant: str = Field(default=DEFAULT_TENANT, pattern=TENANT_NAME_PATTERN)
     # A service bound to a non-loopback address without a token refuses to
     # start unless this is set (BITMESH_ALLOW_INSECURE=1): a network you trust.
     allow_insecure: bool = False

@@ -6,6 +6,11 @@ writes the result under ``proxy-nas-results/<key>``. Both live under the
 artifact root every process of the mesh shares, so any worker can run any
 run, and a run whose result exists is not trained again (a redelivered or
 re-sent message costs one lookup).
+
+Each search's runs live in its tenant's store (bitmesh/tenants.py): the
+message carries the tenant beside the key, so the same run asked for by two
+tenants is trained once for each and neither learns of the other's result.
+A message without a tenant (sent before tenants) is the tenant ``default``'s.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from bitmesh.errors import Cancelled, Unavailable
 from bitmesh.jobs.lease import Lease
 from bitmesh.jobs.plumbing import PROXY_NAS_TRIALS
 from bitmesh.jobs.store import JobStore
+from bitmesh.tenants import DEFAULT_TENANT
 from proxy_nas_svc.trial import RunResult, run_trial
 
 if TYPE_CHECKING:
@@ -36,9 +42,10 @@ RUN_TRIAL_TASK = PROXY_NAS_TRIALS.task_name
 CANCEL_POLL_S = 1.0
 
 
-def run_lease_id(key: str) -> str:
-    """The lease a worker holds while it trains run ``key`` (proxy NAS store)."""
-    return f"run:{key}"
+def run_lease_id(key: str, tenant: str = DEFAULT_TENANT) -> str:
+    """The lease a worker holds while it trains ``tenant``'s run ``key``
+    (proxy NAS store); ``default``'s keeps the name it had before tenants."""
+    return f"run:{key}" if tenant == DEFAULT_TENANT else f"run:{tenant}:{key}"
 
 
 class CeleryBackend:
@@ -55,9 +62,12 @@ class CeleryBackend:
         job_id: str,
         lease: Lease | None = None,
         queue_length: Callable[[], int] | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
+        """``artifacts``: the mesh's root store; the runs go to ``tenant``'s."""
         self.celery = celery
-        self.artifacts = artifacts
+        self.tenant = tenant
+        self.artifacts = artifacts.for_tenant(tenant)
         self.job_id = job_id
         self.lease = lease
         self.queue_length = queue_length
@@ -66,7 +76,9 @@ class CeleryBackend:
         self.artifacts.set_ref(
             RUNS_NAMESPACE, key, {"job_id": self.job_id, "request": request.to_dict()}
         )
-        self.celery.send_task(RUN_TRIAL_TASK, args=[key], queue=PROXY_NAS_TRIALS.queue_name)
+        self.celery.send_task(
+            RUN_TRIAL_TASK, args=[key, self.tenant], queue=PROXY_NAS_TRIALS.queue_name
+        )
 
     def result(self, key: str) -> RunResult | None:
         data = self.artifacts.get_ref(RESULTS_NAMESPACE, key)
@@ -79,9 +91,9 @@ class CeleryBackend:
             if self.queue_length() > 0 or self.result(key) is not None:
                 return False
             probe = f"lost-probe:{uuid.uuid4().hex[:8]}"
-            if not self.lease.acquire(run_lease_id(key), probe, 1.0):
+            if not self.lease.acquire(run_lease_id(key, self.tenant), probe, 1.0):
                 return False
-            self.lease.release(run_lease_id(key), probe)
+            self.lease.release(run_lease_id(key, self.tenant), probe)
         except Unavailable:
             return False  # the store is down: ask again at the next poll
         return True

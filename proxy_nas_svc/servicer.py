@@ -21,12 +21,14 @@ from bitmesh.errors import InvalidArgument, NotFound
 from bitmesh.jobs.admission import create_admitted
 from bitmesh.jobs.plumbing import PROXY_NAS
 from bitmesh.jobs.records import JobRecord, new_job_id
-from bitmesh.jobs.store import JobStore, open_job_store, request_cancel
+from bitmesh.jobs.store import JobStore, open_job_store
+from bitmesh.jobs.tenancy import cancel_owned, owned_job
 from bitmesh.rpc.convert import job_status_to_pb, option_from_pb
 from bitmesh.rpc.job_servicer import list_jobs
 from bitmesh.rpc.jobs import watch_events
 from bitmesh.rpc.server import Registrar
 from bitmesh.settings import Settings
+from bitmesh.tenants import DEFAULT_TENANT, current_tenant
 from bitmesh.v1 import common_pb2, proxy_nas_pb2, proxy_nas_pb2_grpc
 from proxy_nas_svc.jobs import JOB_KIND, SearchRunner
 
@@ -38,11 +40,13 @@ if TYPE_CHECKING:
 SERVICE_NAME = proxy_nas_pb2.DESCRIPTOR.services_by_name["ProxyNasService"].full_name
 
 
-def job_id_for(request_id: str) -> str:
-    """A new id, or a stable one for an idempotency key."""
+def job_id_for(request_id: str, tenant: str = DEFAULT_TENANT) -> str:
+    """A new id, or a stable one for an idempotency key (the caller's own:
+    the tenant is hashed with it, except ``default``'s, as before tenants)."""
     if not request_id:
         return new_job_id(JOB_KIND)
-    return f"{JOB_KIND}-{hashlib.sha256(request_id.encode()).hexdigest()[:16]}"
+    key = request_id if tenant == DEFAULT_TENANT else f"{tenant}\x00{request_id}"
+    return f"{JOB_KIND}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 class ProxyNasServicer(proxy_nas_pb2_grpc.ProxyNasServiceServicer):
@@ -93,10 +97,11 @@ class ProxyNasServicer(proxy_nas_pb2_grpc.ProxyNasServiceServicer):
         from proxy_nas_svc.convert import search_from_pb
         from proxy_nas_svc.validate import validate_search
 
-        job_id = job_id_for(request.request_id)
+        tenant = current_tenant()
+        job_id = job_id_for(request.request_id, tenant)
         if request.request_id:
             try:
-                return common_pb2.JobRef(job_id=self.store.get(job_id).job_id)
+                return common_pb2.JobRef(job_id=owned_job(self.store, job_id, tenant).job_id)
             except NotFound:
                 pass
         # Cheap checks first: a bad space is refused before the model loads.
@@ -115,6 +120,7 @@ class ProxyNasServicer(proxy_nas_pb2_grpc.ProxyNasServiceServicer):
                     "search": search.to_dict(),
                     "config_labels": config_labels(search),
                 },
+                tenant=tenant,
             ),
             self.max_open_jobs,
         )
@@ -133,14 +139,14 @@ class ProxyNasServicer(proxy_nas_pb2_grpc.ProxyNasServiceServicer):
     ) -> proxy_nas_pb2.SearchResult:
         from proxy_nas_svc.convert import result_to_pb
 
-        record = self.store.get(request.job_id)
+        record = owned_job(self.store, request.job_id)
         events = [] if record.result is not None else self.store.events_since(request.job_id, 0)
         return result_to_pb(record, events)
 
     def CancelSearch(
         self, request: common_pb2.JobRef, context: grpc.ServicerContext
     ) -> common_pb2.JobStatus:
-        return job_status_to_pb(request_cancel(self.store, request.job_id))
+        return job_status_to_pb(cancel_owned(self.store, request.job_id))
 
     def ListSearches(
         self, request: common_pb2.ListJobsRequest, context: grpc.ServicerContext
@@ -164,6 +170,7 @@ def build(
     from bitmesh.jobs.lease import open_lease
     from bitmesh.jobs.retry import RetryPolicy
     from bitmesh.jobs.sweeper import HeldLeases, Sweeper
+    from bitmesh.rpc.auth import as_caller
     from proxy_nas_svc.runs import CeleryBackend
     from proxy_nas_svc.study import open_storage
     from trainer_svc.public import make_celery
@@ -188,6 +195,7 @@ def build(
             job_id,
             lease=run_lease,
             queue_length=lambda: broker_queue_length(settings, PROXY_NAS_TRIALS.queue_name),
+            tenant=store.get(job_id).tenant,  # its runs go to its tenant's store
         ),
         options=CoordinatorOptions(requeue_after_s=settings.requeue_after_seconds),
         storage_factory=lambda: open_storage(settings.redis_url, settings.artifact_root),
@@ -195,7 +203,11 @@ def build(
         retry=RetryPolicy(window_s=settings.store_retry_seconds),
     )
     servicer = ProxyNasServicer(
-        store, runner, settings.max_concurrent_jobs, lambda: Client(settings)
+        # The solver is called on the caller's behalf, with its token (its tenant).
+        store,
+        runner,
+        settings.max_concurrent_jobs,
+        lambda: Client(as_caller(settings)),
     )
     sweeper = Sweeper(store, leases, PROXY_NAS.kinds, runner.end_orphan, settings.sweep_seconds)
     sweeper.start()

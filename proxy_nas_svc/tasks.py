@@ -22,6 +22,7 @@ from bitmesh.jobs.plumbing import PROXY_NAS_TRIALS
 from bitmesh.jobs.store import JobStore, open_job_store
 from bitmesh.jobs.sweeper import process_owner
 from bitmesh.settings import load_settings
+from bitmesh.tenants import DEFAULT_TENANT
 from proxy_nas_svc.runs import RUN_TRIAL_TASK, execute_run, run_lease_id
 from trainer_svc.public import Action, TrainerSettings, keep_alive, redis_delivery_toucher
 
@@ -41,19 +42,22 @@ def _stores() -> tuple[JobStore, ArtifactStore, Lease]:
 @shared_task(
     name=RUN_TRIAL_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True
 )
-def run_trial_task(self: Task, key: str) -> str:  # type: ignore[type-arg]
-    """Train one (configuration, fidelity) run of a search; idempotent per key.
+def run_trial_task(self: Task, key: str, tenant: str = DEFAULT_TENANT) -> str:  # type: ignore[type-arg]
+    """Train one (configuration, fidelity) run of ``tenant``'s search;
+    idempotent per key, in that tenant's store.
 
     The run's lease, held while it trains, tells a second delivery to leave
     it and tells the coordinator that a run without a result is not lost
     (``CeleryBackend.lost``)."""
-    store, artifacts, lease = _stores()
+    store, root, lease = _stores()
+    artifacts = root.for_tenant(tenant)
+    lease_id = run_lease_id(key, tenant)
     settings = load_settings()
     trainer = TrainerSettings()
     owner = process_owner()
-    if not lease.acquire(run_lease_id(key), owner, trainer.lease_ttl_s):
+    if not lease.acquire(lease_id, owner, trainer.lease_ttl_s):
         return "running elsewhere"
-    actions: list[Action] = [lambda: lease.renew(run_lease_id(key), owner, trainer.lease_ttl_s)]
+    actions: list[Action] = [lambda: lease.renew(lease_id, owner, trainer.lease_ttl_s)]
     tag = (self.request.properties or {}).get("delivery_tag")
     if settings.redis_url and tag:
         actions.append(redis_delivery_toucher(settings.redis_url, str(tag)))
@@ -62,4 +66,4 @@ def run_trial_task(self: Task, key: str) -> str:  # type: ignore[type-arg]
         with keep_alive(interval, actions):
             return execute_run(key, artifacts, store)
     finally:
-        lease.release(run_lease_id(key), owner)
+        lease.release(lease_id, owner)

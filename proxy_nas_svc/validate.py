@@ -50,12 +50,12 @@ def budget_problem(model_spec: ModelSpec, candidates: Sequence[QuantOption]) -> 
     """The solver's problem for ``model_spec``: costs per layer and option, uniform-sensitivity Omega."""
     from bitmesh.costs import option_costs
     from bitmesh.models.layers import discover_layers
-    from bitmesh.models.model_cache import load_model_copy
+    from bitmesh.models.model_cache import load_model_for_reading
     from bitmesh.quant.fake_quant import weight_error_sq
     from bitmesh.rpc.convert import costs_to_pb, option_to_pb
     from bitmesh.v1 import solver_pb2
 
-    model = load_model_copy(model_spec)
+    model = load_model_for_reading(model_spec)
     modules = dict(model.named_modules())
     problem = solver_pb2.Problem(name=f"proxy-nas:{model_spec.name_or_path}")
     for layer in discover_layers(model, model_spec.input_shape):

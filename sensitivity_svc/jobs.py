@@ -39,11 +39,10 @@ from bitmesh.errors import InvalidArgument
 from bitmesh.formats import QuantOption
 from bitmesh.jobs.runner import JobContext
 from bitmesh.limits import InputLimits
-from bitmesh.models.hashing import model_hash
 from bitmesh.models.layer_cache import layers_of
 from bitmesh.models.layers import LayerProfile
 from bitmesh.models.loading import ModelSpec
-from bitmesh.models.model_cache import load_model_copy
+from bitmesh.models.model_cache import load_model_copy, model_hash_of
 from bitmesh.settings import load_settings
 from sensitivity_svc.analysis import (
     METHOD,
@@ -230,7 +229,7 @@ def prepare(
             f"{tuple(model_spec.input_shape)}; set the model's input_shape or the dataset's shape"
         )
     check_batches(batches)
-    m_hash = model_hash(model)
+    m_hash = model_hash_of(model_spec, model)
     # The traces run on BITMESH_DEVICE (a GPU when there is one); a device
     # the machine lacks is refused here, before the job is queued.
     device = resolve_device()

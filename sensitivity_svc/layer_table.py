@@ -6,11 +6,10 @@ from dataclasses import dataclass
 
 from bitmesh.costs import LayerCosts, option_costs
 from bitmesh.formats import QuantOption
-from bitmesh.models.hashing import model_hash
 from bitmesh.models.layer_cache import layers_of
 from bitmesh.models.layers import LayerProfile, weight_coverage, weight_parameters
 from bitmesh.models.loading import ModelSpec
-from bitmesh.models.model_cache import load_model_copy
+from bitmesh.models.model_cache import load_model_for_reading, model_hash_of
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,7 @@ class LayerTable:
 
 def layer_table(spec: ModelSpec, options: list[QuantOption]) -> LayerTable:
     """Load the model, find its quantizable layers and cost every option."""
-    model = load_model_copy(spec)
+    model = load_model_for_reading(spec)
     layers = layers_of(model, spec)
     costs = {
         layer.name: {
@@ -46,7 +45,7 @@ def layer_table(spec: ModelSpec, options: list[QuantOption]) -> LayerTable:
         costs=costs,
         total_parameters=sum(p.numel() for p in model.parameters()),
         total_macs=sum(layer.macs for layer in layers),
-        model_hash=model_hash(model),
+        model_hash=model_hash_of(spec, model),
         weight_parameters=weight_parameters(model),
         weight_coverage=weight_coverage(model, layers),
     )

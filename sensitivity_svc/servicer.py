@@ -16,6 +16,7 @@ from bitmesh.jobs.retry import RetryPolicy
 from bitmesh.jobs.runner import ThreadJobRunner
 from bitmesh.jobs.store import JobStore, open_job_store, transition
 from bitmesh.jobs.sweeper import HeldLeases, Sweeper
+from bitmesh.jobs.tenancy import owned_job
 from bitmesh.rpc.convert import (
     costs_to_pb,
     job_event_status_to_pb,
@@ -28,6 +29,7 @@ from bitmesh.rpc.job_servicer import list_jobs
 from bitmesh.rpc.jobs import watch_events
 from bitmesh.rpc.server import Registrar
 from bitmesh.settings import Settings
+from bitmesh.tenants import current_tenant
 from bitmesh.v1 import common_pb2, sensitivity_pb2, sensitivity_pb2_grpc
 from sensitivity_svc.convert import report_to_pb, settings_from_pb
 from sensitivity_svc.jobs import prepare, run
@@ -82,7 +84,9 @@ class SensitivityServicer(sensitivity_pb2_grpc.SensitivityServiceServicer):
             model_hash=table.model_hash,
         )
 
-    def _prepare(self, request: sensitivity_pb2.StartAnalysisRequest) -> Any:
+    def _prepare(
+        self, request: sensitivity_pb2.StartAnalysisRequest, artifacts: ArtifactStore
+    ) -> Any:
         return prepare(
             model_spec_from_pb(request.model),
             dataset_spec_from_pb(request.dataset),
@@ -90,7 +94,7 @@ class SensitivityServicer(sensitivity_pb2_grpc.SensitivityServiceServicer):
             settings_from_pb(request.settings),
             request.dataset.batch_size,
             request.activation_sensitivity,
-            self.artifacts,
+            artifacts,
         )
 
     def resume(self, record: JobRecord) -> bool:
@@ -99,6 +103,7 @@ class SensitivityServicer(sensitivity_pb2_grpc.SensitivityServiceServicer):
         request that no longer prepares (a file gone) ends FAILED with why."""
         request = ParseDict(record.request["request"], sensitivity_pb2.StartAnalysisRequest())
         estimator = record.request["estimator"]
+        artifacts = self.artifacts.for_tenant(record.tenant)
         self.store.update(
             record.job_id,
             lambda r: transition(
@@ -110,7 +115,7 @@ class SensitivityServicer(sensitivity_pb2_grpc.SensitivityServiceServicer):
         self.runner.resume(
             record.job_id,
             lambda ctx: {
-                **run(self._prepare(request), self.artifacts, ctx),
+                **run(self._prepare(request, artifacts), artifacts, ctx),
                 "estimator": estimator,
             },
         )
@@ -120,13 +125,17 @@ class SensitivityServicer(sensitivity_pb2_grpc.SensitivityServiceServicer):
         self, request: sensitivity_pb2.StartAnalysisRequest, context: grpc.ServicerContext
     ) -> common_pb2.JobRef:
         estimator = settings_from_pb(request.settings)
-        prepared = self._prepare(request)
+        # The caller's own store: its cached reports, never another tenant's.
+        tenant = current_tenant()
+        artifacts = self.artifacts.for_tenant(tenant)
+        prepared = self._prepare(request, artifacts)
         record = self.runner.submit(
             {
                 "request": MessageToDict(request, preserving_proto_field_name=True),
                 "estimator": estimator,
             },
-            lambda ctx: {**run(prepared, self.artifacts, ctx), "estimator": estimator},
+            lambda ctx: {**run(prepared, artifacts, ctx), "estimator": estimator},
+            tenant=tenant,
         )
         return common_pb2.JobRef(job_id=record.job_id)
 
@@ -144,7 +153,7 @@ class SensitivityServicer(sensitivity_pb2_grpc.SensitivityServiceServicer):
     def GetAnalysis(
         self, request: common_pb2.JobRef, context: grpc.ServicerContext
     ) -> sensitivity_pb2.AnalysisResult:
-        record = self.store.get(request.job_id)
+        record = owned_job(self.store, request.job_id)
         result = sensitivity_pb2.AnalysisResult(status=job_status_to_pb(record))
         if record.result is not None:
             report = SensitivityReport.from_dict(record.result["report"])
@@ -162,6 +171,7 @@ class SensitivityServicer(sensitivity_pb2_grpc.SensitivityServiceServicer):
     def CancelAnalysis(
         self, request: common_pb2.JobRef, context: grpc.ServicerContext
     ) -> common_pb2.JobStatus:
+        owned_job(self.store, request.job_id)  # another tenant's job is NOT_FOUND
         return job_status_to_pb(self.runner.cancel(request.job_id))
 
     def ListAnalyses(

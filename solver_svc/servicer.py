@@ -12,6 +12,7 @@ from bitmesh.artifacts import ArtifactStore
 from bitmesh.errors import InvalidArgument
 from bitmesh.rpc.server import Registrar
 from bitmesh.settings import Settings
+from bitmesh.tenants import DEFAULT_TENANT, current_tenant
 from bitmesh.v1 import solver_pb2, solver_pb2_grpc
 from solver_svc.convert import (
     AXIS_TO_PB,
@@ -43,11 +44,38 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
 
     def __init__(self, registry: ProblemRegistry, limits: SolverLimits | None = None) -> None:
         self.registry = registry
+        # Each tenant's problems are its own (bitmesh/tenants.py): a registry
+        # per tenant over its own artifact store, the default tenant's being
+        # ``registry``. Another tenant's problem id is NOT_FOUND, as an
+        # unregistered one, and its frontiers are never answered from.
+        self._registries: dict[str, ProblemRegistry] = {}
+        self._registries_lock = threading.Lock()
         self.limits = limits or SolverLimits()
         # One answer encoder per registered problem (see SolutionEncoder: an
         # answer costs 6-12 us to encode instead of 0.6-1.7 ms).
         self._encoders: dict[str, SolutionEncoder] = {}
         self._encoders_lock = threading.Lock()
+
+    def registry_of(self, tenant: str) -> ProblemRegistry:
+        """``tenant``'s registry (made on its first call)."""
+        if tenant == DEFAULT_TENANT:
+            return self.registry
+        with self._registries_lock:
+            registry = self._registries.get(tenant)
+            if registry is None:
+                registry = self._registries[tenant] = ProblemRegistry(
+                    self.registry.artifacts.for_tenant(tenant),
+                    self.registry.max_loaded,
+                    self.registry.background,
+                )
+        return registry
+
+    def close(self) -> None:
+        """Stop every registry's background traces."""
+        with self._registries_lock:
+            registries = [self.registry, *self._registries.values()]
+        for registry in registries:
+            registry.close()
 
     def _encoder(self, loaded: LoadedProblem) -> SolutionEncoder:
         problem = loaded.solver.problem
@@ -77,7 +105,7 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
         """The registered problem (and its cached solver) or an inline one."""
         source = request.WhichOneof("problem_source")
         if source == "problem_id":
-            loaded = self.registry.get(request.problem_id)
+            loaded = self.registry_of(current_tenant()).get(request.problem_id)
             if profile:
                 return None, ProblemSolver(
                     with_latency(loaded.solver.problem, self._profile(profile))
@@ -93,7 +121,8 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
     def RegisterProblem(
         self, request: solver_pb2.RegisterProblemRequest, context: grpc.ServicerContext
     ) -> solver_pb2.RegisterProblemResponse:
-        loaded = self.registry.register(problem_from_pb(request.problem, self.limits))
+        registry = self.registry_of(current_tenant())
+        loaded = registry.register(problem_from_pb(request.problem, self.limits))
         problem = loaded.solver.problem
         return solver_pb2.RegisterProblemResponse(
             problem_id=loaded.problem_id,
@@ -143,10 +172,11 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
             deadline=deadline,
         )
         if loaded is not None:
-            self.registry.add_frontier(loaded, traced)
+            registry = self.registry_of(current_tenant())
+            registry.add_frontier(loaded, traced)
             if not traced.complete:
                 # Later what-if queries on this axis will come from memory.
-                self.registry.trace_exhaustive(loaded, axis, traced.constraints)
+                registry.trace_exhaustive(loaded, axis, traced.constraints)
         if loaded is None and len(traced.points) > 1:
             encode = SolutionEncoder(solver.problem).encode
             points = [encode(p) for p in traced.points]
@@ -164,14 +194,15 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
     ) -> solver_pb2.Solution:
         start = time.perf_counter()
         deadline = self.limits.deadline(request.time_limit_s)
-        loaded = self.registry.get(request.problem_id)
+        registry = self.registry_of(current_tenant())
+        loaded = registry.get(request.problem_id)
         if request.budgets.latency_profile:
             raise InvalidArgument(
                 "what-if answers from the registered problem's own latency costs; register the "
                 "problem with latencies from the profile, or call Solve with latency_profile"
             )
         budgets = budgets_from_pb(request.budgets)
-        self.registry.note_what_if(loaded, budgets)
+        registry.note_what_if(loaded, budgets)
         # Memory first, without the problem's lock: stored frontiers are
         # immutable and replaced whole.
         answer, nearest = lookup(budgets, loaded.all_frontiers())
@@ -221,5 +252,5 @@ def build(
     return (
         [lambda s: solver_pb2_grpc.add_SolverServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],
-        [lambda grace: registry.close()],
+        [lambda grace: servicer.close()],
     )

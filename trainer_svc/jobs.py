@@ -195,6 +195,7 @@ def run_job(
     it again: it resumes from its checkpoint."""
     settings = settings or TrainerSettings()
     record = store.get(job_id)
+    artifacts = artifacts.for_tenant(record.tenant)  # its checkpoints and weights
     if record.state.terminal:
         log.info("job %s already %s: not running it again", job_id, record.state.value)
         return record.state

@@ -62,10 +62,12 @@ def validate(request: TrainingRequest) -> None:
 
 def make_celery(settings: Settings) -> Celery:
     """The workers' Celery app, for a service that only sends tasks by name
-    (no task module is imported)."""
+    (no task module is imported), ready to send before the service serves
+    (:func:`trainer_svc.celery_app.ready_to_send`)."""
     from trainer_svc.celery_app import make_celery as make
+    from trainer_svc.celery_app import ready_to_send
 
-    return make(settings, discover=False)
+    return ready_to_send(make(settings, discover=False))
 
 
 def __getattr__(name: str) -> Any:

@@ -20,14 +20,16 @@ from bitmesh.jobs.admission import create_admitted
 from bitmesh.jobs.ending import finish
 from bitmesh.jobs.plumbing import TRAINER
 from bitmesh.jobs.records import JobRecord, JobState, new_job_id
-from bitmesh.jobs.store import JobStore, open_job_store, request_cancel
+from bitmesh.jobs.store import JobStore, open_job_store
+from bitmesh.jobs.tenancy import cancel_owned, owned_job
 from bitmesh.rpc.convert import job_status_to_pb
 from bitmesh.rpc.job_servicer import list_jobs
 from bitmesh.rpc.jobs import watch_events
 from bitmesh.rpc.server import Registrar
 from bitmesh.settings import Settings
+from bitmesh.tenants import DEFAULT_TENANT, current_tenant
 from bitmesh.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
-from trainer_svc.celery_app import make_celery, restore_lost_fetches, send_job
+from trainer_svc.celery_app import make_celery, ready_to_send, restore_lost_fetches, send_job
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +39,16 @@ STORE_NAME = TRAINER.store
 Enqueue = Callable[[str], None]
 
 
-def job_id_for(kind: str, request_id: str) -> str:
-    """A new id, or a stable one for an idempotency key."""
+def job_id_for(kind: str, request_id: str, tenant: str = DEFAULT_TENANT) -> str:
+    """A new id, or a stable one for an idempotency key.
+
+    The key is the caller's: two tenants sending the same key get two jobs
+    (the tenant is hashed with it; ``default`` hashes the key alone, as before
+    tenants, so a retried call finds the job it made then)."""
     if not request_id:
         return new_job_id(kind)
-    return f"{kind}-{hashlib.sha256(request_id.encode()).hexdigest()[:16]}"
+    key = request_id if tenant == DEFAULT_TENANT else f"{tenant}\x00{request_id}"
+    return f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
@@ -56,10 +63,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         from trainer_svc.convert import request_from_pb
 
         domain = request_from_pb(request)
-        job_id = job_id_for(domain.kind, request.request_id)
+        tenant = current_tenant()
+        job_id = job_id_for(domain.kind, request.request_id, tenant)
         if request.request_id:
             try:
-                return common_pb2.JobRef(job_id=self.store.get(job_id).job_id)
+                return common_pb2.JobRef(job_id=owned_job(self.store, job_id, tenant).job_id)
             except NotFound:
                 pass
         # Here, not at the top: validating loads the model (torch), which a
@@ -69,7 +77,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         validate(domain)
         record = create_admitted(
             self.store,
-            JobRecord(job_id=job_id, kind=domain.kind, request=domain.to_dict()),
+            JobRecord(job_id=job_id, kind=domain.kind, request=domain.to_dict(), tenant=tenant),
             self.max_open_jobs,
         )
         try:
@@ -93,14 +101,14 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     ) -> trainer_pb2.TrainingResult:
         from trainer_svc.convert import result_to_pb
 
-        record = self.store.get(request.job_id)
+        record = owned_job(self.store, request.job_id)
         events = [] if record.result is not None else self.store.events_since(record.job_id, 0)
         return result_to_pb(record, events)
 
     def CancelJob(
         self, request: common_pb2.JobRef, context: grpc.ServicerContext
     ) -> common_pb2.JobStatus:
-        return job_status_to_pb(request_cancel(self.store, request.job_id))
+        return job_status_to_pb(cancel_owned(self.store, request.job_id))
 
     def ListJobs(
         self, request: common_pb2.ListJobsRequest, context: grpc.ServicerContext
@@ -110,7 +118,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
 def celery_enqueue(settings: Settings) -> Enqueue:
     """Send job ids to the trainer queue of the broker ``settings`` name."""
-    app = make_celery(settings, discover=False)
+    app = ready_to_send(make_celery(settings, discover=False))
 
     def send(job_id: str) -> None:
         send_job(app, job_id)

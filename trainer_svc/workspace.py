@@ -28,7 +28,7 @@ from bitmesh.errors import FailedPrecondition, InvalidArgument
 from bitmesh.formats import Granularity, QuantOption
 from bitmesh.models.layer_cache import layers_of
 from bitmesh.models.layers import LayerProfile
-from bitmesh.models.model_cache import load_model_copy
+from bitmesh.models.model_cache import load_model_copy, load_model_for_reading
 from bitmesh.settings import load_settings
 from trainer_svc.costing import (
     axis_value,
@@ -154,7 +154,9 @@ def validate(request: TrainingRequest, device: torch.device | None = None) -> Wo
     ``resolve_device()``). Without it, as at submission, only the
     ``BITMESH_DEVICE`` text is checked and the workspace says CPU: the
     service that validates is not the worker that trains, and may have no
-    GPU where the worker has one.
+    GPU where the worker has one. Nothing is trained at submission, so the
+    workspace's model then shares the remembered model's tensors
+    (``load_model_for_reading``) instead of copying them.
 
     Raises InvalidArgument (unknown layers or architecture, data that does
     not fit, a malformed BITMESH_DEVICE), NotFound (missing files) or
@@ -164,7 +166,7 @@ def validate(request: TrainingRequest, device: torch.device | None = None) -> Wo
     if device is None:
         parse_device(load_settings().device)
     check_data_fits(request)
-    model = load_model_copy(request.model)
+    model = (load_model_for_reading if device is None else load_model_copy)(request.model)
     layers = layers_of(model, request.model)
     ws = Workspace(
         request=request, model=model, layers=layers, device=device or torch.device("cpu")

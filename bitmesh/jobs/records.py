@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from bitmesh.tenants import DEFAULT_TENANT
+
 
 class JobState(StrEnum):
     QUEUED = "queued"
@@ -45,6 +47,10 @@ class JobRecord:
     request: dict[str, Any] = field(default_factory=dict)
     result: dict[str, Any] | None = None
     cancel_requested: bool = False
+    # Who owns the job (bitmesh/tenants.py): only this tenant's calls see it,
+    # and its runner (a worker, a service thread) uses this tenant's files.
+    # Records written before tenants existed read as "default".
+    tenant: str = DEFAULT_TENANT
     #: How many times a runner started it (``execute_job`` counts): more
     #: than one when its runner died and it was resumed.
     attempts: int = 0

@@ -27,6 +27,7 @@ from bitmesh.jobs.records import JobRecord, JobState, new_job_id
 from bitmesh.jobs.retry import RetryingStore, RetryPolicy, StoreOutage
 from bitmesh.jobs.store import JobStore, request_cancel, transition
 from bitmesh.jobs.sweeper import HeldLeases
+from bitmesh.tenants import DEFAULT_TENANT
 
 log = logging.getLogger(__name__)
 
@@ -270,8 +271,13 @@ class ThreadJobRunner:
         self._running: dict[str, tuple[Future[None], threading.Event]] = {}
 
     def submit(
-        self, request: dict[str, Any], work: JobWork, job_id: str | None = None
+        self,
+        request: dict[str, Any],
+        work: JobWork,
+        job_id: str | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> JobRecord:
+        """Record a job of ``tenant`` and run ``work`` for it in a thread."""
         with self._lock:
             # A job frees its slot once its record is terminal, even if its
             # thread is still winding down (a client that saw it end may
@@ -292,7 +298,7 @@ class ThreadJobRunner:
                 raise ResourceExhausted(f"job {job_id} is already running; start another")
             try:
                 record = self.store.create(
-                    JobRecord(job_id=job_id, kind=self.kind, request=request)
+                    JobRecord(job_id=job_id, kind=self.kind, request=request, tenant=tenant)
                 )
             except BaseException:
                 if self.leases is not None:

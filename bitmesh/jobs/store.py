@@ -43,6 +43,13 @@ class JobStore(Protocol):
     def purge_expired(self) -> int: ...
 
 
+def job_not_found(job_id: str) -> NotFound:
+    """The one NOT_FOUND for a job id: every store and the tenant check
+    (:mod:`bitmesh.jobs.tenancy`) raise this, so another tenant's job and
+    no job at all read alike."""
+    return NotFound(f"job {job_id!r} does not exist")
+
+
 def thread_connection(local: threading.local, path: str) -> sqlite3.Connection:
     """This thread's connection to the SQLite file ``path`` (kept in ``local``):
     autocommit, so each caller opens its own transactions, and a 30 s busy
@@ -116,7 +123,7 @@ class SqliteJobStore:
             .fetchone()
         )
         if row is None:
-            raise NotFound(f"job {job_id!r} does not exist")
+            raise job_not_found(job_id)
         return JobRecord.from_dict(json.loads(row[0]))
 
     def update(self, job_id: str, change: JobUpdate) -> JobRecord:
@@ -127,7 +134,7 @@ class SqliteJobStore:
                 "SELECT record, expires FROM jobs WHERE job_id=?", (job_id,)
             ).fetchone()
             if row is None or (row[1] is not None and row[1] <= self.clock()):
-                raise NotFound(f"job {job_id!r} does not exist")
+                raise job_not_found(job_id)
             old = JobRecord.from_dict(json.loads(row[0]))
             new = change(old)
             # The clock starts when the job ends, not at each later write.
@@ -244,7 +251,7 @@ class RedisJobStore:
     def get(self, job_id: str) -> JobRecord:
         raw = self._guard(lambda: self.client.get(self._key(job_id)))
         if raw is None:
-            raise NotFound(f"job {job_id!r} does not exist")
+            raise job_not_found(job_id)
         return JobRecord.from_dict(json.loads(raw))
 
     def update(self, job_id: str, change: JobUpdate) -> JobRecord:
@@ -257,7 +264,7 @@ class RedisJobStore:
                         pipe.watch(key)
                         raw = pipe.get(key)
                         if raw is None:
-                            raise NotFound(f"job {job_id!r} does not exist")
+                            raise job_not_found(job_id)
                         old = JobRecord.from_dict(json.loads(raw))
                         new = change(old)
                         ttl = int(pipe.pttl(key))
@@ -369,13 +376,19 @@ def open_job_store(
     )
 
 
-def request_cancel(store: JobStore, job_id: str) -> JobRecord:
+def request_cancel(
+    store: JobStore, job_id: str, guard: Callable[[JobRecord], None] | None = None
+) -> JobRecord:
     """Mark a job for cancellation; a queued one is cancelled at once, with
-    its final event (no runner will write one: it never starts)."""
+    its final event (no runner will write one: it never starts). ``guard``
+    sees the record inside the compare-and-set and may raise to refuse
+    (the tenant check: nothing of another tenant's record is written)."""
     ended: list[bool] = []
 
     def change(record: JobRecord) -> JobRecord:
         ended.clear()  # the compare-and-set may run it again
+        if guard is not None:
+            guard(record)
         if record.state.terminal:
             return record
         if record.state is JobState.QUEUED:

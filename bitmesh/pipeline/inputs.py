@@ -35,6 +35,7 @@ from bitmesh.artifacts import ArtifactStore
 from bitmesh.errors import InvalidArgument, NotFound
 from bitmesh.pipeline.request import PipelineRequest
 from bitmesh.rpc.convert_ml import DEFAULT_IMAGE_SHAPE, DIGITS_ARCH, DIGITS_SHAPE
+from bitmesh.tenants import DEFAULT_TENANT
 from bitmesh.v1 import common_pb2
 
 __all__ = ["ResolvedInputs", "resolve_inputs"]
@@ -175,12 +176,17 @@ def _dataset(request: PipelineRequest, shape: tuple[int, ...]) -> dict[str, Any]
     return MessageToDict(ref, preserving_proto_field_name=True)
 
 
-def resolve_inputs(request: PipelineRequest, artifact_root: str) -> ResolvedInputs:
-    """Upload the user's files and settle shapes and classes (see the module doc)."""
+def resolve_inputs(
+    request: PipelineRequest, artifact_root: str, tenant: str = DEFAULT_TENANT
+) -> ResolvedInputs:
+    """Upload the user's files and settle shapes and classes (see the module doc).
+
+    Uploads go to ``tenant``'s namespace of the root, the only one whose
+    files the services read for that tenant's calls (bitmesh/tenants.py)."""
     from bitmesh.cli.common import model_source
     from bitmesh.models.model_files import refuse_torchscript
 
-    store = ArtifactStore(artifact_root)
+    store = ArtifactStore(artifact_root).for_tenant(tenant)
     source = model_source(request.model)
     refuse_torchscript(source, request.model, request.weights)
     model, model_sha = request.model, ""

@@ -320,7 +320,7 @@ def run_pipeline(
     cache = StageCache(out / "stages")
     timings: dict[str, float] = {}
     started = time.monotonic()
-    inputs = resolve_inputs(request, client.settings.artifact_root)
+    inputs = resolve_inputs(request, client.settings.artifact_root, client.settings.tenant)
     ctx = RunContext(client, request, inputs, progress or _quiet)
     report: dict[str, Any] = {
         "inputs": request.to_dict(),

@@ -67,7 +67,9 @@ def _costs(msg: common_pb2.LayerCosts) -> dict[str, float]:
 
 
 def _weights_path(client: Client, sha: str) -> str:
-    return ArtifactStore(client.settings.artifact_root).local_path(sha)
+    """Where a job's weights lie: its tenant's store (the client's tenant)."""
+    store = ArtifactStore(client.settings.artifact_root).for_tenant(client.settings.tenant)
+    return store.local_path(sha)
 
 
 def follow_training(

@@ -15,6 +15,7 @@ import grpc
 
 from bitmesh.jobs.records import JobRecord, JobState
 from bitmesh.jobs.store import JobStore
+from bitmesh.jobs.tenancy import owned_job
 
 T = TypeVar("T")
 
@@ -34,8 +35,10 @@ def watch_events(
     context: grpc.ServicerContext,
     to_message: Callable[[JobRecord, dict[str, Any]], T],
 ) -> Iterator[T]:
-    """Yield one message per stored event until the job is terminal."""
-    record = store.get(job_id)  # NOT_FOUND before the stream starts
+    """Yield one message per stored event until the job is terminal.
+
+    Only the caller's tenant's job: another's is NOT_FOUND, as a missing one."""
+    record = owned_job(store, job_id)  # NOT_FOUND before the stream starts
     index = 0
     quiet_after_end = 0
     while context.is_active():

@@ -11,6 +11,15 @@ root: relative paths are uploads (``<root>/uploads/...``, through
 the root once symlinks are resolved. Anything else ends with INVALID_ARGUMENT
 before servicer code runs.
 
+Tenants (:mod:`bitmesh.tenants`): the caller's files are only those of its
+own namespace, ``<root>/tenants/<name>/`` (the root minus ``tenants/`` for
+the tenant ``default``). Relative paths are its own uploads; an absolute path
+into another tenant's namespace is NOT_FOUND with a message that depends only
+on the text sent, never on whether anything is there, so a caller learns
+nothing about another tenant's files. The check is on the path as written
+(before symlinks, whose targets would tell) and again on the real path (so a
+link in one's own uploads leads nowhere else).
+
 Confining when the service is reachable from elsewhere (a non-loopback host,
 or a token configured); the embedded loopback mesh reads the user's own files
 wherever they are, which is the point of running it locally. Everywhere, a
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -33,10 +43,12 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from bitmesh.artifacts import ArtifactStore
-from bitmesh.errors import BitmeshError, InvalidArgument
+from bitmesh.errors import BitmeshError, InvalidArgument, NotFound
+from bitmesh.rpc.auth import auth_configured
 from bitmesh.rpc.errors import abort_for, status_code_of
 from bitmesh.rpc.handlers import WrappingInterceptor
 from bitmesh.settings import Settings
+from bitmesh.tenants import DEFAULT_TENANT, TENANTS_FOLDER, current_tenant, namespace_of
 
 # Message full name -> its string fields that hold a file path.
 PATH_FIELDS: dict[str, tuple[str, ...]] = {
@@ -79,8 +91,27 @@ def _local_root(artifact_root: str) -> Path | None:
     return Path(artifact_root.removeprefix("file://")).resolve()
 
 
-def confine_path(artifact_root: str, user_path: str) -> str:
-    """The real local path ``user_path`` names inside the root; refuses escapes."""
+def not_in_namespace(user_path: str, tenant: str) -> NotFound:
+    """The one answer to a path in someone else's namespace: built from the
+    text sent and the caller's own tenant only, so it is the same whether
+    or not anything lies there."""
+    return NotFound(
+        f"no file {user_path!r} in the files of tenant {tenant!r}; upload it and give its path "
+        "relative to your uploads/ folder"
+    )
+
+
+def _in_namespace(path: Path, root: Path, tenant: str) -> bool:
+    """Whether ``path`` (inside ``root``) lies in ``tenant``'s namespace."""
+    if tenant == DEFAULT_TENANT:
+        return not path.is_relative_to(root / TENANTS_FOLDER)
+    return path.is_relative_to(Path(namespace_of(str(root), tenant)))
+
+
+def confine_path(artifact_root: str, user_path: str, tenant: str = DEFAULT_TENANT) -> str:
+    """The real local path ``user_path`` names inside ``tenant``'s namespace of
+    the root; refuses escapes (INVALID_ARGUMENT) and other tenants' files
+    (NOT_FOUND, :func:`not_in_namespace`)."""
     check_path_text(user_path)
     root = _local_root(artifact_root)
     if root is None:
@@ -88,11 +119,17 @@ def confine_path(artifact_root: str, user_path: str) -> str:
             f"file path {user_path!r} cannot be read: the artifact root {artifact_root!r} is "
             "not a local folder; upload the file to the shared artifact volume instead"
         )
+    namespace = Path(namespace_of(str(root), tenant))
     try:
         if Path(user_path).is_absolute():
             candidate = Path(user_path)
+            # As written, before any symlink is followed: where a link in
+            # another tenant's folder leads must not change the answer.
+            written = Path(os.path.normpath(user_path))
+            if written.is_relative_to(root) and not _in_namespace(written, root, tenant):
+                raise not_in_namespace(user_path, tenant)
         else:
-            candidate = Path(ArtifactStore(str(root)).resolve_user_path(user_path))
+            candidate = Path(ArtifactStore(str(namespace)).resolve_user_path(user_path))
         real = candidate.resolve()
     except (ValueError, OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
         raise InvalidArgument(
@@ -104,6 +141,8 @@ def confine_path(artifact_root: str, user_path: str) -> str:
             f"path {user_path!r} escapes the artifact root {str(root)!r}; upload the file "
             "and give its path relative to the root's uploads/ folder"
         )
+    if not _in_namespace(real, root, tenant):
+        raise not_in_namespace(user_path, tenant)
     return str(real)
 
 
@@ -113,16 +152,20 @@ def _is_name(message_name: str, field: str, text: str) -> bool:
     return "/" not in text and "\\" not in text and not Path(text).suffix
 
 
-def confine_request_paths(message: Message, artifact_root: str | None) -> None:
+def confine_request_paths(
+    message: Message, artifact_root: str | None, tenant: str | None = None
+) -> None:
     """Check and rewrite, in place, every path field anywhere in ``message``.
 
     ``artifact_root`` None only checks that each path is well formed (the
-    loopback mesh reads the user's own files wherever they are).
+    loopback mesh reads the user's own files wherever they are). ``tenant``
+    defaults to the caller's (:func:`bitmesh.tenants.current_tenant`).
     """
+    tenant = tenant or current_tenant()
     for field, value in message.ListFields():
         if field.message_type is not None and path_bearing(field.message_type):
             for item in _messages(field, value):
-                confine_request_paths(item, artifact_root)
+                confine_request_paths(item, artifact_root, tenant)
     full_name = message.DESCRIPTOR.full_name
     for name in PATH_FIELDS.get(full_name, ()):
         text = getattr(message, name)
@@ -131,7 +174,7 @@ def confine_request_paths(message: Message, artifact_root: str | None) -> None:
         if artifact_root is None:
             check_path_text(text)
         else:
-            setattr(message, name, confine_path(artifact_root, text))
+            setattr(message, name, confine_path(artifact_root, text, tenant))
 
 
 def _messages(field: FieldDescriptor, value: Any) -> Iterable[Any]:
@@ -238,6 +281,6 @@ def is_loopback(host: str) -> bool:
 def path_guard_interceptor(settings: Settings) -> PathGuardInterceptor:
     """Confining for a service others can reach (non-loopback host or a token
     set); checking only, on the loopback mesh."""
-    if is_loopback(settings.host) and not settings.auth_token:
+    if is_loopback(settings.host) and not auth_configured(settings):
         return PathGuardInterceptor(None)
     return PathGuardInterceptor(settings.artifact_root)

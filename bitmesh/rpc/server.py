@@ -5,7 +5,7 @@
 port back. Each server serves at most ``BITMESH_MAX_CONCURRENT_RPCS`` calls at
 once, each on a thread of its own; one past that ends RESOURCE_EXHAUSTED at
 once. Driven by the settings, it also adds bearer-token authentication
-(``BITMESH_AUTH_TOKEN``), TLS (``BITMESH_TLS_*``), path confinement for
+(``BITMESH_AUTH_TOKEN``, and ``BITMESH_TOKEN_FILE``'s tenants), TLS (``BITMESH_TLS_*``), path confinement for
 servers others can reach, Prometheus metrics on ``BITMESH_METRICS_PORT`` and,
 when ``BITMESH_HEALTH_PORT`` is set, a plaintext health-only port for
 Kubernetes' gRPC probes (which speak neither TLS nor tokens). Every call runs
@@ -35,7 +35,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from bitmesh.rpc.auth import auth_interceptor
+from bitmesh.rpc.auth import auth_configured, auth_interceptor
 from bitmesh.rpc.decode import RequestDecodeInterceptor
 from bitmesh.rpc.errors import ErrorInterceptor
 from bitmesh.rpc.keepalive import server_keepalive_options
@@ -49,6 +49,7 @@ from bitmesh.rpc.metrics import (
 from bitmesh.rpc.path_guard import is_loopback, path_guard_interceptor
 from bitmesh.rpc.request_ids import RequestIdInterceptor
 from bitmesh.settings import Settings
+from bitmesh.tenants import TokenFileError
 
 log = logging.getLogger(__name__)
 
@@ -122,14 +123,23 @@ def refuse_insecure_bind(settings: Settings, address: str | None = None) -> None
     An empty token turns authentication off; on 0.0.0.0 that served any
     caller with only a warning in a log nobody reads at start. Loopback (the
     embedded mesh) needs nothing; the manifests always set a token.
+
+    A token file that cannot be read or parsed is refused too, wherever the
+    service binds: starting with fewer tokens than the operator wrote would
+    lock tenants out, or let everyone in.
     """
     host = settings.host if address is None else _host_of(address)
-    if is_loopback(host) or settings.auth_token or settings.allow_insecure:
+    try:
+        configured = auth_configured(settings)
+    except TokenFileError as exc:
+        raise RefusedToStart(str(exc)) from None
+    if is_loopback(host) or configured or settings.allow_insecure:
         return
     raise RefusedToStart(
         f"refusing to serve {host} without BITMESH_AUTH_TOKEN: any caller that reaches it could "
-        "run jobs and read the artifact store. Set BITMESH_AUTH_TOKEN, bind a loopback address "
-        "(--host 127.0.0.1), or set BITMESH_ALLOW_INSECURE=1 to serve a network you trust anyway"
+        "run jobs and read the artifact store. Set BITMESH_AUTH_TOKEN (or BITMESH_TOKEN_FILE), "
+        "bind a loopback address (--host 127.0.0.1), or set BITMESH_ALLOW_INSECURE=1 to serve a "
+        "network you trust anyway"
     )
 
 
@@ -258,7 +268,7 @@ def _health_only_server(
 def _warn_if_exposed(settings: Settings, tls: bool) -> None:
     if is_loopback(settings.host):
         return
-    if not settings.auth_token:  # only with BITMESH_ALLOW_INSECURE=1
+    if not auth_configured(settings):  # only with BITMESH_ALLOW_INSECURE=1
         log.warning(
             "listening on %s without BITMESH_AUTH_TOKEN (BITMESH_ALLOW_INSECURE=1): any caller "
             "is served",

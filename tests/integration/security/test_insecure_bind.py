@@ -56,3 +56,27 @@ def test_the_service_command_exits_2_with_the_message_and_no_traceback(tmp_path:
     assert "refusing to serve 0.0.0.0 without BITMESH_AUTH_TOKEN" in done.stderr
     assert "BITMESH_ALLOW_INSECURE=1" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(
+    ("lines", "refused"),
+    [
+        ("alice: alice-token-0123456789\n", None),
+        ("# nobody yet\n", "BITMESH_ALLOW_INSECURE=1"),  # no token at all: unguarded
+        ("alice: short\n", "line 1: the token of 'alice' must be at least 16"),
+    ],
+    ids=["tenants", "empty", "malformed"],
+)
+def test_a_token_file_guards_the_bind_or_stops_it(
+    tmp_path: Path, lines: str, refused: str | None
+) -> None:
+    """A token file alone guards a non-loopback service; one with no token
+    does not, and one that does not parse stops it, naming the line."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(lines)
+    settings = make_settings(tmp_path, host="0.0.0.0", token_file=str(tokens))
+    if refused is not None:
+        with pytest.raises(RefusedToStart, match=refused):
+            create_server("0.0.0.0:0", [], [], settings)
+        return
+    create_server("0.0.0.0:0", [], [], settings).stop(0)

@@ -9,7 +9,7 @@ import pytest
 from bitmesh.artifacts import ArtifactStore
 from bitmesh.cli.main import main
 from bitmesh.errors import NotFound
-from bitmesh.gc import collect
+from bitmesh.gc import collect, collect_all
 from bitmesh.jobs.records import JobRecord, JobState
 from bitmesh.jobs.store import SqliteJobStore, open_job_store, transition
 
@@ -62,6 +62,29 @@ def test_unreferenced_blob_removed_referenced_kept(tmp_path) -> None:
     for kept in (young, weights, result_ref, by_record):
         assert _exists(artifacts, kept.sha256)
     assert artifacts.get_ref("trainer-results", "qat-1") == {"weights": {"sha256": weights.sha256}}
+
+
+def test_every_tenants_store_is_collected(tmp_path) -> None:
+    """A tenant's namespace is a store of its own under the root: its
+    unreferenced old blobs go, the blobs its jobs name stay."""
+    root = ArtifactStore(str(tmp_path / "artifacts"))
+    alice = root.for_tenant("alice")
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    orphan = alice.put_bytes(b"alice's, named by nothing")
+    weights = alice.put_bytes(b"alice's weights, named by her job")
+    store.create(JobRecord(job_id="qat-3", kind="qat", tenant="alice"))
+    store.update(
+        "qat-3",
+        lambda r: transition(r, state=JobState.SUCCEEDED, result={"uri": weights.uri}),
+    )
+    for artifact in (orphan, weights):
+        _age(alice, artifact.sha256, seconds_old=7200)
+
+    report = collect_all(root, {"trainer": store}, min_age_seconds=3600, clock=lambda: NOW)
+
+    assert report.blobs_deleted == 1 and report.bytes_freed == orphan.size_bytes
+    assert not _exists(alice, orphan.sha256)
+    assert _exists(alice, weights.sha256)
 
 
 def test_storing_a_blob_again_makes_it_young(tmp_path) -> None:

@@ -57,6 +57,7 @@ NO_TLS = {"redis", "gc", "worker"}
 # with the keys read; docs/deploy.md must tell how to make each.
 OPERATOR_SECRETS = {
     "bitmesh-auth": {"token"},
+    "bitmesh-tenants": {"tokens"},
     "bitmesh-tls": {"tls.crt", "tls.key", "ca.crt"},
     "bitmesh-redis": {"password", "url", "address"},
 }
@@ -140,7 +141,9 @@ def test_each_service_reads_its_settings_and_token(
         assert settings.tls_cert_file and settings.tls_key_file, f"{service}: TLS is off"
         assert settings.redis_url, service
         assert not settings.allow_insecure, f"{service}: BITMESH_ALLOW_INSECURE in a manifest"
-        refuse_insecure_bind(settings)  # the service would start, guarded
+        # The service would start, guarded (the token file is a mounted
+        # Secret, not here: test_each_service_reads_a_mounted_token_file).
+        refuse_insecure_bind(settings.model_copy(update={"token_file": None}))
 
 
 # -- ports and probes ------------------------------------------------------
@@ -238,6 +241,27 @@ def test_tls_and_artifact_paths_are_mounted(
         artifacts = volumes[mounts[settings.artifact_root]["name"]]
         claim = artifacts["persistentVolumeClaim"]["claimName"]
         named(docs, "PersistentVolumeClaim", claim)
+
+
+def test_each_service_reads_a_mounted_token_file(
+    docs: tuple[Doc, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BITMESH_TOKEN_FILE names a file of a mounted Secret (read-only) in every
+    service, and no pod that serves no gRPC mounts the tenants' tokens."""
+    for workload in workloads(docs):
+        volumes = {v["name"]: v for v in pod_spec(workload).get("volumes", [])}
+        if component(workload) in NO_TLS:
+            mounted = {v.get("secret", {}).get("secretName") for v in volumes.values()}
+            assert "bitmesh-tenants" not in mounted, f"{component(workload)} mounts the tokens"
+            continue
+        (container,) = containers(workload)
+        settings = _settings_of(docs, container, monkeypatch)
+        assert settings.token_file, f"{component(workload)}: no BITMESH_TOKEN_FILE"
+        folder, filename = posixpath.split(settings.token_file)
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        assert mounts[folder]["readOnly"] is True
+        secret = volumes[mounts[folder]["name"]]["secret"]
+        assert filename in {i["path"] for i in secret["items"]}
 
 
 # -- shutdown, limits, security --------------------------------------------

@@ -115,3 +115,41 @@ def test_only_the_most_recent_models_are_kept(tmp_path: Path, loads: list[ModelS
     model_cache.load_model_copy(specs[2])  # kept: no load
     model_cache.load_model_copy(specs[0])  # evicted (MAX_ENTRIES = 2): loaded again
     assert loads == [*specs, specs[0]]
+
+
+def test_a_model_for_reading_shares_the_tensors_but_not_the_module_tree(
+    tmp_path: Path, loads: list[ModelSpec]
+) -> None:
+    spec = _spec(_weights(tmp_path / "w.pt", seed=1))
+    reading = model_cache.load_model_for_reading(spec)
+    again = model_cache.load_model_for_reading(spec)
+    assert len(loads) == 1
+    assert reading.conv1.weight is again.conv1.weight  # no copy of the weights
+    reading.conv1 = torch.nn.Identity()  # a rewrite, as layer discovery makes
+    copied = model_cache.load_model_copy(spec)
+    assert isinstance(copied.conv1, torch.nn.Conv2d)  # the remembered tree is untouched
+    assert copied.conv1.weight is not again.conv1.weight
+    assert torch.equal(copied.conv1.weight, again.conv1.weight)
+
+
+def test_a_model_hash_is_remembered_per_file_and_layout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bitmesh.models.hashing import model_hash
+
+    path = _weights(tmp_path / "w.pt", seed=1)
+    hashed: list[int] = []
+    monkeypatch.setattr(model_cache, "model_hash", lambda m: hashed.append(1) or model_hash(m))
+    model = model_cache.load_model_for_reading(_spec(path))
+    first = model_cache.model_hash_of(_spec(path), model)
+    assert first == model_hash(model)
+    assert model_cache.model_hash_of(_spec(path), model) == first
+    assert len(hashed) == 1  # the second answer was remembered
+    _weights(tmp_path / "new.pt", seed=2)
+    os.replace(tmp_path / "new.pt", path)
+    replaced = model_cache.load_model_for_reading(_spec(path))
+    assert model_cache.model_hash_of(_spec(path), replaced) == model_hash(replaced) != first
+    random_init = model_cache.load_model_copy(_spec(None))
+    model_cache.model_hash_of(_spec(None), random_init)
+    model_cache.model_hash_of(_spec(None), random_init)
+    assert len(hashed) == 4  # the replaced file once, random init every time

@@ -53,3 +53,40 @@ def test_off_without_a_token_and_never_empty() -> None:
 def test_only_health_is_exempt() -> None:
     assert all(m.startswith("/grpc.health.v1.Health/") for m in HEALTH_METHODS)
     assert not any("Reflection" in m for m in HEALTH_METHODS)
+
+
+def test_each_token_names_its_tenant() -> None:
+    from bitmesh.rpc.auth import caller_of
+    from bitmesh.tenants import TokenTable
+
+    tokens = TokenTable((("default", b"common-token"), ("alice", b"alice-token-0123456789")))
+    assert caller_of((("authorization", "Bearer common-token"),), tokens) == (
+        "default",
+        "common-token",
+    )
+    assert caller_of((("authorization", "Bearer alice-token-0123456789"),), tokens)[0] == "alice"
+    assert caller_of((("authorization", "Bearer alice-token"),), tokens) == (None, WRONG_TOKEN)
+    assert caller_of((), tokens) == (None, MISSING_TOKEN)
+    with pytest.raises(ValueError, match="empty token"):
+        BearerTokenInterceptor(TokenTable())
+
+
+def test_a_peer_call_carries_the_callers_token() -> None:
+    from bitmesh.rpc.auth import as_caller
+    from bitmesh.tenants import tenant_scope
+
+    settings = Settings(auth_token="common-token")
+    assert as_caller(settings) is settings
+    with tenant_scope("alice", "alice-token-0123456789"):
+        assert as_caller(settings).auth_token == "alice-token-0123456789"
+    assert settings.auth_token == "common-token"
+
+
+def test_a_token_file_turns_auth_on(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from bitmesh.rpc.auth import auth_configured
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice: alice-token-0123456789\n")
+    assert isinstance(auth_interceptor(Settings(token_file=str(tokens))), BearerTokenInterceptor)
+    tokens.write_text("# nobody yet\n")
+    assert not auth_configured(Settings(token_file=str(tokens)))
