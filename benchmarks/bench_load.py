@@ -21,10 +21,21 @@ stand-ins served by the real server factory (TLS, token, metrics, request
 ids): the real StartAnalysis/StartJob may not have landed, and their work
 (Hessian traces, training) would measure the model, not the limits.
 
+4. hostile: beside a normal load (what-if queries or layer listings, and
+   health, from ``clients`` clients), hostile callers send requests over the
+   caps (a 3 x 8192 x 8192 input, 2^31-1 classes, a solver problem of 5 M
+   dense cells), bytes that do not parse, and a flood of watchers (64
+   streams on one held job, more than ``BITMESH_MAX_CONCURRENT_STREAMS``).
+   Every hostile call must end with its expected status (RESOURCE_EXHAUSTED,
+   INVALID_ARGUMENT; a watcher served or refused RESOURCE_EXHAUSTED), every
+   normal call must succeed (``normal_p99_ms`` is their p99), and every
+   service must still answer SERVING afterwards (``service_restarts`` counts
+   those that do not: in one process a service that died cannot come back).
+
 Finally the calls counted by the services' Prometheus endpoints are compared
 with the calls the clients made. The last line is ``RESULT key=value ...``.
 
-    .venv/bin/python benchmarks/bench_load.py [--clients 16] [--calls 25] [--cap 4]
+    .venv/bin/python benchmarks/bench_load.py [--clients 16] [--calls 25] [--cap 4] [--watchers 64]
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +68,12 @@ from bitmesh.jobs.plumbing import SENSITIVITY, TRAINER  # noqa: E402
 from bitmesh.jobs.records import JobRecord, JobState, new_job_id  # noqa: E402
 from bitmesh.jobs.runner import JobContext, ThreadJobRunner  # noqa: E402
 from bitmesh.jobs.store import JobStore, open_job_store, transition  # noqa: E402
-from bitmesh.rpc.convert import job_status_to_pb, option_to_pb  # noqa: E402
+from bitmesh.rpc.convert import (  # noqa: E402
+    job_event_status_to_pb,
+    job_status_to_pb,
+    option_to_pb,
+)
+from bitmesh.rpc.jobs import watch_events  # noqa: E402
 from bitmesh.rpc.server import RunningServer, create_server  # noqa: E402
 from bitmesh.rpc.service_main import start_service  # noqa: E402
 from bitmesh.settings import Settings  # noqa: E402
@@ -162,6 +179,7 @@ class ThreadedAnalyses(sensitivity_pb2_grpc.SensitivityServiceServicer):
 
     def StartAnalysis(self, request: Any, context: grpc.ServicerContext) -> common_pb2.JobRef:
         def work(ctx: JobContext) -> dict[str, Any]:
+            ctx.report(0.0, stage="working")  # an event for watchers to follow
             self.gate.work()
             return {"ok": True}
 
@@ -170,6 +188,12 @@ class ThreadedAnalyses(sensitivity_pb2_grpc.SensitivityServiceServicer):
     def GetAnalysis(self, request: Any, context: grpc.ServicerContext) -> Any:
         record = self.store.get(request.job_id)
         return sensitivity_pb2.AnalysisResult(status=job_status_to_pb(record))
+
+    def WatchAnalysis(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        def to_event(record: JobRecord, event: dict[str, Any]) -> Any:
+            return sensitivity_pb2.SensitivityEvent(status=job_event_status_to_pb(record, event))
+
+        yield from watch_events(self.store, request.job_id, context, to_event)
 
 
 class QueuedTraining(trainer_pb2_grpc.TrainerServiceServicer):
@@ -261,6 +285,165 @@ def scrape_calls(port: int) -> float:
     )
 
 
+# -- hostile callers ---------------------------------------------------------
+#: Requests over the caps, each with the ends it may have (bitmesh/limits.py,
+#: solver_svc/limits.py): (service, method, request, expected codes).
+HOSTILE_ROUNDS = 4
+#: Where the malformed bytes go: one unary method per service.
+GARBAGE_TARGETS = {
+    "sensitivity": "/bitmesh.v1.SensitivityService/ListLayers",
+    "solver": "/bitmesh.v1.SolverService/WhatIf",
+}
+ClientFor = Callable[[str, str], Client]
+
+
+def oversized_requests(has_solver: bool) -> list[tuple[str, str, Any, frozenset[str]]]:
+    """One request per cap family, each refused before anything is allocated."""
+    refused = frozenset({"RESOURCE_EXHAUSTED"})
+    refused_or_malformed = frozenset({"RESOURCE_EXHAUSTED", "INVALID_ARGUMENT"})
+    out = [
+        (
+            "sensitivity",
+            "ListLayers",
+            sensitivity_pb2.ListLayersRequest(
+                model=common_pb2.ModelRef(architecture="resnet18", input_shape=[3, 8192, 8192])
+            ),
+            refused,
+        ),
+        (
+            "sensitivity",
+            "ListLayers",
+            sensitivity_pb2.ListLayersRequest(
+                model=common_pb2.ModelRef(architecture="resnet18", num_classes=2**31 - 1)
+            ),
+            refused_or_malformed,
+        ),
+    ]
+    if has_solver:  # 19,999 one-option layers and one of 256: 5 M dense cells, < 1 MB sent
+        dense = solver_pb2.Problem()
+        for i in range(19_999):
+            dense.layers.add(name=f"l{i}", parameters=1).options.add(key="a")
+        wide = dense.layers.add(name="wide", parameters=1)
+        for k in range(256):
+            wide.options.add(key=f"o{k}")
+        out.append(
+            ("solver", "RegisterProblem", solver_pb2.RegisterProblemRequest(problem=dense), refused)
+        )
+    return out
+
+
+@dataclass
+class Hostile:
+    """What the hostile phase saw."""
+
+    calls: int = 0
+    wrong: list[str] = field(default_factory=list)
+    watchers_served: int = 0
+    watchers_refused: int = 0
+    normal: Tally = field(default_factory=lambda: Tally())
+    not_serving: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def expect(self, what: str, expected: frozenset[str], call: Callable[[], Any]) -> str:
+        try:
+            call()
+            got = "OK"
+        except BitmeshError as exc:
+            got = exc.status_name
+        except grpc.RpcError as exc:
+            got = exc.code().name
+        with self.lock:
+            self.calls += 1
+            if got not in expected:
+                self.wrong.append(f"{what}: {got}")
+        return got
+
+
+def run_hostile(
+    servers: dict[str, RunningServer],
+    client_for: ClientFor,
+    normal_client: Callable[[int, Tally], None],
+    analyses: ThreadedAnalyses,
+    gate: Gate,
+    args: argparse.Namespace,
+    has_solver: bool,
+) -> Hostile:
+    """Phase 4 (see the module doc): a watcher flood on one held job, then
+    oversized and malformed requests side by side with the normal load."""
+    out = Hostile()
+    services = {"sensitivity": "sensitivity", "analyses": "sensitivity", "training": "trainer"}
+    if has_solver:
+        services["solver"] = "solver"
+    gate.open.clear()  # the job the watchers follow stays running
+    watch_client = client_for("sensitivity", "analyses")
+    with ExitStack() as stack:
+        stack.enter_context(watch_client)
+        stack.callback(gate.open.set)
+        job = watch_client.start_analysis(sensitivity_pb2.StartAnalysisRequest())
+        stub, metadata = watch_client.stub("sensitivity"), watch_client._metadata()
+        streams = [
+            stub.WatchAnalysis(job, timeout=TIME_LIMIT_S, metadata=metadata)
+            for _ in range(args.watchers)
+        ]
+        for stream in streams:
+            stack.callback(stream.cancel)
+
+            def first(stream: Any = stream) -> None:
+                next(stream)
+
+            end = out.expect("watcher", frozenset({"OK", "RESOURCE_EXHAUSTED"}), first)
+            out.watchers_served += end == "OK"
+            out.watchers_refused += end == "RESOURCE_EXHAUSTED"
+
+        def hostile_caller(i: int) -> None:
+            with ExitStack() as inner:
+                clients = {
+                    s: inner.enter_context(client_for(s, s))
+                    for s in ("sensitivity", "solver")
+                    if s in servers
+                }
+                for _ in range(HOSTILE_ROUNDS):
+                    for service, method, request, expected in oversized_requests(has_solver):
+                        c = clients[service]
+                        out.expect(
+                            f"{service}.{method} over a cap",
+                            expected,
+                            lambda c=c, service=service, method=method, request=request: c._call(
+                                service,
+                                method,
+                                request,  # type: ignore[arg-type]
+                            ),
+                        )
+                    for service, c in clients.items():
+                        garbage = c.channel(service).unary_unary(GARBAGE_TARGETS[service])
+                        out.expect(
+                            f"{service} bytes that do not parse",
+                            frozenset({"INVALID_ARGUMENT"}),
+                            lambda g=garbage, c=c: g(
+                                b"\xff\xfe not a message \x00" * 8,
+                                timeout=30,
+                                metadata=c._metadata(),
+                            ),
+                        )
+
+        with ThreadPoolExecutor(2) as pool:
+            normal = pool.submit(run_clients, args.clients, lambda i: normal_client(i, out.normal))
+            hostile = pool.submit(run_clients, 4, hostile_caller)
+            normal.result(timeout=TIME_LIMIT_S)
+            hostile.result(timeout=TIME_LIMIT_S)
+        gate.open.set()
+        for stream in streams:  # the served ones follow the job to its end
+            try:
+                for _ in stream:
+                    pass
+            except grpc.RpcError:
+                pass
+    for name, service in services.items():
+        with client_for(service, name) as c:
+            out.not_serving += c.health(service, timeout=10) != "SERVING"  # type: ignore[arg-type]
+    return out
+
+
 # -- the run ---------------------------------------------------------------
 def problem_from_layers(reply: Any, seed: int = 0) -> solver_pb2.Problem:
     rng = random.Random(seed)
@@ -291,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=25, help="query calls per client")
     parser.add_argument("--cap", type=int, default=4, help="BITMESH_MAX_CONCURRENT_JOBS")
     parser.add_argument("--rounds", type=int, default=8, help="jobs per client under the cap")
+    parser.add_argument("--watchers", type=int, default=64, help="hostile watchers of one job")
     args = parser.parse_args(argv)
     began = time.perf_counter()
     has_solver = importlib.util.find_spec("solver_svc.servicer") is not None
@@ -374,22 +558,28 @@ def main(argv: list[str] | None = None) -> int:
         if has_solver:
             with client_for("solver", "solver") as c:
                 problem_id = c.register_problem(problem_from_layers(layers)).problem_id
-            sizes = [sum(o.costs.size_bytes for o in e.options[:1]) for e in layers.layers]
+            # The least size each layer can take, scales included (the
+            # budget counts them): from the codes alone, the tightest budget
+            # was one no configuration meets.
+            sizes = [
+                min(o.costs.size_bytes + o.costs.scale_bytes for o in e.options)
+                for e in layers.layers
+            ]
             low, high = sum(sizes), 2 * sum(sizes)
             budgets = [
                 common_pb2.Budgets(max_size_bytes=low + (high - low) * i / 9) for i in range(10)
             ]
 
-        def query_client(i: int) -> None:
+        def query_client(i: int, tally: Tally = queries) -> None:
             with client_for("sensitivity", "sensitivity") as sens, ExitStack() as inner:
                 solver = inner.enter_context(client_for("solver", "solver")) if has_solver else None
                 for n in range(args.calls):
-                    with queries.call():
+                    with tally.call():
                         if solver is not None:
                             solver.what_if(problem_id, budgets[(i + n) % len(budgets)])
                         else:
                             sens.list_layers(layers_request)
-                    with queries.call():
+                    with tally.call():
                         if sens.health("sensitivity") != "SERVING":
                             raise BitmeshError("health check did not answer SERVING")
 
@@ -488,12 +678,15 @@ def main(argv: list[str] | None = None) -> int:
                 lost += [j for j in accepted if wait_done(c, get, j) != "JOB_STATE_SUCCEEDED"]
 
         # metrics agree with the clients --------------------------------------
-        # The query server's only callers were phase 1 and the set-up call
-        # (the warm-up listing, or the problem's registration); with no
+        # The query server's only callers so far were phase 1 and the set-up
+        # call (the warm-up listing, or the problem's registration); with no
         # solver, the health checks went to the same server.
         query_server = servers["solver" if has_solver else "sensitivity"]
         expected = 1 + len(queries.latencies) - (len(queries.latencies) // 2 if has_solver else 0)
         metrics_match = int(scrape_calls(query_server.metrics_port) == expected)
+
+        # 4. hostile callers beside a normal load -----------------------------
+        hostile = run_hostile(servers, client_for, query_client, analyses, gate, args, has_solver)
 
     seconds = time.perf_counter() - began
     query_calls = len(queries.latencies)
@@ -516,6 +709,14 @@ def main(argv: list[str] | None = None) -> int:
         "over_cap_other_errors": over_wrong,
         "jobs_lost": len(lost),
         "metrics_match": metrics_match,
+        "hostile_calls": hostile.calls,
+        "hostile_wrong_status": len(hostile.wrong),
+        "watchers_served": hostile.watchers_served,
+        "watchers_refused": hostile.watchers_refused,
+        "normal_calls": len(hostile.normal.latencies),
+        "normal_failed": len(hostile.normal.failures),
+        "normal_p99_ms": round(percentile_ms(hostile.normal.latencies, 0.99), 2),
+        "service_restarts": hostile.not_serving,
         "seconds": round(seconds, 1),
     }
     under_failures = [f for t in under.values() for f in t.failures]
@@ -526,9 +727,14 @@ def main(argv: list[str] | None = None) -> int:
         and over_wrong == 0
         and not lost
         and metrics_match == 1
+        and not hostile.wrong
+        and not hostile.normal.failures
+        and hostile.not_serving == 0
     )
-    for failure in (queries.failures + under_failures)[:3]:
+    for failure in (queries.failures + under_failures + hostile.normal.failures)[:3]:
         print(f"failure: {failure}")
+    for wrong in hostile.wrong[:3]:
+        print(f"hostile call with an unexpected end: {wrong}")
     print(f"median query latency {result['query_p50_ms']} ms over {query_calls} calls")
     print("RESULT " + " ".join(f"{k}={v}" for k, v in {**result, "ok": int(ok)}.items()))
     return 0 if ok else 1

@@ -9,6 +9,7 @@ through a closed table (never by importing names the server sends).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
@@ -96,6 +97,27 @@ def channel_credentials(settings: Settings) -> grpc.ChannelCredentials:
     )
 
 
+class _BusyWait:
+    """Backoff for a stream the server refused as full (RESOURCE_EXHAUSTED:
+    ``BITMESH_MAX_CONCURRENT_STREAMS`` or ``BITMESH_MAX_CONCURRENT_RPCS``):
+    0.1 s doubling to 2 s, for at most ``seconds`` in all, after which the
+    refusal reaches the caller. A watcher loses nothing by waiting, and a
+    burst of watchers then spreads out instead of failing."""
+
+    def __init__(self, seconds: float) -> None:
+        self.until = time.monotonic() + seconds
+        self.pause = 0.1
+
+    def again(self) -> bool:
+        """Sleep before the next try; False when the time is spent."""
+        left = self.until - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(self.pause, left))
+        self.pause = min(2 * self.pause, 2.0)
+        return True
+
+
 class Client:
     """A client of the whole mesh. Use as a context manager to close channels."""
 
@@ -154,6 +176,9 @@ class Client:
     ) -> Iterator[Any]:
         """A Watch stream's messages until the job ends.
 
+        A stream the server refuses as full is tried again with backoff for
+        up to the client's call timeout (``_BusyWait``).
+
         ``timeout`` bounds the whole watch (DEADLINE_EXCEEDED past it). Without
         one, each stream has ``watch_segment_seconds``; when that passes the
         stream is opened again and the messages already seen are skipped (the
@@ -161,6 +186,7 @@ class Client:
         is followed while no single call goes without a deadline.
         """
         seen = 0
+        busy = _BusyWait(self.timeout)
         while True:
             call = getattr(self.stub(service), method)(
                 request,
@@ -178,6 +204,8 @@ class Client:
             except grpc.RpcError as exc:
                 if timeout is None and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
                     continue  # this segment's deadline: reopen and skip what was seen
+                if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and busy.again():
+                    continue  # the server serves as many streams as it takes
                 raise error_from_rpc(exc) from None
             finally:
                 call.cancel()

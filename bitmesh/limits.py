@@ -51,6 +51,7 @@ class InputLimits:
     max_batch_size: int = 4096
     max_batches: int = 64
     max_data_elements: int = 256 * 1024 * 1024
+    max_calibration_batches: int = 10_000
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -113,6 +114,15 @@ class InputLimits:
         return _counted(
             what, count, self.max_batches, "batches", "BITMESH_MAX_BATCHES",
             "ask for fewer batches",
+        )  # fmt: skip
+
+    def calibration_batches(self, what: str, count: int) -> int:
+        """``count`` checked: >= 1 (else INVALID_ARGUMENT), within
+        BITMESH_MAX_CALIBRATION_BATCHES. Calibration streams its batches, so
+        this bounds how long one job holds a worker, not its memory."""
+        return _counted(
+            what, count, self.max_calibration_batches, "batches",
+            "BITMESH_MAX_CALIBRATION_BATCHES", "calibrate on fewer batches",
         )  # fmt: skip
 
     def data_in_memory(self, what: str, samples: int, shape: Sequence[int]) -> None:

@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     # instead of queueing until its deadline. Health has its own server on
     # BITMESH_HEALTH_PORT, outside this cap.
     max_concurrent_rpcs: int = Field(default=64, ge=1)
+    # Of those calls, how many may be response streams (Watch): a stream
+    # holds its thread for a job's whole life, so without this cap watchers
+    # filled the server and every Get and Start was refused. Always leaves at
+    # least one thread to unary calls (bitmesh/rpc/streams.py); a stream past
+    # it ends RESOURCE_EXHAUSTED at once and bitmesh.Client retries it.
+    max_concurrent_streams: int = Field(default=48, ge=1)
     # Both ends ping every keepalive_seconds while a call is open and drop a
     # peer silent for keepalive_timeout_seconds more (bitmesh/rpc/keepalive.py).
     keepalive_seconds: float = Field(default=30.0, gt=0)
@@ -113,6 +119,14 @@ class Settings(BaseSettings):
     solver_max_total_options: int = 500_000
     solver_max_dense_cells: int = 1_000_000
     solver_max_frontier_points: int = 1_000
+    # Solves one solver process runs at once (solver_svc/limits.py); a call
+    # past it waits for a slot within its own time limit, then ends
+    # RESOURCE_EXHAUSTED. 64 solves at once starved the process's GIL, and
+    # its health port missed a 1 s deadline.
+    solver_max_concurrent_solves: int = Field(default=8, ge=1)
+    # Dense cells of all the problems the registry keeps loaded together
+    # (solver_svc/registry.py): ~240 MiB at 60 bytes a cell.
+    solver_max_loaded_cells: int = Field(default=4_000_000, ge=1)
     # A latency profile a request names by path is read only up to this size
     # (the shipped profiles are a few KiB; a measured table of 20,000 layers x
     # 16 options is about 10 MiB as CSV).
@@ -143,6 +157,26 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=4096, ge=1)
     max_batches: int = Field(default=64, ge=1)
     max_data_elements: int = Field(default=256 * 1024 * 1024, ge=1)
+    # Batches one calibration job runs forward (streamed, none kept): bounds
+    # its time, not its memory. 10,000 batches of 256 is 2.56 M samples, twice
+    # ImageNet's training set; the default job runs 8.
+    max_calibration_batches: int = Field(default=10_000, ge=1)
+
+    # The model sandbox (bitmesh/models/sandbox/): a child process that loads,
+    # checks, probes and describes a user's program file (.pt2) so the API
+    # service never runs it. memory: address space a model may add past the
+    # child's own after importing torch (the import maps ~3.5 GiB, under
+    # 1 GiB resident); 2 GiB holds vgg16's 528 MiB of weights and its probe
+    # (0.75 GiB measured) twice over, and the child (~1 GiB resident plus
+    # this) fits beside the service in the sensitivity pod's 8 GiB. cpu:
+    # seconds of CPU per request (the child runs one thread); wall: seconds
+    # per request before the service kills the child, under the clients'
+    # 30 s call deadline so a caller sees RESOURCE_EXHAUSTED, not
+    # DEADLINE_EXCEEDED; start: seconds the child may take to import torch.
+    sandbox_memory_bytes: int = Field(default=2 * 1024**3, ge=64 * 1024**2)
+    sandbox_cpu_seconds: int = Field(default=20, ge=1)
+    sandbox_wall_seconds: float = Field(default=20.0, gt=0)
+    sandbox_start_seconds: float = Field(default=120.0, gt=0)
 
     # Security (off on loopback; on in the Kubernetes manifests).
     # The shared bearer token: the tenant "default" (bitmesh/tenants.py). A

@@ -23,6 +23,7 @@ from bitmesh.jobs.plumbing import PROXY_NAS
 from bitmesh.jobs.records import JobRecord, new_job_id
 from bitmesh.jobs.store import JobStore, open_job_store
 from bitmesh.jobs.tenancy import cancel_owned, owned_job
+from bitmesh.models.sandbox import close_on_stop
 from bitmesh.rpc.convert import job_status_to_pb, option_from_pb
 from bitmesh.rpc.job_servicer import list_jobs
 from bitmesh.rpc.jobs import watch_events
@@ -214,5 +215,5 @@ def build(
     return (
         [lambda s: proxy_nas_pb2_grpc.add_ProxyNasServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],
-        [sweeper.stop, runner.shutdown],
+        [sweeper.stop, runner.shutdown, close_on_stop],
     )

@@ -33,8 +33,10 @@ DEFAULT_CANDIDATES = ("int4", "int8")
 
 def validate_search(search: SearchRequest) -> None:
     """Raise what the first trial would raise (with distillation on, if the space allows it)."""
+    from bitmesh.models.sandbox import vet_model
     from trainer_svc.public import validate
 
+    vet_model(search.model)  # a program file runs in the sandbox before it loads here
     params: dict[str, ParamValue] = {}
     hp = search.space.get("distillation")
     if (
@@ -51,10 +53,12 @@ def budget_problem(model_spec: ModelSpec, candidates: Sequence[QuantOption]) -> 
     from bitmesh.costs import option_costs
     from bitmesh.models.layers import discover_layers
     from bitmesh.models.model_cache import load_model_for_reading
+    from bitmesh.models.sandbox import vet_model
     from bitmesh.quant.fake_quant import weight_error_sq
     from bitmesh.rpc.convert import costs_to_pb, option_to_pb
     from bitmesh.v1 import solver_pb2
 
+    vet_model(model_spec)  # a program file runs in the sandbox before it loads here
     model = load_model_for_reading(model_spec)
     modules = dict(model.named_modules())
     problem = solver_pb2.Problem(name=f"proxy-nas:{model_spec.name_or_path}")

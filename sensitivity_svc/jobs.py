@@ -43,6 +43,7 @@ from bitmesh.models.layer_cache import layers_of
 from bitmesh.models.layers import LayerProfile
 from bitmesh.models.loading import ModelSpec
 from bitmesh.models.model_cache import load_model_copy, model_hash_of
+from bitmesh.models.sandbox import vet_model
 from bitmesh.settings import load_settings
 from sensitivity_svc.analysis import (
     METHOD,
@@ -218,9 +219,14 @@ def prepare(
                 None, [], [], list(options), settings, known, "", d_hash, stored=stored
             )
 
+    # A program file is loaded, checked and probed in the sandbox first: one
+    # that loops, allocates without bound or calls I/O ops is refused there.
+    # The job's traces then run the vetted program here (see
+    # bitmesh/models/sandbox/__init__.py for what that still trusts).
+    vetted = vet_model(model_spec)
     torch.manual_seed(int(estimator["seed"]))
     model = load_model_copy(model_spec)
-    layers = layers_of(model, model_spec)
+    layers = list(vetted.layers) if vetted is not None else layers_of(model, model_spec)
     batches = _batches(dataset_spec, size, int(estimator["num_batches"]), int(estimator["seed"]))
     sample_shape = tuple(batches[0][0].shape[1:])
     if sample_shape != tuple(model_spec.input_shape):

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from bitmesh.costs import LayerCosts, option_costs
 from bitmesh.formats import QuantOption
 from bitmesh.models.layer_cache import layers_of
-from bitmesh.models.layers import LayerProfile, weight_coverage, weight_parameters
+from bitmesh.models.layers import LayerProfile, weight_parameters
 from bitmesh.models.loading import ModelSpec
 from bitmesh.models.model_cache import load_model_for_reading, model_hash_of
+from bitmesh.models.sandbox import ModelTable, vet_model
 
 
 @dataclass(frozen=True)
@@ -23,10 +24,26 @@ class LayerTable:
     weight_coverage: float
 
 
-def layer_table(spec: ModelSpec, options: list[QuantOption]) -> LayerTable:
-    """Load the model, find its quantizable layers and cost every option."""
+def _described(spec: ModelSpec) -> ModelTable:
+    """The model's table: from the sandbox for a program file (this process
+    never loads it), else from the architecture built here."""
+    vetted = vet_model(spec)
+    if vetted is not None:
+        return vetted
     model = load_model_for_reading(spec)
     layers = layers_of(model, spec)
+    return ModelTable(
+        layers=tuple(layers),
+        total_parameters=sum(p.numel() for p in model.parameters()),
+        model_hash=model_hash_of(spec, model),
+        weight_parameters=weight_parameters(model),
+    )
+
+
+def layer_table(spec: ModelSpec, options: list[QuantOption]) -> LayerTable:
+    """Find the model's quantizable layers and cost every option."""
+    table = _described(spec)
+    layers = list(table.layers)
     costs = {
         layer.name: {
             option.key: option_costs(
@@ -43,9 +60,9 @@ def layer_table(spec: ModelSpec, options: list[QuantOption]) -> LayerTable:
     return LayerTable(
         layers=layers,
         costs=costs,
-        total_parameters=sum(p.numel() for p in model.parameters()),
-        total_macs=sum(layer.macs for layer in layers),
-        model_hash=model_hash_of(spec, model),
-        weight_parameters=weight_parameters(model),
-        weight_coverage=weight_coverage(model, layers),
+        total_parameters=table.total_parameters,
+        total_macs=table.total_macs,
+        model_hash=table.model_hash,
+        weight_parameters=table.weight_parameters,
+        weight_coverage=table.weight_coverage,
     )

@@ -17,6 +17,7 @@ from bitmesh.jobs.runner import ThreadJobRunner
 from bitmesh.jobs.store import JobStore, open_job_store, transition
 from bitmesh.jobs.sweeper import HeldLeases, Sweeper
 from bitmesh.jobs.tenancy import owned_job
+from bitmesh.models.sandbox import close_on_stop
 from bitmesh.rpc.convert import (
     costs_to_pb,
     job_event_status_to_pb,
@@ -202,5 +203,5 @@ def build(
     return (
         [lambda s: sensitivity_pb2_grpc.add_SensitivityServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],
-        [sweeper.stop, runner.shutdown],
+        [sweeper.stop, runner.shutdown, close_on_stop],
     )

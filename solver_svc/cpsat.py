@@ -35,7 +35,7 @@ import numpy as np
 
 from solver_svc.presolve import Instance
 
-__all__ = ["SCALE_BITS", "CpSatResult", "solve_cpsat"]
+__all__ = ["SCALE_BITS", "CpSatResult", "import_ortools", "solve_cpsat"]
 
 #: Scaled sums stay below 2^30: exact enough, and inside what CP-SAT handles reliably.
 SCALE_BITS = 30
@@ -46,6 +46,18 @@ class CpSatResult:
     choice: np.ndarray | None
     status: str  # "optimal" | "feasible" | "infeasible" | "unknown"
     bound: float  # proven lower bound on sum obj (float units)
+
+
+def import_ortools() -> None:
+    """Import the OR-Tools modules the engines use lazily (CP-SAT, the LP of
+    ``dual.py``), so a service pays for them before it serves.
+
+    Why: ``ortools.sat.python.cp_model`` imports pandas; the first exact
+    solve that fell back to CP-SAT paid about 3 s of imports (measured on the
+    shared 2-core machine) inside its own time limit, and a Frontier asked
+    for 2 s took 6."""
+    from ortools.linear_solver import linear_solver_pb2, pywraplp  # noqa: F401
+    from ortools.sat.python import cp_model  # noqa: F401
 
 
 def _row_scale(values: np.ndarray) -> float:

@@ -18,13 +18,16 @@ included (a frontier's ends and points, an infeasibility explanation), see
 from __future__ import annotations
 
 import math
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from bitmesh.errors import InvalidArgument, ResourceExhausted
 from bitmesh.settings import Settings
 
-__all__ = ["SolverLimits"]
+__all__ = ["SolveSlots", "SolverLimits"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class SolverLimits:
     max_dense_cells: int = 1_000_000
     max_frontier_points: int = 1_000
     max_profile_bytes: int = 16 * 1024 * 1024
+    max_concurrent_solves: int = 8
 
     def __post_init__(self) -> None:
         for name in ("default_time_limit_s", "max_time_limit_s"):
@@ -52,6 +56,7 @@ class SolverLimits:
             "max_dense_cells",
             "max_frontier_points",
             "max_profile_bytes",
+            "max_concurrent_solves",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"BITMESH_SOLVER_{name.upper()} must be >= 1")
@@ -67,6 +72,7 @@ class SolverLimits:
             max_dense_cells=settings.solver_max_dense_cells,
             max_frontier_points=settings.solver_max_frontier_points,
             max_profile_bytes=settings.solver_max_profile_bytes,
+            max_concurrent_solves=settings.solver_max_concurrent_solves,
         )
 
     # -- time ----------------------------------------------------------------
@@ -121,6 +127,36 @@ class SolverLimits:
             "BITMESH_SOLVER_MAX_FRONTIER_POINTS",
         )
         return points
+
+
+class SolveSlots:
+    """At most ``limit`` solves at once in this process; a call waits for a
+    slot until its own deadline, then ends RESOURCE_EXHAUSTED.
+
+    Why: the engines' compiled search releases the GIL, but a solve's set-up,
+    CP-SAT's model building and the answer's encoding hold it. 64 solves at
+    once (as many as the server takes calls) left the process's health port
+    past a 1 s deadline; a handful at once keeps the cores busy as well.
+    Waiting costs no CPU: the waiting call's thread sleeps on the semaphore.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._free = threading.BoundedSemaphore(limit)
+
+    @contextmanager
+    def held(self, deadline: float) -> Iterator[None]:
+        """Hold a slot for the block (``deadline`` in ``time.perf_counter()`` s)."""
+        if not self._free.acquire(timeout=max(0.0, deadline - time.perf_counter())):
+            raise ResourceExhausted(
+                f"{self.limit} solves are running, the most this service runs at once "
+                "(BITMESH_SOLVER_MAX_CONCURRENT_SOLVES), and none ended within this call's "
+                "time limit; retry, allow more time, or ask the operator to raise the cap"
+            )
+        try:
+            yield
+        finally:
+            self._free.release()
 
 
 def _cap(what: str, value: int, cap: int, setting: str) -> None:

@@ -6,6 +6,10 @@ the artifact store. Each loaded problem keeps one ``ProblemSolver`` (its
 presolve and instances are reused across queries) and the frontiers traced
 for it, which what-if queries answer from where that is provably optimal.
 
+Memory: at most ``MAX_LOADED`` problems and ``max_loaded_cells`` dense cells
+(``BITMESH_SOLVER_MAX_LOADED_CELLS``) stay loaded, least recently used out
+first; the rest live in the artifact store only.
+
 Exhaustive frontiers in the background. A what-if client usually moves one
 limit and keeps the others (a slider). When two what-if queries of a problem
 share every budget but one axis's limit, or a sampled frontier is traced,
@@ -35,6 +39,11 @@ from solver_svc.spec import Budgets
 NAMESPACE = "solver-problems"
 FRONTIERS = "solver-frontiers"
 MAX_LOADED = 64
+#: Dense cells (groups x widest option list) of all loaded problems together.
+#: Each costs about 60 bytes while solved (the prepared rows plus the pruned
+#: instances), so 4 M cells is ~240 MiB of the solver pod's 2 GiB; without it
+#: 64 problems at the 1 M-cell request cap could hold several GiB.
+MAX_LOADED_CELLS = 4_000_000
 MAX_FRONTIERS_PER_PROBLEM = 16
 #: Exhaustive traces one problem may start (each is one axis under fixed other budgets).
 MAX_TRACES_PER_PROBLEM = 8
@@ -76,10 +85,15 @@ class ProblemRegistry:
     """Problems by id: memory first, then the artifact store."""
 
     def __init__(
-        self, artifacts: ArtifactStore, max_loaded: int = MAX_LOADED, background: bool = True
+        self,
+        artifacts: ArtifactStore,
+        max_loaded: int = MAX_LOADED,
+        background: bool = True,
+        max_loaded_cells: int = MAX_LOADED_CELLS,
     ) -> None:
         self.artifacts = artifacts
         self.max_loaded = max_loaded
+        self.max_loaded_cells = max_loaded_cells
         self.background = background
         self._loaded: OrderedDict[str, LoadedProblem] = OrderedDict()
         self._lock = threading.Lock()
@@ -250,6 +264,15 @@ class ProblemRegistry:
                 return existing
             loaded = LoadedProblem(problem_id, ProblemSolver(problem))
             self._loaded[problem_id] = loaded
-            while len(self._loaded) > self.max_loaded:
+            # Least recently used first, by count and by dense cells; the
+            # newest always stays. An evicted problem is loaded again from
+            # the artifact store on its next query.
+            while len(self._loaded) > 1 and (
+                len(self._loaded) > self.max_loaded or self.loaded_cells() > self.max_loaded_cells
+            ):
                 self._loaded.popitem(last=False)
             return loaded
+
+    def loaded_cells(self) -> int:
+        """Dense cells of the problems in memory (call with the lock held)."""
+        return sum(p.solver.prepared.valid.size for p in self._loaded.values())

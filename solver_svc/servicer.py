@@ -23,10 +23,11 @@ from solver_svc.convert import (
     problem_from_pb,
     solution_to_pb,
 )
+from solver_svc.cpsat import import_ortools
 from solver_svc.frontier import frontier, lookup
 from solver_svc.kernels import warm_up
 from solver_svc.latency import LatencyProfile, list_profiles, load_profile, with_latency
-from solver_svc.limits import SolverLimits
+from solver_svc.limits import SolverLimits, SolveSlots
 from solver_svc.registry import LoadedProblem, ProblemRegistry
 from solver_svc.solution import Solution
 from solver_svc.solve import ProblemSolver
@@ -51,6 +52,7 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
         self._registries: dict[str, ProblemRegistry] = {}
         self._registries_lock = threading.Lock()
         self.limits = limits or SolverLimits()
+        self.slots = SolveSlots(self.limits.max_concurrent_solves)
         # One answer encoder per registered problem (see SolutionEncoder: an
         # answer costs 6-12 us to encode instead of 0.6-1.7 ms).
         self._encoders: dict[str, SolutionEncoder] = {}
@@ -146,12 +148,13 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
             )
         budgets = budgets_from_pb(request.budgets, max_omega)
         loaded, solver = self._resolve(request, request.budgets.latency_profile)
-        solution = solver.solve(
-            budgets,
-            objective=objective,
-            time_limit_s=self.limits.max_time_limit_s,
-            deadline=deadline,
-        )
+        with self.slots.held(deadline):
+            solution = solver.solve(
+                budgets,
+                objective=objective,
+                time_limit_s=self.limits.max_time_limit_s,
+                deadline=deadline,
+            )
         return self._answer_pb(solution, solver, loaded)
 
     def Frontier(
@@ -161,16 +164,17 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
         axis = axis_from_pb(request.axis)
         wanted = self.limits.frontier_points(request.points, DEFAULT_POINTS)
         loaded, solver = self._resolve(request, request.constraints.latency_profile)
-        traced = frontier(
-            solver,
-            axis,
-            budgets_from_pb(request.constraints),
-            points=wanted,
-            low=request.min_limit if request.HasField("min_limit") else None,
-            high=request.max_limit if request.HasField("max_limit") else None,
-            time_limit_s=self.limits.max_time_limit_s,
-            deadline=deadline,
-        )
+        with self.slots.held(deadline):
+            traced = frontier(
+                solver,
+                axis,
+                budgets_from_pb(request.constraints),
+                points=wanted,
+                low=request.min_limit if request.HasField("min_limit") else None,
+                high=request.max_limit if request.HasField("max_limit") else None,
+                time_limit_s=self.limits.max_time_limit_s,
+                deadline=deadline,
+            )
         if loaded is not None:
             registry = self.registry_of(current_tenant())
             registry.add_frontier(loaded, traced)
@@ -220,12 +224,13 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
         # state is a cache of instances, each built whole before it is
         # stored), and the compiled search releases the GIL, so solves of one
         # problem run side by side with each other and its background traces.
-        solution = loaded.solver.solve(
-            budgets,
-            time_limit_s=self.limits.max_time_limit_s,
-            warm_start=nearest,
-            deadline=deadline,
-        )
+        with self.slots.held(deadline):
+            solution = loaded.solver.solve(
+                budgets,
+                time_limit_s=self.limits.max_time_limit_s,
+                warm_start=nearest,
+                deadline=deadline,
+            )
         message = self._encoder(loaded).encode(solution, loaded.problem_id)
         message.seconds = time.perf_counter() - start
         return message
@@ -244,10 +249,14 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
 def build(
     settings: Settings,
 ) -> tuple[Sequence[Registrar], Sequence[str], list[Callable[[float], None]]]:
-    # Compile (or load) the search kernels before the port opens: the first
-    # compile takes several seconds, which no request should wait for.
+    # Compile (or load) the search kernels and import OR-Tools before the
+    # port opens: the first compile and the imports take several seconds,
+    # which no request (and no request's time limit) should pay.
     warm_up()
-    registry = ProblemRegistry(ArtifactStore(settings.artifact_root))
+    import_ortools()
+    registry = ProblemRegistry(
+        ArtifactStore(settings.artifact_root), max_loaded_cells=settings.solver_max_loaded_cells
+    )
     servicer = SolverServicer(registry, SolverLimits.from_settings(settings))
     return (
         [lambda s: solver_pb2_grpc.add_SolverServiceServicer_to_server(servicer, s)],

@@ -146,10 +146,13 @@ def qat_from_pb(msg: trainer_pb2.QatSpec) -> QatSpec:
 def calibration_from_pb(msg: trainer_pb2.CalibrationSpec) -> CalibrationSpec:
     if msg.calibration_batches < 0:
         raise InvalidArgument(f"calibration_batches must be >= 0, got {msg.calibration_batches}")
+    batches = InputLimits.current().calibration_batches(
+        "calibration_batches", msg.calibration_batches or 8
+    )
     return CalibrationSpec(
         config=_config(msg.config),
         default_option=_optional_option(msg, "default_option"),
-        calibration_batches=msg.calibration_batches or 8,
+        calibration_batches=batches,
         activation_range=_estimator(msg.activation_range),
         weight_granularity=_granularity(msg.weight_granularity),
     )

@@ -22,6 +22,7 @@ from bitmesh.jobs.plumbing import TRAINER
 from bitmesh.jobs.records import JobRecord, JobState, new_job_id
 from bitmesh.jobs.store import JobStore, open_job_store
 from bitmesh.jobs.tenancy import cancel_owned, owned_job
+from bitmesh.models.sandbox import close_on_stop
 from bitmesh.rpc.convert import job_status_to_pb
 from bitmesh.rpc.job_servicer import list_jobs
 from bitmesh.rpc.jobs import watch_events
@@ -72,8 +73,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 pass
         # Here, not at the top: validating loads the model (torch), which a
         # request refused by its fields alone should not wait for.
+        from bitmesh.models.sandbox import vet_model
         from trainer_svc.workspace import validate
 
+        vet_model(domain.model)  # a program file runs in the sandbox before it loads here
         validate(domain)
         record = create_admitted(
             self.store,
@@ -151,4 +154,4 @@ def build(
     def register(server: grpc.Server) -> None:
         trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)
 
-    return [register], [SERVICE_NAME], [resender.stop]
+    return [register], [SERVICE_NAME], [resender.stop, close_on_stop]

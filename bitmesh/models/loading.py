@@ -12,7 +12,10 @@ Three sources (the proto's ``ModelRef``):
   as is a .pt2 or weights file whose content is a TorchScript archive
   (``bitmesh.models.model_files``: torch.jit is deprecated and forward hooks
   do not run on ScriptModules). A ``.pt2`` must have a dynamic batch
-  dimension (``bitmesh.models.exported.require_dynamic_batch``).
+  dimension (``bitmesh.models.exported.require_dynamic_batch``) and call no
+  op that does file or process I/O (``bitmesh.models.sandbox.ops``). The API
+  services load program files only inside the sandbox
+  (``bitmesh.models.sandbox``).
 
 Every loaded model is put in eval mode (where the module allows it) and run
 once on a zero batch of the requested input shape, so a wrong shape is
@@ -298,8 +301,10 @@ def _load_exported_program(path_text: str) -> nn.Module:
             f"torch.export.save): {_short_reason(exc)}"
         ) from exc
     from bitmesh.models.exported import allow_mode_switch, lift_layers, require_dynamic_batch
+    from bitmesh.models.sandbox.ops import refuse_io_ops
 
     require_dynamic_batch(program, path_text)
+    refuse_io_ops(program, path_text)  # before any of its graph runs
     module = program.module()
     lift_layers(module)
     allow_mode_switch(module)

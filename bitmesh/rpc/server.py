@@ -4,8 +4,11 @@
 ``grpcurl`` works) and the interceptors; tests bind port 0 and get the real
 port back. Each server serves at most ``BITMESH_MAX_CONCURRENT_RPCS`` calls at
 once, each on a thread of its own; one past that ends RESOURCE_EXHAUSTED at
-once. Driven by the settings, it also adds bearer-token authentication
-(``BITMESH_AUTH_TOKEN``, and ``BITMESH_TOKEN_FILE``'s tenants), TLS (``BITMESH_TLS_*``), path confinement for
+once. Of those, at most ``BITMESH_MAX_CONCURRENT_STREAMS`` may be response
+streams (Watch), so watchers cannot take the threads unary calls need
+(``bitmesh/rpc/streams.py``). Driven by the settings, it also adds bearer-token
+authentication (``BITMESH_AUTH_TOKEN``, and ``BITMESH_TOKEN_FILE``'s tenants),
+TLS (``BITMESH_TLS_*``), path confinement for
 servers others can reach, Prometheus metrics on ``BITMESH_METRICS_PORT`` and,
 when ``BITMESH_HEALTH_PORT`` is set, a plaintext health-only port for
 Kubernetes' gRPC probes (which speak neither TLS nor tokens). Every call runs
@@ -48,6 +51,7 @@ from bitmesh.rpc.metrics import (
 )
 from bitmesh.rpc.path_guard import is_loopback, path_guard_interceptor
 from bitmesh.rpc.request_ids import RequestIdInterceptor
+from bitmesh.rpc.streams import StreamCapInterceptor, StreamSlots, stream_cap
 from bitmesh.settings import Settings
 from bitmesh.tenants import TokenFileError
 
@@ -218,13 +222,16 @@ def _standard_interceptors(
     """Outermost first: request parsing (so bytes that do not parse are
     INVALID_ARGUMENT, and everything beneath sees a message), request id (so
     every later log line has it), metrics (so refused calls are counted),
-    authentication, path confinement."""
+    authentication, path confinement, then the stream cap (so only callers
+    let in take a stream's slot)."""
     chain: list[grpc.ServerInterceptor] = [RequestDecodeInterceptor(), RequestIdInterceptor()]
     if metrics is not None:
         chain.append(MetricsInterceptor(metrics))
     for optional in (auth_interceptor(settings), path_guard_interceptor(settings)):
         if optional is not None:
             chain.append(optional)
+    slots = StreamSlots(stream_cap(settings.max_concurrent_streams, settings.max_concurrent_rpcs))
+    chain.append(StreamCapInterceptor(slots))
     return chain
 
 

@@ -9,6 +9,7 @@ standard ones: each call holds its thread until the test releases it, so
 from __future__ import annotations
 
 import threading
+import urllib.request
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -22,8 +23,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bitmesh.client import Client, error_from_rpc
 from bitmesh.errors import ResourceExhausted
 from bitmesh.rpc.server import RunningServer, create_server
+from bitmesh.rpc.streams import STREAM_CAP_SETTING
 from bitmesh.v1 import common_pb2, sensitivity_pb2
 from tests.integration.security.conftest import free_port, make_settings
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -189,3 +192,81 @@ def test_the_pool_has_a_thread_for_every_admitted_call(tmp_path: Path) -> None:
         mp.undo()
     running.stop(0)
     assert seen["max_workers"] == 7
+
+
+def _refusals(metrics_port: int) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "bitmesh_rpc_calls_total" and s.labels.get("grpc_code") == "RESOURCE_EXHAUSTED"
+    )
+
+
+def test_streams_past_their_cap_are_refused_and_the_client_waits_for_a_slot(
+    tmp_path: Path,
+) -> None:
+    """With one stream slot, a second Watch is refused at once naming the
+    setting (unary calls keep their threads); bitmesh.Client retries it and
+    gets its stream once the first ends."""
+    release, served = threading.Event(), []
+
+    def watch(
+        request: common_pb2.JobRef, context: grpc.ServicerContext
+    ) -> Iterator[sensitivity_pb2.SensitivityEvent]:
+        served.append(request.job_id)
+        yield sensitivity_pb2.SensitivityEvent(status=common_pb2.JobStatus(message="0"))
+        if len(served) == 1:
+            release.wait(30)  # the first stream holds the only slot
+
+    handler = grpc.unary_stream_rpc_method_handler(
+        watch,
+        request_deserializer=common_pb2.JobRef.FromString,
+        response_serializer=sensitivity_pb2.SensitivityEvent.SerializeToString,
+    )
+    generic = grpc.method_handlers_generic_handler(
+        "bitmesh.v1.SensitivityService", {"WatchAnalysis": handler}
+    )
+    settings = make_settings(
+        tmp_path, max_concurrent_rpcs=CAP, max_concurrent_streams=1, metrics_port=free_port()
+    )
+    running = create_server(
+        "127.0.0.1:0", [lambda s: s.add_generic_rpc_handlers((generic,))], [], settings
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stream = channel.unary_stream(
+                WATCH,
+                request_serializer=common_pb2.JobRef.SerializeToString,
+                response_deserializer=sensitivity_pb2.SensitivityEvent.FromString,
+            )
+            first = stream(common_pb2.JobRef(job_id="first"), timeout=30)
+            assert next(first).status.message == "0"
+            with pytest.raises(grpc.RpcError) as info:
+                next(stream(common_pb2.JobRef(job_id="second"), timeout=30))
+            assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert STREAM_CAP_SETTING in (info.value.details() or "")
+            assert _health(running.port) == SERVING  # unary calls still have threads
+
+            got: list[str] = []
+            address = {"sensitivity": f"127.0.0.1:{running.port}"}
+            with Client(make_settings(tmp_path), addresses=address) as client:
+                follower = threading.Thread(
+                    target=lambda: got.extend(
+                        e.status.message for e in client.watch_analysis("third")
+                    )
+                )
+                follower.start()
+                # The client's stream was refused too, and it is waiting, not failing.
+                wait_for(lambda: _refusals(running.metrics_port) >= 2, 30, "a second refusal")
+                release.set()
+                follower.join(30)
+            assert got == ["0"]
+            assert served == ["first", "third"]
+    finally:
+        release.set()
+        running.stop(0)

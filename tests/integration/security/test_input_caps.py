@@ -118,6 +118,15 @@ def _training(
     return request
 
 
+def _calibration(
+    model: common_pb2.ModelRef, dataset: common_pb2.DatasetRef, batches: int
+) -> trainer_pb2.StartTrainingRequest:
+    request = _training(model, dataset)
+    request.calibration.calibration_batches = batches
+    request.calibration.default_option.CopyFrom(INT8)
+    return request
+
+
 def _search(
     model: common_pb2.ModelRef, dataset: common_pb2.DatasetRef, batch_size: int = 0
 ) -> proxy_nas_pb2.StartSearchRequest:
@@ -242,6 +251,12 @@ CASES: dict[str, tuple[ServiceName, Call, grpc.StatusCode, str]] = {
         "num_batches",
     ),
     # The trainer's StartJob.
+    "calibration-batch-count": (
+        "trainer",
+        _start_job(_calibration(DIGITS_MODEL, DIGITS, batches=10_001)),
+        RE,
+        "BITMESH_MAX_CALIBRATION_BATCHES",
+    ),
     "train-resnet18-4096px": (
         "trainer",
         _start_job(_training(_resnet([3, 4096, 4096]), _synthetic([3, 4096, 4096]))),

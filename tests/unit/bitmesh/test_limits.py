@@ -20,6 +20,7 @@ SMALL = InputLimits(
     max_batch_size=8,
     max_batches=3,
     max_data_elements=100,
+    max_calibration_batches=10,
 )
 
 
@@ -36,6 +37,9 @@ def test_each_cap_admits_its_number_and_refuses_the_next() -> None:
     assert SMALL.batch_size("batch_size", 8) == 8
     assert SMALL.batches("num_batches", 3) == 3
     SMALL.data_in_memory("data", 25, (2, 2))
+    assert SMALL.calibration_batches("calibration_batches", 10) == 10
+    with pytest.raises(ResourceExhausted, match="BITMESH_MAX_CALIBRATION_BATCHES"):
+        SMALL.calibration_batches("calibration_batches", 11)
     with pytest.raises(ResourceExhausted, match=r"13 elements .*BITMESH_MAX_INPUT_ELEMENTS"):
         SMALL.sample_shape("shape", [13])
     with pytest.raises(ResourceExhausted, match=r"6; the cap is 5 .*BITMESH_MAX_NUM_CLASSES"):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from bitmesh.errors import InvalidArgument, ResourceExhausted
 from bitmesh.settings import Settings
 from bitmesh.v1 import solver_pb2
 from solver_svc.convert import problem_from_pb
-from solver_svc.limits import SolverLimits
+from solver_svc.limits import SolverLimits, SolveSlots
 
 
 def _dense_pb(layers: int, wide: int) -> solver_pb2.Problem:
@@ -74,3 +76,16 @@ def test_frontier_points() -> None:
         limits.frontier_points(51, 20)
     with pytest.raises(InvalidArgument):
         limits.frontier_points(-1, 20)
+
+
+def test_solve_slots_refuse_past_the_cap_once_the_call_has_no_time_left() -> None:
+    slots = SolveSlots(
+        SolverLimits.from_settings(Settings(solver_max_concurrent_solves=1)).max_concurrent_solves
+    )
+    later = time.perf_counter() + 60
+    # No time left to wait for the slot: refused at once, naming the setting.
+    refused = pytest.raises(ResourceExhausted, match="BITMESH_SOLVER_MAX_CONCURRENT_SOLVES")
+    with slots.held(later), refused, slots.held(time.perf_counter()):
+        pass
+    with slots.held(time.perf_counter()):  # free again: taken without waiting
+        pass
