@@ -67,7 +67,7 @@ from bitmesh.v1 import proxy_nas_pb2 as p  # noqa: E402
 from bitmesh.v1 import sensitivity_pb2 as s  # noqa: E402
 from bitmesh.v1 import trainer_pb2 as t  # noqa: E402
 from tests.integration.durability.conftest import ServiceProcess, service_env  # noqa: E402
-from tests.redis_process import RedisProcess  # noqa: E402
+from tests.redis_server import RedisProcess  # noqa: E402
 
 CHAOS_ENV = {
     "BITMESH_STORE_RETRY_SECONDS": "60",

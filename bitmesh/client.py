@@ -263,6 +263,9 @@ class Client:
     def cancel_analysis(self, job_id: str) -> common_pb2.JobStatus:
         return self._call("sensitivity", "CancelAnalysis", common_pb2.JobRef(job_id=job_id))
 
+    def list_analyses(self, limit: int = 100) -> common_pb2.ListJobsResponse:
+        return self._call("sensitivity", "ListAnalyses", common_pb2.ListJobsRequest(limit=limit))
+
     # -- solver ------------------------------------------------------------
     def register_problem(self, problem: solver_pb2.Problem) -> solver_pb2.RegisterProblemResponse:
         return self._call(

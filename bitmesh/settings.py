@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     # job or ends it FAILED with the reason.
     job_lease_seconds: float = Field(default=30.0, gt=0)
     sweep_seconds: float = Field(default=10.0, gt=0)
+    # Starts of one such job (the first, and each resume of an orphan) before
+    # it ends FAILED instead: an analysis that kills its service (out of
+    # memory) would otherwise be resumed, and kill it again, for ever.
+    job_max_attempts: int = Field(default=3, ge=1)
     # A trainer job QUEUED this long with no lease while its queue holds no
     # message is re-sent (its message was lost: docs/architecture.md).
     requeue_after_seconds: float = Field(default=300.0, gt=0)

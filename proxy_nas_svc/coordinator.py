@@ -39,7 +39,7 @@ from proxy_nas_svc.trial import RunResult, trial_request
 if TYPE_CHECKING:
     import optuna
 
-    from trainer_svc.specs import TrainingRequest
+    from trainer_svc.public import TrainingRequest
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,10 @@ class CoordinatorOptions:
     #: no runner, no message) is sent again, without counting as a resubmit
     #: (BITMESH_REQUEUE_AFTER_SECONDS).
     requeue_after_s: float = 300.0
+    #: ... at most this many times; then it is marked failed. A run whose
+    #: training kills its worker (out of memory) is lost every time, and was
+    #: sent again for ever (each re-send restarts its timeout).
+    lost_resends: int = 3
 
 
 @dataclass
@@ -139,6 +143,7 @@ class _Pending:
     callbacks: list[Callable[[RunResult], None]]
     sent: float
     resubmits: int = 0
+    lost_resends: int = 0
 
 
 Item = tuple[str, "TrainingRequest", Callable[[RunResult], None]]
@@ -205,6 +210,35 @@ class Coordinator:
         )
 
     # -- running ---------------------------------------------------------------
+    def _resend_or_give_up(self, key: str, entry: _Pending) -> RunResult | None:
+        """For a run with no result yet: send it again if it was lost or timed
+        out and has sends left (None: keep waiting), else its failed result."""
+        opts = self.options
+        waited = time.monotonic() - entry.sent
+        if waited >= opts.requeue_after_s and self.backend.lost(key):
+            if entry.lost_resends >= opts.lost_resends:
+                return RunResult(
+                    ok=False,
+                    reason=f"its worker was lost {entry.lost_resends + 1} times while it ran "
+                    "(killed, or out of memory?); not sending it again",
+                )
+            log.warning("run %s: its message was lost; sending it again", key)
+            self.backend.submit(key, entry.request)
+            entry.sent, entry.lost_resends = time.monotonic(), entry.lost_resends + 1
+            return None
+        if waited < opts.run_timeout_s:
+            return None
+        if entry.resubmits < opts.resubmits:
+            log.warning("run %s: no result after %.0f s, sending it again", key, waited)
+            self.backend.submit(key, entry.request)
+            entry.sent, entry.resubmits = time.monotonic(), entry.resubmits + 1
+            return None
+        return RunResult(
+            ok=False,
+            reason=f"no result within {opts.run_timeout_s:.0f} s, sent "
+            f"{entry.resubmits + 1} times (its workers were lost?)",
+        )
+
     def _drive(self, items: Iterator[Item]) -> None:
         """Run ``items`` with at most ``parallel`` in flight; calls each callback once."""
         pending: dict[str, _Pending] = {}
@@ -232,24 +266,9 @@ class Coordinator:
             for key, entry in list(pending.items()):
                 result = self.backend.result(key)
                 if result is None:
-                    waited = time.monotonic() - entry.sent
-                    if waited >= opts.requeue_after_s and self.backend.lost(key):
-                        log.warning("run %s: its message was lost; sending it again", key)
-                        self.backend.submit(key, entry.request)
-                        entry.sent = time.monotonic()
+                    result = self._resend_or_give_up(key, entry)
+                    if result is None:
                         continue
-                    if waited < opts.run_timeout_s:
-                        continue
-                    if entry.resubmits < opts.resubmits:
-                        log.warning("run %s: no result after %.0f s, sending it again", key, waited)
-                        self.backend.submit(key, entry.request)
-                        entry.sent, entry.resubmits = time.monotonic(), entry.resubmits + 1
-                        continue
-                    result = RunResult(
-                        ok=False,
-                        reason=f"no result within {opts.run_timeout_s:.0f} s, sent "
-                        f"{entry.resubmits + 1} times (its workers were lost?)",
-                    )
                 del pending[key]
                 finished = True
                 self._completed[key] = result

@@ -32,7 +32,7 @@ from proxy_nas_svc.trial import RunResult, run_trial
 if TYPE_CHECKING:
     from celery import Celery
 
-    from trainer_svc.specs import TrainingRequest
+    from trainer_svc.public import TrainingRequest
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def execute_run(key: str, artifacts: ArtifactStore, store: JobStore) -> str:
 
     Returns what happened: "done" (already had a result), "skipped", "ok",
     "failed" or "cancelled"."""
-    from trainer_svc.specs import TrainingRequest
+    from trainer_svc.public import TrainingRequest
 
     if artifacts.get_ref(RESULTS_NAMESPACE, key) is not None:
         return "done"

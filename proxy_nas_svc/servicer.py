@@ -174,11 +174,11 @@ def build(
     from bitmesh.rpc.auth import as_caller
     from proxy_nas_svc.runs import CeleryBackend
     from proxy_nas_svc.study import open_storage
-    from trainer_svc.celery_app import make_celery, ready_to_send
+    from trainer_svc.public import make_celery
 
     store = open_job_store(settings.redis_url, settings.artifact_root, PROXY_NAS.store)
     artifacts = ArtifactStore(settings.artifact_root)
-    celery = ready_to_send(make_celery(settings, discover=False))
+    celery = make_celery(settings)
     leases = HeldLeases(
         open_lease(settings.redis_url, settings.artifact_root, PROXY_NAS.store),
         settings.job_lease_seconds,

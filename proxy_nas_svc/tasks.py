@@ -24,8 +24,7 @@ from bitmesh.jobs.sweeper import process_owner
 from bitmesh.settings import load_settings
 from bitmesh.tenants import DEFAULT_TENANT
 from proxy_nas_svc.runs import RUN_TRIAL_TASK, execute_run, run_lease_id
-from trainer_svc.config import TrainerSettings
-from trainer_svc.keepalive import Action, keep_alive, redis_delivery_toucher
+from trainer_svc.public import Action, TrainerSettings, keep_alive, redis_delivery_toucher
 
 SERVICE = PROXY_NAS_TRIALS.store
 

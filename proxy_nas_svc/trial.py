@@ -1,6 +1,6 @@
 """One trial run: a configuration of knobs at one fidelity, trained by the trainer.
 
-The run *is* a trainer QAT request (:func:`trainer_svc.execute.execute`), so a
+The run *is* a trainer QAT request (:func:`trainer_svc.public.execute`), so a
 trial trains exactly as a real QAT job would: the knobs become fields of the
 request and the rung sets the steps and the data fraction. The score is the
 held-out accuracy of the trained, fake-quantized model; its held-out loss
@@ -19,8 +19,7 @@ from proxy_nas_svc.space import ParamValue
 from proxy_nas_svc.spec import Rung, SearchRequest
 
 if TYPE_CHECKING:
-    from trainer_svc.loop import LoopIO
-    from trainer_svc.specs import TrainingRequest
+    from trainer_svc.public import LoopIO, TrainingRequest
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ def trial_request(
     Knobs not in ``params`` keep the trainer's defaults (distillation off,
     min/max ranges, the request's configuration's granularity)."""
     from bitmesh.quant.range_estimators import RangeEstimator
-    from trainer_svc.specs import Distillation, QatSpec, TrainingRequest, TrainingSettings
+    from trainer_svc.public import Distillation, QatSpec, TrainingRequest, TrainingSettings
 
     base_training = TrainingSettings()
     base_range = RangeEstimator()
@@ -109,7 +108,7 @@ def run_trial(request: TrainingRequest, io: LoopIO | None = None) -> RunResult:
     import time
 
     from bitmesh.errors import BitmeshError, Cancelled
-    from trainer_svc.execute import execute
+    from trainer_svc.public import execute
 
     started = time.perf_counter()
     try:

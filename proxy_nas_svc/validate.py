@@ -2,7 +2,7 @@
 
 A search is refused before anything is stored when its first trial could not
 run (unknown layers, data that does not fit the model, distillation without
-a trained teacher): the trainer's own :func:`trainer_svc.workspace.validate`
+a trained teacher): the trainer's own :func:`trainer_svc.public.validate`
 judges one trial request.
 
 With budgets instead of a configuration, the configuration comes from the
@@ -34,7 +34,7 @@ DEFAULT_CANDIDATES = ("int4", "int8")
 def validate_search(search: SearchRequest) -> None:
     """Raise what the first trial would raise (with distillation on, if the space allows it)."""
     from bitmesh.models.sandbox import vet_model
-    from trainer_svc.workspace import validate
+    from trainer_svc.public import validate
 
     vet_model(search.model)  # a program file runs in the sandbox before it loads here
     params: dict[str, ParamValue] = {}

@@ -7,11 +7,17 @@ from bitmesh.formats import parse_option
 from bitmesh.limits import InputLimits
 from bitmesh.rpc.convert import costs_to_pb, option_to_pb
 from bitmesh.v1 import common_pb2, sensitivity_pb2
+from sensitivity_svc.analysis import SensitivitySettings
 from sensitivity_svc.report import LayerSensitivity, SensitivityReport
 
 DEFAULT_TARGET_RSE = 0.05
 DEFAULT_MAX_SAMPLES = 200
 DEFAULT_BATCHES = 1
+#: The fewest samples a layer's estimate takes before it may stop (the
+#: analysis's own ``min_samples``): a smaller ``max_samples`` used to be
+#: accepted here and then fail the job when the estimator refused it.
+MIN_SAMPLES = SensitivitySettings.min_samples
+MAX_SAMPLES = 100_000
 
 
 def settings_from_pb(
@@ -25,11 +31,19 @@ def settings_from_pb(
     batches = msg.num_batches or DEFAULT_BATCHES
     if not 0 < target < 10:
         raise InvalidArgument(f"target_relative_se must be in (0, 10), got {target}")
-    if not 2 <= max_samples <= 100_000:
-        raise InvalidArgument(f"max_samples must be in [2, 100000], got {max_samples}")
+    if not MIN_SAMPLES <= max_samples <= MAX_SAMPLES:
+        raise InvalidArgument(
+            f"max_samples must be in [{MIN_SAMPLES}, {MAX_SAMPLES}] (every layer takes at "
+            f"least {MIN_SAMPLES} samples before its estimate may stop), got {max_samples}"
+        )
     if batches < 0:
         raise InvalidArgument(f"num_batches must be >= 0 (0 = {DEFAULT_BATCHES}), got {batches}")
     limits.batches("num_batches", batches)
+    if batches > max_samples:
+        raise InvalidArgument(
+            f"num_batches ({batches}) must be at most max_samples ({max_samples}): every batch "
+            "needs a sample; use fewer, larger batches or raise max_samples"
+        )
     return {
         "target_relative_se": target,
         "max_samples": max_samples,

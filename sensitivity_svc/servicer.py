@@ -195,6 +195,7 @@ def build(
         settings.max_concurrent_jobs,
         leases=leases,
         retry=RetryPolicy(window_s=settings.store_retry_seconds),
+        max_attempts=settings.job_max_attempts,
     )
     servicer = SensitivityServicer(store, runner, ArtifactStore(settings.artifact_root))
     sweeper = Sweeper(store, leases, SENSITIVITY.kinds, servicer.resume, settings.sweep_seconds)

@@ -23,7 +23,8 @@ class TrainerSettings(BaseSettings):
     #: A running job holds a lease renewed every third of this; a second
     #: delivery of the same job waits until the lease lapses or the job ends.
     lease_ttl_s: float = 30.0
-    #: Deliveries of one job (crashes + 1) before it is marked FAILED.
+    #: Deliveries of one job that run it before it is marked FAILED: the
+    #: first, and one more after each worker death or store-outage hand-back.
     max_attempts: int = 5
     #: Import torch and the job modules when a pool process starts (before
     #: its first task) rather than in its first job: ``trainer_svc.warm``.

@@ -4,8 +4,10 @@
 idempotent: a job that already ended is not run again; a job found RUNNING
 (its worker died) resumes from its last checkpoint; a second delivery of a
 job whose runner is still alive waits on the lease instead of running it
-twice. Every way out ends in a terminal state with a reason, written with the
-store's compare-and-set, so a job has one result.
+twice. It ends through the ladder every service's runner shares,
+:func:`bitmesh.jobs.runner.execute_job`: every way out ends in a terminal
+state with a reason and the one final-event shape, written with the store's
+compare-and-set, so a job has one result.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from dataclasses import asdict
 from typing import Any
 
 from bitmesh.artifacts import Artifact, ArtifactStore
-from bitmesh.errors import BitmeshError, Cancelled
+from bitmesh.jobs.lease import LeaseLost
 from bitmesh.jobs.records import JobRecord, JobState
-from bitmesh.jobs.retry import RetryPolicy, StoreOutage, call_with_retry
-from bitmesh.jobs.runner import JobContext
+from bitmesh.jobs.retry import RetryPolicy, call_with_retry
+from bitmesh.jobs.runner import JobContext, execute_job
 from bitmesh.jobs.store import JobStore, transition
 from trainer_svc import checkpoints
 from trainer_svc.config import TrainerSettings
@@ -37,15 +39,11 @@ from trainer_svc.specs import TrainingRequest
 
 log = logging.getLogger(__name__)
 
+__all__ = ["LeaseLost", "publish", "run_job", "wait_for_store"]
+
 ATTEMPTS_NAMESPACE = "trainer-attempts"
 RESULTS_NAMESPACE = "trainer-results"
 LEASE_POLL_S = 0.5
-
-
-class LeaseLost(Exception):
-    """Another runner took this job's lease (ours lapsed in a Redis outage
-    longer than its TTL): that runner goes on from the checkpoint; we stop
-    without writing anything, so the job still ends once."""
 
 
 class JobIO:
@@ -138,26 +136,15 @@ def publish(
     return result
 
 
-def _finish(store: JobStore, job_id: str, **changes: Any) -> JobRecord:
-    record = store.update(job_id, lambda r: transition(r, **changes))
-    store.append_event(
-        job_id,
-        {
-            "state": record.state.value,
-            "progress": record.progress,
-            "stage": record.stage,
-            "message": record.message,
-            "error": record.error,
-        },
-    )
-    return record
-
-
-def _bump_attempts(artifacts: ArtifactStore, job_id: str) -> int:
-    previous = artifacts.get_ref(ATTEMPTS_NAMESPACE, job_id) or {}
-    attempts = int(previous.get("attempts", 0)) + 1
-    artifacts.set_ref(ATTEMPTS_NAMESPACE, job_id, {"attempts": attempts})
-    return attempts
+def _bump_attempts(artifacts: ArtifactStore, job_id: str, key: str = "attempts") -> dict[str, int]:
+    """Count one more of ``key`` for the job: ``attempts`` (deliveries that
+    took its lease and ran it) or ``outages`` (of those, how many were handed
+    back in a store outage). In the artifact store, not the job store: it is
+    written while Redis is down."""
+    counts = {k: int(v) for k, v in (artifacts.get_ref(ATTEMPTS_NAMESPACE, job_id) or {}).items()}
+    counts[key] = counts.get(key, 0) + 1
+    artifacts.set_ref(ATTEMPTS_NAMESPACE, job_id, counts)
+    return counts
 
 
 @contextmanager
@@ -195,12 +182,17 @@ def run_job(
     lease: Lease | None = None,
     settings: TrainerSettings | None = None,
     keepalive: list[Action] | None = None,
-) -> JobState:
-    """Run (or resume) one job to a terminal state; return that state.
+) -> JobState | None:
+    """Run (or resume) one job to a terminal state; return that state (None:
+    another runner took the job over, see :class:`LeaseLost`).
 
-    Raises :class:`StoreOutage` when the store stayed down past its retry
-    window; the job is then QUEUED again (or was never touched) and the
-    caller sends it again: it resumes from its checkpoint."""
+    The job ends through :func:`bitmesh.jobs.runner.execute_job`, the ladder
+    every service's runner shares; what is the trainer's own is passed to
+    it: the lease held around it, the cap on deliveries (``admit``), the
+    resume stage, and the hand-back on a store outage. Raises
+    :class:`~bitmesh.jobs.retry.StoreOutage` when the store stayed down past its retry window;
+    the job is then QUEUED again (or was never touched) and the caller sends
+    it again: it resumes from its checkpoint."""
     settings = settings or TrainerSettings()
     record = store.get(job_id)
     artifacts = artifacts.for_tenant(record.tenant)  # its checkpoints and weights
@@ -212,79 +204,68 @@ def run_job(
     ) as lost:
         if lost is None:
             return store.get(job_id).state
-        record = store.get(job_id)
-        if record.state.terminal:
-            return record.state
-        if record.cancel_requested:
-            return _finish(store, job_id, state=JobState.CANCELLED, message="cancelled").state
-        attempts = _bump_attempts(artifacts, job_id)
-        if attempts > settings.max_attempts:
-            return _finish(
-                store,
-                job_id,
-                state=JobState.FAILED,
-                error=f"the job's worker stopped {attempts - 1} times without finishing "
-                "(killed, or out of memory); not retrying",
-            ).state
         resuming = checkpoints.latest(artifacts, job_id)
         stage = f"resuming at step {resuming['step']}" if resuming else "starting"
-        store.update(
-            job_id, lambda r: transition(r, state=JobState.RUNNING, stage=stage, message=stage)
-        )
-        try:
-            return _run(job_id, record, store, artifacts, lost)
-        except StoreOutage:
-            if lost.is_set():  # another runner has it: nothing to hand back
-                return store.get(job_id).state
+        held = lost
+
+        def hand_back() -> bool:
+            if held.is_set():  # another runner has it: nothing to hand back
+                return False
+            _bump_attempts(artifacts, job_id, "outages")
             _requeue(job_id, store)
-            raise  # the task retries (trainer_svc.tasks); this lease is released first
+            return True  # the task retries (trainer_svc.tasks); this lease is released first
 
-
-def _run(
-    job_id: str,
-    record: JobRecord,
-    store: JobStore,
-    artifacts: ArtifactStore,
-    lost: threading.Event | None = None,
-) -> JobState:
-    from trainer_svc.execute import execute  # torch: only in the process that trains
-
-    ctx = JobContext(store, job_id, threading.Event())
-    try:
-        request = TrainingRequest.from_dict(record.request)
-        outcome = execute(request, JobIO(ctx, artifacts, total_steps_of(request), lost))
-        ctx.report(0.99, stage="publishing", message="storing artifacts")
-        result = publish(outcome, artifacts, job_id, request)
-    except StoreOutage:
-        raise  # not the job's failure: the task hands it back (trainer_svc.tasks)
-    except LeaseLost:
-        log.warning("job %s: another runner holds its lease now; stopping here", job_id)
-        return store.get(job_id).state
-    except Cancelled:
-        return _finish(store, job_id, state=JobState.CANCELLED, message="cancelled").state
-    except BitmeshError as exc:
-        return _finish(
-            store, job_id, state=JobState.FAILED, error=exc.message, message="failed"
-        ).state
-    except Exception as exc:
-        log.exception("job %s failed", job_id)
-        return _finish(
+        return execute_job(
             store,
             job_id,
-            state=JobState.FAILED,
-            message="failed",
-            error=f"internal error in job {job_id} ({type(exc).__name__}); see the worker log",
-        ).state
-    accuracy = result["evaluation"]["accuracy"]
-    return _finish(
-        store,
-        job_id,
-        state=JobState.SUCCEEDED,
-        progress=1.0,
-        result=result,
-        stage="done",
-        message=f"done: held-out accuracy {accuracy:.4f}",
-    ).state
+            lambda ctx: _train(ctx, artifacts, held),
+            threading.Event(),
+            label="job",
+            logs="the worker log",
+            admit=lambda record: _admit(artifacts, job_id, settings.max_attempts),
+            starting=stage,
+            done_message=_done_message,
+            hand_back=hand_back,
+        )
+
+
+def _admit(artifacts: ArtifactStore, job_id: str, max_attempts: int) -> str | None:
+    """Count this delivery; past ``max_attempts`` the job ends FAILED with why.
+
+    Every delivery that runs the job counts, whatever ended the one before:
+    a worker killed (redelivered, or re-sent by the resender) and a hand-back
+    after a store outage (the task's retry) alike, so a job that keeps dying
+    ends FAILED instead of being sent again for ever."""
+    counts = _bump_attempts(artifacts, job_id)
+    attempts = counts["attempts"]
+    if attempts <= max_attempts:
+        return None
+    ran, outages = attempts - 1, counts.get("outages", 0)
+    if not outages:
+        return (
+            f"the job's worker stopped {ran} times without finishing "
+            "(killed, or out of memory); not retrying (BITMESH_TRAINER_MAX_ATTEMPTS raises the cap)"
+        )
+    return (
+        f"the job ran {ran} times without finishing: {outages} handed back when the job store "
+        "(Redis) stayed unreachable past BITMESH_STORE_RETRY_SECONDS, "
+        f"{ran - outages} stopped (the worker killed, or out of memory); not retrying "
+        "(BITMESH_TRAINER_MAX_ATTEMPTS raises the cap)"
+    )
+
+
+def _done_message(result: dict[str, Any]) -> str:
+    return f"done: held-out accuracy {result['evaluation']['accuracy']:.4f}"
+
+
+def _train(ctx: JobContext, artifacts: ArtifactStore, lost: threading.Event) -> dict[str, Any]:
+    """The job's work: train its request, publish what it produced."""
+    from trainer_svc.execute import execute  # torch: only in the process that trains
+
+    request = TrainingRequest.from_dict(ctx.store.get(ctx.job_id).request)
+    outcome = execute(request, JobIO(ctx, artifacts, total_steps_of(request), lost))
+    ctx.report(0.99, stage="publishing", message="storing artifacts")
+    return publish(outcome, artifacts, ctx.job_id, request)
 
 
 def _requeue(job_id: str, store: JobStore) -> JobRecord:

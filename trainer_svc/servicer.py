@@ -17,9 +17,10 @@ import grpc
 
 from bitmesh.errors import NotFound, Unavailable
 from bitmesh.jobs.admission import create_admitted
+from bitmesh.jobs.ending import finish
 from bitmesh.jobs.plumbing import TRAINER
 from bitmesh.jobs.records import JobRecord, JobState, new_job_id
-from bitmesh.jobs.store import JobStore, open_job_store, transition
+from bitmesh.jobs.store import JobStore, open_job_store
 from bitmesh.jobs.tenancy import cancel_owned, owned_job
 from bitmesh.models.sandbox import close_on_stop
 from bitmesh.rpc.convert import job_status_to_pb
@@ -87,7 +88,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         except Exception as exc:
             log.exception("could not enqueue job %s", job_id)
             reason = f"the job queue is unreachable ({type(exc).__name__}); is Redis up?"
-            self.store.update(job_id, lambda r: transition(r, state=JobState.FAILED, error=reason))
+            finish(self.store, job_id, state=JobState.FAILED, error=reason, message="failed")
             raise Unavailable(reason) from exc
         return common_pb2.JobRef(job_id=record.job_id)
 

@@ -75,7 +75,7 @@ def run_training_job(self: Task, job_id: str) -> str:  # type: ignore[type-arg]
         log.warning("job %s: %s", job_id, exc.message)
         wait_for_store(job_id, store)
         raise self.retry(exc=exc, countdown=1, max_retries=None) from exc
-    return state.value
+    return state.value if state is not None else "taken over by another runner"
 
 
 @worker_process_init.connect

@@ -48,6 +48,14 @@ return 0
 """
 
 
+class LeaseLost(Exception):
+    """Another runner took this job's lease (ours lapsed unrenewed, e.g. in a
+    Redis outage longer than its TTL). That runner goes on from the
+    checkpoint; this one stops without writing anything, so the job still
+    ends once. Not a :class:`~bitmesh.errors.BitmeshError`: it is no failure
+    of the job, and ``execute_job`` records nothing for it."""
+
+
 class Lease(Protocol):
     def acquire(self, job_id: str, owner: str, ttl: float) -> bool: ...
     def renew(self, job_id: str, owner: str, ttl: float) -> bool: ...

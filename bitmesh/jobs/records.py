@@ -51,6 +51,9 @@ class JobRecord:
     # and its runner (a worker, a service thread) uses this tenant's files.
     # Records written before tenants existed read as "default".
     tenant: str = DEFAULT_TENANT
+    #: How many times a runner started it (``execute_job`` counts): more
+    #: than one when its runner died and it was resumed.
+    attempts: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -63,3 +66,15 @@ class JobRecord:
 
     def with_changes(self, **changes: Any) -> JobRecord:
         return replace(self, **changes, updated=time.time())
+
+
+def final_event(record: JobRecord) -> dict[str, Any]:
+    """The last event of a job that ended as ``record`` says: one shape for
+    every service (:mod:`bitmesh.jobs.ending`)."""
+    return {
+        "state": record.state.value,
+        "progress": record.progress,
+        "stage": record.stage,
+        "message": record.error or record.message,
+        "error": record.error,
+    }

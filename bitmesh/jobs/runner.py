@@ -1,9 +1,13 @@
-"""Run jobs in threads of the serving process (the sensitivity service's way).
+"""Run jobs and record how they end: the one ladder, and the thread runner.
 
 A job is a function of a :class:`JobContext`; it reports progress through the
-context and checks for cancellation between units of work. The runner caps
-how many jobs run at once (RESOURCE_EXHAUSTED beyond the cap, nothing lost:
-the refused job is never created) and records every outcome in the store.
+context and checks for cancellation between units of work.
+:func:`execute_job` runs one to its end and records every outcome; every
+runner goes through it (the sensitivity service's threads, the proxy NAS
+coordinators, the trainer's Celery tasks). :class:`ThreadJobRunner` runs
+jobs in threads of the serving process (the sensitivity service's way) and
+caps how many run at once (RESOURCE_EXHAUSTED beyond the cap, nothing lost:
+the refused job is never created).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from bitmesh.errors import BitmeshError, Cancelled, ResourceExhausted
+from bitmesh.jobs.ending import finish
+from bitmesh.jobs.lease import LeaseLost
 from bitmesh.jobs.records import JobRecord, JobState, new_job_id
 from bitmesh.jobs.retry import RetryingStore, RetryPolicy, StoreOutage
 from bitmesh.jobs.store import JobStore, request_cancel, transition
@@ -81,31 +87,99 @@ class JobContext:
 JobWork = Callable[[JobContext], dict[str, Any]]
 
 
+def _no_reason() -> str | None:
+    return None
+
+
+def _admit_all(record: JobRecord) -> str | None:
+    return None
+
+
+def attempts_cap(max_attempts: int, setting: str) -> Callable[[JobRecord], str | None]:
+    """An ``admit`` that refuses a job started ``max_attempts`` times already:
+    each start after the first means its runner died mid-job (killed, out of
+    memory), and a job that kills its runner would otherwise be resumed for
+    ever. ``setting`` names the variable that raises the cap."""
+
+    def admit(record: JobRecord) -> str | None:
+        if record.attempts < max_attempts:
+            return None
+        return (
+            f"started {record.attempts} times without finishing: its runner stopped each "
+            f"time (killed, or out of memory); not retrying ({setting} raises the cap)"
+        )
+
+    return admit
+
+
 def execute_job(
     store: JobStore,
     job_id: str,
     work: JobWork,
     cancel_event: threading.Event,
-    stop_reason: Callable[[], str | None] = lambda: None,
+    stop_reason: Callable[[], str | None] = _no_reason,
     label: str = "job",
-) -> None:
-    """Run ``work`` for a queued job and record how it ended, whatever happens.
+    *,
+    logs: str = "the service log",
+    admit: Callable[[JobRecord], str | None] = _admit_all,
+    starting: str = "",
+    done_message: Callable[[dict[str, Any]], str] | None = None,
+    hand_back: Callable[[], bool] | None = None,
+) -> JobState | None:
+    """Run ``work`` for a job and record how it ended, whatever happens;
+    return the state it ended in (None: it was not ended here, see below).
 
-    Why one function: every service that runs jobs in its own threads needs
-    the same guarantees (a job cancelled while queued never starts; every way
-    out ends in a terminal state with a reason a user can act on; the last
-    event carries that state, so watchers stop). ``stop_reason`` tells a
-    service shutdown from a user's cancel: when it returns a reason and no
-    cancel was asked for, the job ends FAILED with it, not CANCELLED.
+    Why one function: every runner (the sensitivity service's threads, the
+    proxy NAS coordinators, the trainer's Celery tasks) needs the same
+    guarantees: a job that ended or was cancelled before it started never
+    runs; every way out ends in a terminal state with a reason a user can act
+    on; the last event is :func:`bitmesh.jobs.ending.final_event`, so
+    watchers stop. What differs between runners is a parameter:
 
-    A :class:`~bitmesh.jobs.retry.StoreOutage` (the store was down past its
-    retry window) records nothing, since nothing can be: the job is left to
-    the service's sweeper, which claims it once its lease lapses and resumes
-    or ends it (:mod:`bitmesh.jobs.sweeper`)."""
+    - ``stop_reason`` tells a service shutdown from a user's cancel: when it
+      returns a reason and no cancel was asked for, the job ends FAILED with
+      it, not CANCELLED.
+    - ``label`` and ``logs`` name the job and where its traceback went in
+      the reason of an unexpected error (never the exception's text).
+    - ``admit`` is asked, with the record, once the job is known to be open
+      and not cancelled, before it is marked RUNNING (which counts one more
+      of its ``attempts``); a reason it returns ends the job FAILED with it:
+      a cap on the runs of a job that keeps killing its runner
+      (:func:`attempts_cap`, the trainer's delivery count).
+    - ``starting`` is the stage and message written with RUNNING
+      ("resuming at step 40"); ``done_message`` the message of a success
+      (its stage is then "done").
+    - A :class:`~bitmesh.jobs.retry.StoreOutage` (the store was down past its
+      retry window) records nothing, since nothing can be. With no
+      ``hand_back`` the job is left to the service's sweeper, which claims it
+      once its lease lapses and resumes or ends it (:mod:`bitmesh.jobs.sweeper`).
+      ``hand_back`` returning True means it put the job back to be sent
+      again (the trainer: QUEUED, under its lease), and the outage propagates
+      so the caller can retry (Celery's ``Task.retry``); False means there is
+      nothing to hand back (another runner holds it).
+    - :class:`~bitmesh.jobs.lease.LeaseLost` from ``work``: another runner
+      holds the job now; this one stops and writes nothing."""
     try:
-        _execute_job(store, job_id, work, cancel_event, stop_reason, label)
+        return _execute_job(
+            store,
+            job_id,
+            work,
+            cancel_event,
+            stop_reason,
+            label,
+            logs,
+            admit,
+            starting,
+            done_message,
+        )
+    except LeaseLost:
+        log.warning("%s %s: another runner holds its lease now; stopping here", label, job_id)
+        return None
     except StoreOutage as exc:
+        if hand_back is not None and hand_back():
+            raise
         log.error("%s %s: %s; its sweeper takes it over", label, job_id, exc.message)
+        return None
 
 
 def _execute_job(
@@ -115,47 +189,53 @@ def _execute_job(
     cancel_event: threading.Event,
     stop_reason: Callable[[], str | None],
     label: str,
-) -> None:
-    record = store.update(job_id, lambda r: transition(r, state=JobState.RUNNING))
+    logs: str,
+    admit: Callable[[JobRecord], str | None],
+    starting: str,
+    done_message: Callable[[dict[str, Any]], str] | None,
+) -> JobState:
+    record = store.get(job_id)
+    if record.state.terminal:
+        return record.state  # cancelled while queued, or a redelivery of a finished job
+    if record.cancel_requested:  # cancelled while its runner was dead: do not start it again
+        return finish(store, job_id, state=JobState.CANCELLED, message="cancelled").state
+    refusal = admit(record)
+    if refusal:
+        return finish(store, job_id, state=JobState.FAILED, error=refusal, message="failed").state
+    changes: dict[str, Any] = {"stage": starting, "message": starting} if starting else {}
+    record = store.update(
+        job_id,
+        lambda r: transition(r, state=JobState.RUNNING, attempts=r.attempts + 1, **changes),
+    )
     if record.state is not JobState.RUNNING:
-        return  # cancelled while queued
-
-    def fail(reason: str) -> None:
-        store.update(job_id, lambda r: transition(r, state=JobState.FAILED, error=reason))
+        return record.state  # cancelled in between
 
     ctx = JobContext(store, job_id, cancel_event)
     try:
         result = work(ctx)
-    except StoreOutage:
+    except (StoreOutage, LeaseLost):
         raise
     except Cancelled:
         reason = stop_reason()
         if reason and not store.get(job_id).cancel_requested:
-            fail(reason)
+            ending: dict[str, Any] = {"state": JobState.FAILED, "error": reason}
         else:
-            store.update(
-                job_id, lambda r: transition(r, state=JobState.CANCELLED, message="cancelled")
-            )
+            ending = {"state": JobState.CANCELLED, "message": "cancelled"}
     except BitmeshError as exc:
-        fail(exc.message)
+        ending = {"state": JobState.FAILED, "error": exc.message}
     except Exception as exc:
         log.exception("%s %s failed", label, job_id)
-        fail(f"internal error in {label} {job_id} ({type(exc).__name__}); see the service log")
+        ending = {
+            "state": JobState.FAILED,
+            "error": f"internal error in {label} {job_id} ({type(exc).__name__}); see {logs}",
+        }
     else:
-        store.update(
-            job_id,
-            lambda r: transition(r, state=JobState.SUCCEEDED, progress=1.0, result=result),
-        )
-    final = store.get(job_id)
-    store.append_event(
-        job_id,
-        {
-            "state": final.state.value,
-            "progress": final.progress,
-            "stage": final.stage,
-            "message": final.error or final.message,
-        },
-    )
+        ending = {"state": JobState.SUCCEEDED, "progress": 1.0, "result": result}
+        if done_message is not None:
+            ending.update(stage="done", message=done_message(result))
+    if ending["state"] is JobState.FAILED:
+        ending["message"] = "failed"
+    return finish(store, job_id, **ending).state
 
 
 class ThreadJobRunner:
@@ -168,14 +248,22 @@ class ThreadJobRunner:
         max_concurrent: int,
         leases: HeldLeases | None = None,
         retry: RetryPolicy | None = None,
+        max_attempts: int | None = None,
     ) -> None:
         """``leases``: held on every job from before its record exists until
         it ends, so a sweeper can tell a dead process's jobs (none by default).
         ``retry``: how long a running job's store calls ride out an outage
-        (calls of RPCs, ``submit`` and ``cancel``, fail at once instead)."""
+        (calls of RPCs, ``submit`` and ``cancel``, fail at once instead).
+        ``max_attempts``: starts of one job (the first, and each resume of an
+        orphan) before it ends FAILED instead (BITMESH_JOB_MAX_ATTEMPTS)."""
         self.store = store
         self.job_store: JobStore = RetryingStore(store, retry) if retry is not None else store
         self.leases = leases
+        self.admit = (
+            attempts_cap(max_attempts, "BITMESH_JOB_MAX_ATTEMPTS")
+            if max_attempts is not None
+            else _admit_all
+        )
         self.kind = kind
         self.max_concurrent = max_concurrent
         self._pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix=kind)
@@ -238,7 +326,7 @@ class ThreadJobRunner:
 
     def _run(self, job_id: str, work: JobWork, cancel_event: threading.Event) -> None:
         try:
-            execute_job(self.job_store, job_id, work, cancel_event)
+            execute_job(self.job_store, job_id, work, cancel_event, admit=self.admit)
         finally:
             if self.leases is not None:
                 self.leases.drop(job_id)

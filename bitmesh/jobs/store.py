@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from bitmesh.errors import NotFound, Unavailable
 from bitmesh.jobs.plumbing import redis_prefix
-from bitmesh.jobs.records import JobRecord, JobState
+from bitmesh.jobs.records import JobRecord, JobState, final_event
 
 JobUpdate = Callable[[JobRecord], JobRecord]
 Clock = Callable[[], float]
@@ -376,16 +376,29 @@ def open_job_store(
     )
 
 
-def request_cancel(store: JobStore, job_id: str) -> JobRecord:
-    """Mark a job for cancellation; a queued one is cancelled at once."""
+def request_cancel(
+    store: JobStore, job_id: str, guard: Callable[[JobRecord], None] | None = None
+) -> JobRecord:
+    """Mark a job for cancellation; a queued one is cancelled at once, with
+    its final event (no runner will write one: it never starts). ``guard``
+    sees the record inside the compare-and-set and may raise to refuse
+    (the tenant check: nothing of another tenant's record is written)."""
+    ended: list[bool] = []
 
     def change(record: JobRecord) -> JobRecord:
+        ended.clear()  # the compare-and-set may run it again
+        if guard is not None:
+            guard(record)
         if record.state.terminal:
             return record
         if record.state is JobState.QUEUED:
+            ended.append(True)
             return record.with_changes(
                 state=JobState.CANCELLED, cancel_requested=True, message="cancelled"
             )
         return record.with_changes(cancel_requested=True, message="cancelling")
 
-    return store.update(job_id, change)
+    record = store.update(job_id, change)
+    if ended:
+        store.append_event(job_id, final_event(record))
+    return record

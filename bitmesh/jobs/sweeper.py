@@ -31,9 +31,10 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from bitmesh.errors import Unavailable
+from bitmesh.jobs.ending import finish
 from bitmesh.jobs.lease import Lease
 from bitmesh.jobs.records import JobRecord, JobState
-from bitmesh.jobs.store import JobStore, transition
+from bitmesh.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -95,20 +96,7 @@ class HeldLeases:
 
 def end_orphan(store: JobStore, record: JobRecord, reason: str) -> JobRecord:
     """End an orphan FAILED with ``reason``, with the final event watchers stop on."""
-    final = store.update(
-        record.job_id,
-        lambda r: transition(r, state=JobState.FAILED, error=reason, message="failed"),
-    )
-    store.append_event(
-        record.job_id,
-        {
-            "state": final.state.value,
-            "progress": final.progress,
-            "stage": final.stage,
-            "message": final.error or final.message,
-        },
-    )
-    return final
+    return finish(store, record.job_id, state=JobState.FAILED, error=reason, message="failed")
 
 
 class Sweeper:

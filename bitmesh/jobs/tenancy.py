@@ -12,8 +12,8 @@ cap (a pod's memory is shared by every tenant) see every job.
 
 from __future__ import annotations
 
-from bitmesh.jobs.records import JobRecord, JobState
-from bitmesh.jobs.store import JobStore, job_not_found
+from bitmesh.jobs.records import JobRecord
+from bitmesh.jobs.store import JobStore, job_not_found, request_cancel
 from bitmesh.tenants import current_tenant
 
 #: The newest jobs a List reads to find the caller's (bounded like admission's
@@ -35,18 +35,11 @@ def cancel_owned(store: JobStore, job_id: str, tenant: str | None = None) -> Job
     other tenant's record is ever written."""
     owner = tenant or current_tenant()
 
-    def change(record: JobRecord) -> JobRecord:
+    def guard(record: JobRecord) -> None:
         if record.tenant != owner:
             raise job_not_found(job_id)
-        if record.state.terminal:
-            return record
-        if record.state is JobState.QUEUED:
-            return record.with_changes(
-                state=JobState.CANCELLED, cancel_requested=True, message="cancelled"
-            )
-        return record.with_changes(cancel_requested=True, message="cancelling")
 
-    return store.update(job_id, change)
+    return request_cancel(store, job_id, guard)
 
 
 def list_owned(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.redis_process import RedisProcess
+from tests.redis_server import RedisProcess
 from tests.waiting import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[3]

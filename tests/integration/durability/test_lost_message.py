@@ -3,20 +3,28 @@
 An idle worker waits in BRPOP; Redis hands it the message, and kombu moves
 the message to its unacked set only after reading it. A worker SIGKILLed in
 between takes the message with it: nothing is left to redeliver, and the job
-sits QUEUED. The test reproduces that end state exactly (it pops the message
-off the queue, as the dead worker's BRPOP did) rather than racing a kill
-against a read. The trainer service's resender (trainer_svc/resend.py) must
+sits QUEUED. The trainer service's resender (trainer_svc/resend.py) must
 then send it again after BITMESH_REQUEUE_AFTER_SECONDS (3 s here), not after
 the last-resort 3,600 s.
+
+The training job's test hits that window with a real idle worker, without
+racing a kill against a read: the worker is frozen (SIGSTOP) while Redis
+shows it blocked in BRPOP, so Redis hands the message to a process that
+cannot read it, and SIGKILL then takes it down with it. The proxy trial's
+test reproduces the same end state by popping the message.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from bitmesh.jobs.plumbing import TRAINER
 from bitmesh.settings import load_settings
@@ -24,10 +32,13 @@ from bitmesh.v1 import common_pb2 as c
 from bitmesh.v1 import proxy_nas_pb2 as p
 from bitmesh.v1 import trainer_pb2 as t
 from tests.integration.trainer.conftest import TrainerMesh, make_mesh
-from tests.redis_process import RedisProcess
+from tests.redis_server import RedisProcess
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
+
+# kombu's Redis transport keeps unacknowledged deliveries in this hash.
+UNACKED_KEY = "unacked"
 
 
 @pytest.fixture
@@ -45,25 +56,71 @@ def lost_mesh(aof_redis: RedisProcess, tmp_path: Path) -> Iterator[TrainerMesh]:
         mesh.stop()
 
 
+def _waiting_in_brpop(broker: redis.Redis) -> bool:
+    """Whether a client of this database is blocked in BRPOP (the idle worker:
+    nothing else here consumes), as Redis itself sees it."""
+    db = broker.connection_pool.connection_kwargs.get("db", 0)
+    return any(
+        c.get("cmd") == "brpop" and "b" in c.get("flags", "") and int(c.get("db", -1)) == db
+        for c in broker.client_list()
+    )
+
+
+def _hand_to_a_frozen_worker(
+    broker: redis.Redis, worker: subprocess.Popen[bytes], send: Callable[[], str]
+) -> str:
+    """Freeze ``worker`` while it waits in BRPOP, then ``send`` the job: Redis
+    hands the message to the frozen worker's BRPOP, out of the list. Returns
+    the job id.
+
+    kombu's BRPOP times out every second and is sent again, so the worker may
+    be frozen between two of them, or its BRPOP may time out before the
+    message arrives; then the message stays in the list, and it is taken back
+    and pushed again at the next BRPOP (a loop on what Redis reports, not on
+    time)."""
+    queue = TRAINER.queue_name
+    job_id, message = "", None
+    for _ in range(50):
+        wait_for(lambda: _waiting_in_brpop(broker), 30, "the idle worker to wait in BRPOP")
+        os.killpg(worker.pid, signal.SIGSTOP)
+        if _waiting_in_brpop(broker):
+            if message is None:
+                job_id = send()
+            else:
+                broker.lpush(queue, message)
+            if broker.llen(queue) == 0:
+                return job_id  # the frozen worker's socket holds it now
+        if job_id and broker.llen(queue):
+            message = broker.rpop(queue)
+        os.killpg(worker.pid, signal.SIGCONT)
+    raise AssertionError("the message never reached the idle worker's BRPOP in 50 tries")
+
+
 def test_a_job_whose_message_died_with_an_idle_worker_is_re_sent(
     lost_mesh: TrainerMesh, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import redis
-
     mesh = lost_mesh
-    mesh.start_service()  # no worker yet: the message waits in the queue
-    with mesh.client() as client:
-        job_id = client.start_training(
-            t.StartTrainingRequest(
-                model=c.ModelRef(architecture="digits_cnn"),
-                dataset=c.DatasetRef(kind=c.DATASET_KIND_DIGITS),
-                qat=t.QatSpec(default_option=c.QuantOption(weight=c.NumericFormat(name="int8"))),
-                training=t.TrainingSettings(steps=20, learning_rate=0.05),
-            )
-        ).job_id
+    mesh.start_service()
+    idle = mesh.start_worker()
     broker = redis.Redis.from_url(mesh.redis_url)
-    assert broker.rpop(TRAINER.queue_name) is not None  # the dead worker's BRPOP
-    assert mesh.queue_length() == 0
+
+    def send() -> str:
+        with mesh.client() as client:
+            return client.start_training(
+                t.StartTrainingRequest(
+                    model=c.ModelRef(architecture="digits_cnn"),
+                    dataset=c.DatasetRef(kind=c.DATASET_KIND_DIGITS),
+                    qat=t.QatSpec(
+                        default_option=c.QuantOption(weight=c.NumericFormat(name="int8"))
+                    ),
+                    training=t.TrainingSettings(steps=20, learning_rate=0.05),
+                )
+            ).job_id
+
+    job_id = _hand_to_a_frozen_worker(broker, idle, send)
+    mesh.kill_worker(idle)  # SIGKILL: the message it was handed dies with it
+    assert mesh.queue_length() == 0 and broker.hlen(UNACKED_KEY) == 0  # nothing to redeliver
+    assert mesh.store().get(job_id).state.value == "queued"
 
     with caplog.at_level(logging.WARNING, logger="trainer_svc.resend"):
         mesh.start_worker()

@@ -17,7 +17,7 @@ from bitmesh.errors import Unavailable
 from bitmesh.v1 import common_pb2 as c
 from bitmesh.v1 import trainer_pb2 as t
 from tests.integration.trainer.conftest import TrainerMesh, make_mesh
-from tests.redis_process import RedisProcess
+from tests.redis_server import RedisProcess
 from tests.waiting import wait_for
 from trainer_svc import checkpoints
 from trainer_svc.jobs import ATTEMPTS_NAMESPACE
@@ -136,5 +136,6 @@ def test_redis_down_past_the_retry_window_the_job_is_redelivered_and_resumes(
     done = _succeeded_once(mesh, job_id)
     # Handed back (QUEUED, the task retried), then resumed from its checkpoint.
     assert len(done.resumed_from) == 1 and done.resumed_from[0] >= 80
-    assert mesh.artifacts().get_ref(ATTEMPTS_NAMESPACE, job_id) == {"attempts": 2}
+    # Both deliveries count toward BITMESH_TRAINER_MAX_ATTEMPTS, the first as an outage.
+    assert mesh.artifacts().get_ref(ATTEMPTS_NAMESPACE, job_id) == {"attempts": 2, "outages": 1}
     assert "Retry in" in _worker_log(mesh)  # Celery's retry, not a failure or an ack

@@ -20,7 +20,7 @@ from bitmesh.v1 import common_pb2 as c
 from bitmesh.v1 import proxy_nas_pb2 as p
 from bitmesh.v1 import sensitivity_pb2 as s
 from tests.integration.durability.conftest import ServiceProcess, service_env
-from tests.redis_process import RedisProcess
+from tests.redis_server import RedisProcess
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration

@@ -145,7 +145,7 @@ def test_hostile_images_are_invalid_arguments_naming_the_file(
             batch_size=2,
         ),
         options=[common_pb2.QuantOption(weight=common_pb2.NumericFormat(name="int8"))],
-        settings=sensitivity_pb2.EstimatorSettings(max_samples=2, num_batches=1),
+        settings=sensitivity_pb2.EstimatorSettings(max_samples=10, num_batches=1),
     )
     with pytest.raises(grpc.RpcError) as info:
         stub.StartAnalysis(request, metadata=AUTH, timeout=60)

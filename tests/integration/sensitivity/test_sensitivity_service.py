@@ -154,3 +154,34 @@ def test_bad_input_gets_clear_statuses(client: Client, tmp_path: Path) -> None:
     nan_model.model.weights = str(weights)
     with pytest.raises(FailedPrecondition, match=r"(?i)nan|finite"):
         client.start_analysis(nan_model)
+
+
+def test_estimator_settings_the_analysis_cannot_use_are_refused_at_start(client: Client) -> None:
+    """An analysis takes at least 10 samples per layer, and one per batch; a
+    request asking for fewer used to be accepted, then FAIL when it ran."""
+    before = len(client.list_analyses().jobs)
+    few = sensitivity_pb2.EstimatorSettings(max_samples=9, num_batches=1)
+    with pytest.raises(InvalidArgument, match=r"max_samples must be in \[10, 100000\].*got 9"):
+        client.start_analysis(
+            sensitivity_pb2.StartAnalysisRequest(
+                model=MODEL, dataset=DIGITS, options=[option("int4")], settings=few
+            )
+        )
+    more_batches = sensitivity_pb2.EstimatorSettings(max_samples=10, num_batches=11)
+    with pytest.raises(InvalidArgument, match=r"num_batches \(11\) must be at most max_samples"):
+        client.start_analysis(
+            sensitivity_pb2.StartAnalysisRequest(
+                model=MODEL, dataset=DIGITS, options=[option("int4")], settings=more_batches
+            )
+        )
+    assert len(client.list_analyses().jobs) == before  # nothing was queued
+    # The minimum itself is accepted and runs to a result.
+    least = sensitivity_pb2.EstimatorSettings(target_relative_se=0.5, max_samples=10, seed=1)
+    result, _ = run(
+        client,
+        sensitivity_pb2.StartAnalysisRequest(
+            model=MODEL, dataset=DIGITS, options=[option("int4")], settings=least
+        ),
+    )
+    assert result.status.state == common_pb2.JOB_STATE_SUCCEEDED, result.status.error
+    assert all(layer.samples <= 10 for layer in result.report.layers)

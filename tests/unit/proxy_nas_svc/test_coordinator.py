@@ -125,6 +125,48 @@ def test_a_cancelled_search_stops_before_sending_more_runs() -> None:
     assert len(sent) == 4  # two rounds of two runs, then the cancel
 
 
+class _KillsItsWorker(InlineBackend):
+    """Runs inline, except those at learning rate 0.01: their training kills
+    the worker every time (out of memory), so they never get a result and the
+    backend reports them lost (no result, no runner, no message waiting)."""
+
+    def __init__(self) -> None:
+        super().__init__(fake_train)
+        self.sends: dict[str, int] = {}
+        self.doomed: set[str] = set()
+
+    def submit(self, key: str, request: TrainingRequest) -> None:
+        self.sends[key] = self.sends.get(key, 0) + 1
+        if self.sends[key] > 10:  # the old loop: sent again for ever
+            raise AssertionError(f"run {key} was sent again and again, never given up")
+        if request.training.learning_rate == 0.01:
+            self.doomed.add(key)
+        else:
+            super().submit(key, request)
+
+    def lost(self, key: str) -> bool:
+        return key in self.doomed
+
+
+def test_a_run_lost_every_time_is_failed_after_its_resends() -> None:
+    from proxy_nas_svc.coordinator import CoordinatorOptions
+
+    backend = _KillsItsWorker()
+    result = Coordinator(
+        search(full_checks=0),
+        create_study("unit-lost", "random", 0, 8),
+        backend,
+        key_prefix="l",
+        options=CoordinatorOptions(poll_s=0.001, requeue_after_s=0.0, lost_resends=2),
+    ).run()
+    assert backend.doomed, "no run trained at the killing learning rate"
+    # Each doomed run: its first send and two re-sends, then failed with why.
+    assert {backend.sends[key] for key in backend.doomed} == {3}
+    lost = [t for t in result["trials"] if t["params"]["learning_rate"] == "0.01"]
+    assert lost and all(t["state"] == "failed" for t in lost)
+    assert all("its worker was lost 3 times" in t["reason"] for t in lost)
+
+
 @pytest.mark.parametrize(
     ("changes", "needle"),
     [

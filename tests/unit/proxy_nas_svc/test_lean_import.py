@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[3]
 SCRIPT = """
 import sys
 sys.modules["torch"] = None  # any import of torch now fails
-import proxy_nas_svc.servicer, proxy_nas_svc.tasks, trainer_svc.tasks
+import proxy_nas_svc.servicer, proxy_nas_svc.tasks, trainer_svc.tasks, trainer_svc.public
 import proxy_nas_svc.convert, proxy_nas_svc.validate, trainer_svc.convert, trainer_svc.servicer
 from bitmesh.rpc.convert_ml import dataset_spec_from_pb, model_spec_from_pb
 from bitmesh.v1 import common_pb2

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from bitmesh.artifacts import ArtifactStore
 from bitmesh.data.datasets import DatasetSpec
+from bitmesh.errors import Unavailable
 from bitmesh.formats import get_format, parse_option
+from bitmesh.jobs.ending import final_event
 from bitmesh.jobs.records import JobRecord, JobState
+from bitmesh.jobs.retry import RetryingStore, RetryPolicy, StoreOutage
 from bitmesh.jobs.store import SqliteJobStore, request_cancel, transition
 from bitmesh.models.digits_cnn import DigitsCNN
 from bitmesh.models.loading import ModelSpec, load_state_dict_file
@@ -191,3 +195,35 @@ def test_a_cancelled_queued_job_never_runs(stores) -> None:  # type: ignore[no-u
     assert request_cancel(store, "early").state is JobState.CANCELLED
     assert run_job("early", store, artifacts) is JobState.CANCELLED
     assert checkpoints.latest(artifacts, "early") is None
+    assert store.events_since("early", 0) == [final_event(store.get("early"))]
+
+
+class _EventsDown(SqliteJobStore):
+    """A real store whose event writes fail as Redis's do while it is down
+    (the job's first progress report meets the outage)."""
+
+    down = True
+
+    def append_event(self, job_id: str, event: dict[str, Any]) -> None:
+        if self.down:
+            raise Unavailable("Redis is not reachable: connection refused")
+        super().append_event(job_id, event)
+
+
+def test_hand_backs_in_store_outages_count_toward_max_attempts(tmp_path: Path) -> None:
+    raw = _EventsDown(tmp_path / "jobs.sqlite3")
+    store = RetryingStore(raw, RetryPolicy(window_s=0))  # every outage outlasts the window
+    artifacts = ArtifactStore(str(tmp_path / "artifacts"))
+    _submit(raw, "flaky", _search())
+    settings = TrainerSettings(max_attempts=2)
+    for _ in range(2):
+        with pytest.raises(StoreOutage):  # the task retries (a new delivery)
+            run_job("flaky", store, artifacts, settings=settings)
+        assert raw.get("flaky").state is JobState.QUEUED  # handed back, not left RUNNING
+    raw.down = False  # the third delivery finds the store up, and the cap spent
+    assert run_job("flaky", store, artifacts, settings=settings) is JobState.FAILED
+    record = raw.get("flaky")
+    assert "ran 2 times without finishing: 2 handed back" in record.error
+    assert "BITMESH_STORE_RETRY_SECONDS" in record.error
+    assert raw.events_since("flaky", 0) == [final_event(record)]
+    assert artifacts.get_ref(ATTEMPTS_NAMESPACE, "flaky") == {"attempts": 3, "outages": 2}
