@@ -47,7 +47,7 @@ def stable_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
-def sha256_hex(data: bytes) -> str:
+def sha256_hex(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
@@ -128,8 +128,11 @@ class ArtifactStore:
         return ArtifactStore(self.uri_of(namespace_of(self.root, tenant)))
 
     # -- blobs -------------------------------------------------------------
-    def put_bytes(self, data: bytes, media_type: str = "application/octet-stream") -> Artifact:
-        """Store ``data`` once; storing the same bytes again is a no-op."""
+    def put_bytes(
+        self, data: bytes | memoryview, media_type: str = "application/octet-stream"
+    ) -> Artifact:
+        """Store ``data`` (bytes, or a byte view such as a BytesIO's buffer)
+        once; storing the same bytes again is a no-op."""
         sha = sha256_hex(data)
         path = self._blob_path(sha)
         if not self.fs.exists(path):

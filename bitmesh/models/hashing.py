@@ -34,7 +34,7 @@ def _tensor_bytes(tensor: object) -> memoryview:
     if flat.numel() == 0:
         return memoryview(b"")
     # View as bytes so every dtype (bfloat16, float8, bool) hashes the same way.
-    return memoryview(flat.view(torch.uint8).numpy())
+    return flat.view(torch.uint8).numpy().data
 
 
 def model_hash(model: nn.Module) -> str:
