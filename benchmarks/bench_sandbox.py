@@ -12,7 +12,7 @@ Each is called ``--repeats`` times in one process: the first call is cold
 (for a program: the sandbox child's start and torch.export's imports; before
 the sandbox, those imports in the service), the rest warm (the median is
 reported). Runs on any checkout, so the same script measures before and
-after the sandbox. Prints one ``RESULT`` line per case.
+after the sandbox. Prints each case, then one ``RESULT`` line with every figure.
 """
 
 from __future__ import annotations
@@ -95,21 +95,25 @@ def main() -> None:
 
     dataset = DatasetSpec(kind="synthetic", shape=(3, 32, 32), num_classes=10)
     estimator = {"target_relative_se": 0.1, "max_samples": 4, "seed": 0, "num_batches": 1}
+    figures: dict[str, float] = {}
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = sensitivity_pb2_grpc.SensitivityServiceStub(channel)
             for kind in ("pt2", "architecture"):
                 request = sensitivity_pb2.ListLayersRequest(model=refs[kind], options=[int8])
                 cold, warm = _timed(lambda r=request: stub.ListLayers(r, timeout=300), args.repeats)
-                print(f"RESULT case=list_layers model={kind} cold_s={cold:.3f} warm_s={warm:.3f}")
+                print(f"list_layers {kind}: cold {cold:.3f} s, warm {warm:.3f} s")
+                figures |= {f"list_layers_{kind}_cold_s": cold, f"list_layers_{kind}_warm_s": warm}
                 spec = specs[kind]
                 cold, warm = _timed(
                     lambda s=spec: prepare(s, dataset, [parse_option("int8")], estimator, 8, False),
                     args.repeats,
                 )
-                print(f"RESULT case=prepare model={kind} cold_s={cold:.3f} warm_s={warm:.3f}")
+                print(f"prepare {kind}: cold {cold:.3f} s, warm {warm:.3f} s")
+                figures |= {f"prepare_{kind}_cold_s": cold, f"prepare_{kind}_warm_s": warm}
     finally:
         server.stop(0)
+    print("RESULT " + " ".join(f"{name}={value:.3f}" for name, value in figures.items()))
 
 
 if __name__ == "__main__":
