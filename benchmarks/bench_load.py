@@ -47,7 +47,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -273,16 +272,9 @@ def run_clients(count: int, body: Callable[[int], None]) -> None:
 
 
 def scrape_calls(port: int) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
+    from tests.metrics_scrape import metric_sum
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "bitmesh_rpc_calls_total"
-    )
+    return metric_sum(port, lambda s: s.name == "bitmesh_rpc_calls_total", timeout=5)
 
 
 # -- hostile callers ---------------------------------------------------------

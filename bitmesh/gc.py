@@ -34,7 +34,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from bitmesh.artifacts import ArtifactStore
@@ -136,8 +136,30 @@ def collect(
     clock: Callable[[], float] = time.time,
 ) -> GcReport:
     """One mark-and-sweep over ``artifacts``, ``stores`` keyed by store name."""
+    expired, live = _expire_and_list(stores, dry_run)
+    return _sweep(artifacts, stores, live, expired, min_age_seconds, dry_run, clock)
+
+
+def _expire_and_list(
+    stores: Mapping[str, JobStore], dry_run: bool
+) -> tuple[int, dict[str, dict[str, JobRecord]]]:
+    """Expire finished jobs past retention (not in a dry run); then the
+    records left, by store name and job id: the snapshot a sweep marks from."""
     expired = 0 if dry_run else sum(store.purge_expired() for store in stores.values())
     live = {name: {r.job_id: r for r in store.list(None, _ALL)} for name, store in stores.items()}
+    return expired, live
+
+
+def _sweep(
+    artifacts: ArtifactStore,
+    stores: Mapping[str, JobStore],
+    live: Mapping[str, Mapping[str, JobRecord]],
+    expired: int,
+    min_age_seconds: float,
+    dry_run: bool,
+    clock: Callable[[], float],
+) -> GcReport:
+    """Release, mark and sweep ``artifacts`` against the ``live`` snapshot."""
     released = _release_checkpoints(artifacts, stores, live, dry_run)
     released_keys = set()
     if dry_run:  # what a real run would have left referenced
@@ -205,11 +227,16 @@ def collect_all(
     dry_run: bool = False,
     clock: Callable[[], float] = time.time,
 ) -> GcReport:
-    """:func:`collect` over the root store and then every tenant's, summed."""
+    """:func:`collect` over the root store and then every tenant's, summed.
+
+    The job stores are shared by every tenant, so they are expired and
+    listed once for all the sweeps (they were once per tenant)."""
+    expired, live = _expire_and_list(stores, dry_run)
     reports = [
-        collect(store, stores, min_age_seconds, dry_run=dry_run, clock=clock)
+        _sweep(store, stores, live, 0, min_age_seconds, dry_run, clock)
         for store in (artifacts, *tenant_stores(artifacts))
     ]
+    reports[0] = replace(reports[0], jobs_expired=expired)
     totals = {
         name: sum(getattr(r, name) for r in reports)
         for name in GcReport.__dataclass_fields__

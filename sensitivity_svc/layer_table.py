@@ -6,11 +6,10 @@ from dataclasses import dataclass
 
 from bitmesh.costs import LayerCosts, option_costs
 from bitmesh.formats import QuantOption
-from bitmesh.models.layer_cache import layers_of
-from bitmesh.models.layers import LayerProfile, weight_parameters
+from bitmesh.models.layers import LayerProfile
 from bitmesh.models.loading import ModelSpec
-from bitmesh.models.model_cache import load_model_for_reading, model_hash_of
 from bitmesh.models.sandbox import ModelTable, vet_model
+from bitmesh.models.sandbox.table import describe
 
 
 @dataclass(frozen=True)
@@ -28,16 +27,7 @@ def _described(spec: ModelSpec) -> ModelTable:
     """The model's table: from the sandbox for a program file (this process
     never loads it), else from the architecture built here."""
     vetted = vet_model(spec)
-    if vetted is not None:
-        return vetted
-    model = load_model_for_reading(spec)
-    layers = layers_of(model, spec)
-    return ModelTable(
-        layers=tuple(layers),
-        total_parameters=sum(p.numel() for p in model.parameters()),
-        model_hash=model_hash_of(spec, model),
-        weight_parameters=weight_parameters(model),
-    )
+    return vetted if vetted is not None else describe(spec)
 
 
 def layer_table(spec: ModelSpec, options: list[QuantOption]) -> LayerTable:

@@ -99,7 +99,9 @@ def spec_from_json(data: dict[str, Any]) -> ModelSpec:
 
 
 def describe(spec: ModelSpec) -> ModelTable:
-    """Load the model (checked, probed) and discover its layers: the child's work."""
+    """Load the model (checked, probed) and discover its layers: the child's
+    work for a program file, the service's own for an architecture (trusted
+    torchvision code; ``sensitivity_svc.layer_table``)."""
     from bitmesh.models.layer_cache import layers_of
     from bitmesh.models.layers import weight_parameters
     from bitmesh.models.model_cache import load_model_for_reading, model_hash_of

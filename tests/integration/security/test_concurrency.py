@@ -9,7 +9,6 @@ standard ones: each call holds its thread until the test releases it, so
 from __future__ import annotations
 
 import threading
-import urllib.request
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from bitmesh.rpc.server import RunningServer, create_server
 from bitmesh.rpc.streams import STREAM_CAP_SETTING
 from bitmesh.v1 import common_pb2, sensitivity_pb2
 from tests.integration.security.conftest import free_port, make_settings
+from tests.metrics_scrape import metric_sum
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -195,15 +195,12 @@ def test_the_pool_has_a_thread_for_every_admitted_call(tmp_path: Path) -> None:
 
 
 def _refusals(metrics_port: int) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "bitmesh_rpc_calls_total" and s.labels.get("grpc_code") == "RESOURCE_EXHAUSTED"
+    return metric_sum(
+        metrics_port,
+        lambda s: (
+            s.name == "bitmesh_rpc_calls_total"
+            and s.labels.get("grpc_code") == "RESOURCE_EXHAUSTED"
+        ),
     )
 
 

@@ -17,7 +17,6 @@ GIL admits them a few per second while the others solve).
 from __future__ import annotations
 
 import threading
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,6 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from bitmesh.rpc.streams import STREAM_CAP_SETTING, stream_cap
 from bitmesh.v1 import (
@@ -39,6 +37,7 @@ from bitmesh.v1 import (
 from tests.hard_problems import hard_budgets, hard_problem
 from tests.integration.mesh.helpers import ServiceProcess, spawn_service, wait_serving
 from tests.integration.security.conftest import free_port, make_settings
+from tests.metrics_scrape import metric_sum
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -124,14 +123,13 @@ def _answer_or_busy(call: Callable[[], Any]) -> str:
 
 def _solves_taken(metrics_port: int) -> float:
     """Solve calls the server has taken: in flight now plus finished."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30) as reply:
-        text = reply.read().decode()
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name in ("bitmesh_rpc_in_flight", "bitmesh_rpc_calls_total")
-        and s.labels.get("grpc_method") == "Solve"
+    return metric_sum(
+        metrics_port,
+        lambda s: (
+            s.name in ("bitmesh_rpc_in_flight", "bitmesh_rpc_calls_total")
+            and s.labels.get("grpc_method") == "Solve"
+        ),
+        timeout=30,
     )
 
 
