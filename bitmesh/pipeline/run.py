@@ -127,6 +127,10 @@ def _fp32_key(ctx: RunContext) -> dict[str, Any]:
 
 
 def _sensitivity(ctx: RunContext) -> dict[str, Any]:
+    # The run's longest wait, and not its first job: importing in the background
+    # while the FP32 job ran took the client's GIL and CPU from that job's
+    # submission and watch (bench_pipeline: fp32 overhead 1.93 s -> 1.30 s).
+    warm_in_background(LAST_STEP_MODULES)
     return stages.run_sensitivity(
         ctx.client, ctx.request, ctx.inputs, ctx.fp32["weights_path"], ctx.progress
     )
@@ -333,9 +337,6 @@ def run_pipeline(
     }
     timings["resolve"] = time.monotonic() - started
     _check_export_support(request, report, out)
-    # After resolving, whose own imports (torch, torchvision) then do not race
-    # the thread's; the stages mostly wait on the mesh.
-    warm_in_background(LAST_STEP_MODULES)
     try:
         _walk(STAGES, ctx, cache, timings)
     except BudgetsInfeasible as exc:
