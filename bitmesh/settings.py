@@ -49,6 +49,11 @@ class Settings(BaseSettings):
 
     max_message_bytes: int = 64 * 1024 * 1024
     max_concurrent_jobs: int = 4
+    # Open (queued or running) jobs of one tenant per service, so that no
+    # tenant fills a service's queue and starves the others (see
+    # bitmesh.jobs.admission). Unset: the global cap, so a single tenant is
+    # admitted exactly as before tenants.
+    max_jobs_per_tenant: int | None = Field(default=None, ge=1)
     grace_seconds: float = 10.0
     call_timeout_seconds: float = 30.0
     # Calls one server serves at once (gRPC's maximum_concurrent_rpcs); each
@@ -214,6 +219,11 @@ class Settings(BaseSettings):
     def address_of(self, service: ServiceName) -> str:
         explicit: str = getattr(self, f"{service}_address")
         return explicit or f"{self.host}:{self.port_of(service)}"
+
+    @property
+    def tenant_job_cap(self) -> int:
+        """BITMESH_MAX_JOBS_PER_TENANT, or the global cap when it is unset."""
+        return self.max_jobs_per_tenant or self.max_concurrent_jobs
 
     @property
     def artifact_uri(self) -> str:

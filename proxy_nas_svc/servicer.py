@@ -57,10 +57,14 @@ class ProxyNasServicer(proxy_nas_pb2_grpc.ProxyNasServiceServicer):
         runner: SearchRunner,
         max_open_jobs: int,
         solver_client: Callable[[], Client],
+        max_tenant_jobs: int | None = None,
     ) -> None:
+        """``max_tenant_jobs``: one tenant's open searches
+        (BITMESH_MAX_JOBS_PER_TENANT; unset, only ``max_open_jobs`` caps)."""
         self.store = store
         self.runner = runner
         self.max_open_jobs = max_open_jobs
+        self.max_tenant_jobs = max_tenant_jobs
         self.solver_client = solver_client
 
     def _config(
@@ -124,6 +128,7 @@ class ProxyNasServicer(proxy_nas_pb2_grpc.ProxyNasServiceServicer):
                 tenant=tenant,
             ),
             self.max_open_jobs,
+            self.max_tenant_jobs,
         )
         self.runner.start(record.job_id)
         return common_pb2.JobRef(job_id=record.job_id)
@@ -209,6 +214,7 @@ def build(
         runner,
         settings.max_concurrent_jobs,
         lambda: Client(as_caller(settings)),
+        settings.tenant_job_cap,
     )
     sweeper = Sweeper(store, leases, PROXY_NAS.kinds, runner.end_orphan, settings.sweep_seconds)
     sweeper.start()

@@ -196,6 +196,7 @@ def build(
         leases=leases,
         retry=RetryPolicy(window_s=settings.store_retry_seconds),
         max_attempts=settings.job_max_attempts,
+        max_per_tenant=settings.tenant_job_cap,
     )
     servicer = SensitivityServicer(store, runner, ArtifactStore(settings.artifact_root))
     sweeper = Sweeper(store, leases, SENSITIVITY.kinds, servicer.resume, settings.sweep_seconds)

@@ -53,10 +53,19 @@ def job_id_for(kind: str, request_id: str, tenant: str = DEFAULT_TENANT) -> str:
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
-    def __init__(self, store: JobStore, enqueue: Enqueue, max_open_jobs: int) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        enqueue: Enqueue,
+        max_open_jobs: int,
+        max_tenant_jobs: int | None = None,
+    ) -> None:
+        """``max_open_jobs``: the service's cap (BITMESH_MAX_CONCURRENT_JOBS);
+        ``max_tenant_jobs``: one tenant's (BITMESH_MAX_JOBS_PER_TENANT)."""
         self.store = store
         self.enqueue = enqueue
         self.max_open_jobs = max_open_jobs
+        self.max_tenant_jobs = max_tenant_jobs
 
     def StartJob(
         self, request: trainer_pb2.StartTrainingRequest, context: grpc.ServicerContext
@@ -82,6 +91,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             self.store,
             JobRecord(job_id=job_id, kind=domain.kind, request=domain.to_dict(), tenant=tenant),
             self.max_open_jobs,
+            self.max_tenant_jobs,
         )
         try:
             self.enqueue(record.job_id)
@@ -140,7 +150,9 @@ def build(
     store = open_job_store(settings.redis_url, settings.artifact_root, STORE_NAME)
     enqueue = celery_enqueue(settings)
     celery = make_celery(settings, discover=False)
-    servicer = TrainerServicer(store, enqueue, settings.max_concurrent_jobs)
+    servicer = TrainerServicer(
+        store, enqueue, settings.max_concurrent_jobs, settings.tenant_job_cap
+    )
     resender = Resender(
         store,
         open_lease(settings.redis_url, settings.artifact_root, STORE_NAME),

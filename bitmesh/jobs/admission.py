@@ -11,6 +11,15 @@ created, so nothing already queued is touched.
 ``create_admitted`` makes the count-then-create step atomic: under a
 process-wide lock, and for a Redis store also under a Redis lock, so that
 replicas of a service cannot together overshoot the cap.
+
+Fairness between tenants (:mod:`bitmesh.tenants`): the same count, split by
+the records' tenant, caps each tenant's open jobs of a kind at
+``BITMESH_MAX_JOBS_PER_TENANT`` (by default the global cap, so one tenant
+alone is admitted exactly as before tenants). With it below the global cap, a
+tenant that filled its share is refused while the others still get in: no
+tenant can fill a service's queue and starve the rest. It is counted from the
+job store, like the global cap, so it holds across replicas and restarts.
+The refusal names the caller's own numbers only, never another tenant's.
 """
 
 from __future__ import annotations
@@ -33,26 +42,57 @@ _locks_guard = threading.Lock()
 _locks: dict[tuple[int, str], threading.Lock] = {}
 
 
-def open_jobs(store: JobStore, kind: str, scan_limit: int = ADMISSION_SCAN_LIMIT) -> int:
-    """Jobs of ``kind`` in ``store`` that are queued or running."""
-    return sum(1 for r in store.list(kind, scan_limit) if r.kind == kind and not r.state.terminal)
+def _open_records(store: JobStore, kind: str, scan_limit: int) -> list[JobRecord]:
+    return [r for r in store.list(kind, scan_limit) if r.kind == kind and not r.state.terminal]
 
 
-def admit(store: JobStore, kind: str, cap: int) -> int:
+def open_jobs(
+    store: JobStore, kind: str, scan_limit: int = ADMISSION_SCAN_LIMIT, tenant: str | None = None
+) -> int:
+    """Jobs of ``kind`` in ``store`` that are queued or running (``tenant``'s
+    only, when given)."""
+    records = _open_records(store, kind, scan_limit)
+    return sum(1 for r in records if tenant is None or r.tenant == tenant)
+
+
+def tenant_cap_exhausted(kind: str, count: int, cap: int) -> ResourceExhausted:
+    """The refusal of a tenant at its cap: its own numbers and the setting."""
+    return ResourceExhausted(
+        f"{count} of your {kind} jobs are queued or running, the cap per tenant is {cap}; "
+        "wait for one to finish or cancel one (BITMESH_MAX_JOBS_PER_TENANT raises the cap)"
+    )
+
+
+def admit(
+    store: JobStore,
+    kind: str,
+    cap: int,
+    tenant: str | None = None,
+    tenant_cap: int | None = None,
+) -> int:
     """Check there is room for one more ``kind`` job; return how many are open.
 
     Raises :class:`ResourceExhausted` when ``cap`` jobs are already queued or
-    running. Not atomic with the create that follows: use
+    running, or ``tenant_cap`` of ``tenant``'s are (the global cap is checked
+    first: with the default ``tenant_cap == cap`` one tenant gets the message
+    it got before tenants). Not atomic with the create that follows: use
     :func:`create_admitted` when two submissions may race.
     """
     if cap < 1:
         raise ValueError(f"cap must be at least 1, got {cap}")
-    count = open_jobs(store, kind)
+    if tenant_cap is not None and tenant_cap < 1:
+        raise ValueError(f"tenant_cap must be at least 1, got {tenant_cap}")
+    records = _open_records(store, kind, ADMISSION_SCAN_LIMIT)
+    count = len(records)
     if count >= cap:
         raise ResourceExhausted(
             f"{count} {kind} jobs are queued or running, the cap is {cap}; wait for one to "
             "finish or cancel one (BITMESH_MAX_CONCURRENT_JOBS raises the cap)"
         )
+    if tenant is not None and tenant_cap is not None:
+        mine = sum(1 for r in records if r.tenant == tenant)
+        if mine >= tenant_cap:
+            raise tenant_cap_exhausted(kind, mine, tenant_cap)
     return count
 
 
@@ -71,12 +111,15 @@ def _redis_lock(store: JobStore, kind: str) -> Any | None:
     )
 
 
-def create_admitted(store: JobStore, record: JobRecord, cap: int) -> JobRecord:
-    """Create ``record`` if its kind is under ``cap`` (atomically); else refuse."""
+def create_admitted(
+    store: JobStore, record: JobRecord, cap: int, tenant_cap: int | None = None
+) -> JobRecord:
+    """Create ``record`` if its kind is under ``cap`` and its tenant under
+    ``tenant_cap`` (atomically, under the one admission lock); else refuse."""
     with _process_lock(store, record.kind):
         shared = _redis_lock(store, record.kind)
         if shared is None:
-            admit(store, record.kind, cap)
+            admit(store, record.kind, cap, record.tenant, tenant_cap)
             return store.create(record)
         try:
             acquired = shared.acquire()
@@ -88,7 +131,7 @@ def create_admitted(store: JobStore, record: JobRecord, cap: int) -> JobRecord:
                 "retry the call"
             )
         try:
-            admit(store, record.kind, cap)
+            admit(store, record.kind, cap, record.tenant, tenant_cap)
             return store.create(record)
         finally:
             # A lock that expired meanwhile is gone either way.

@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from bitmesh.errors import BitmeshError, Cancelled, ResourceExhausted
+from bitmesh.jobs.admission import tenant_cap_exhausted
 from bitmesh.jobs.ending import finish
 from bitmesh.jobs.lease import LeaseLost
 from bitmesh.jobs.records import JobRecord, JobState, new_job_id
@@ -249,8 +250,11 @@ class ThreadJobRunner:
         leases: HeldLeases | None = None,
         retry: RetryPolicy | None = None,
         max_attempts: int | None = None,
+        max_per_tenant: int | None = None,
     ) -> None:
-        """``leases``: held on every job from before its record exists until
+        """``max_per_tenant``: one tenant's running jobs (BITMESH_MAX_JOBS_PER_TENANT;
+        None: only ``max_concurrent`` caps), so that no tenant takes every thread.
+        ``leases``: held on every job from before its record exists until
         it ends, so a sweeper can tell a dead process's jobs (none by default).
         ``retry``: how long a running job's store calls ride out an outage
         (calls of RPCs, ``submit`` and ``cancel``, fail at once instead).
@@ -268,7 +272,9 @@ class ThreadJobRunner:
         self.max_concurrent = max_concurrent
         self._pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix=kind)
         self._lock = threading.Lock()
+        self.max_per_tenant = max_per_tenant
         self._running: dict[str, tuple[Future[None], threading.Event]] = {}
+        self._tenants: dict[str, str] = {}  # running job id -> its tenant
 
     def submit(
         self,
@@ -293,6 +299,10 @@ class ThreadJobRunner:
                     f"{self.max_concurrent}; wait for one to finish or cancel one "
                     "(BITMESH_MAX_CONCURRENT_JOBS raises the cap)"
                 )
+            self._tenants = {k: v for k, v in self._tenants.items() if k in self._running}
+            mine = sum(1 for k in self._running if self._tenants.get(k) == tenant)
+            if self.max_per_tenant is not None and mine >= self.max_per_tenant:
+                raise tenant_cap_exhausted(self.kind, mine, self.max_per_tenant)
             job_id = job_id or new_job_id(self.kind)
             if self.leases is not None and not self.leases.take(job_id):
                 raise ResourceExhausted(f"job {job_id} is already running; start another")
@@ -307,6 +317,7 @@ class ThreadJobRunner:
             event = threading.Event()
             future = self._pool.submit(self._run, record.job_id, work, event)
             self._running[record.job_id] = (future, event)
+            self._tenants[record.job_id] = tenant
         return record
 
     def cancel(self, job_id: str) -> JobRecord:
@@ -323,6 +334,7 @@ class ThreadJobRunner:
             event = threading.Event()
             future = self._pool.submit(self._run, job_id, work, event)
             self._running[job_id] = (future, event)
+            self._tenants[job_id] = self.store.get(job_id).tenant  # counts toward its tenant's cap
 
     def _run(self, job_id: str, work: JobWork, cancel_event: threading.Event) -> None:
         try:

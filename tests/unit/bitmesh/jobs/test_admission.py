@@ -71,3 +71,42 @@ def test_create_admitted_never_overshoots(store: SqliteJobStore) -> None:
         t.join()
     assert outcomes.count("ok") == cap and outcomes.count("refused") == callers - cap
     assert len(store.list("training")) == cap
+
+
+def _add_for(store: SqliteJobStore, tenant: str) -> str:
+    job_id = new_job_id("training")
+    store.create(JobRecord(job_id=job_id, kind="training", tenant=tenant))
+    return job_id
+
+
+def test_a_tenant_at_its_cap_is_refused_while_another_gets_in(store: SqliteJobStore) -> None:
+    for _ in range(2):
+        _add_for(store, "alice")
+    with pytest.raises(ResourceExhausted) as info:
+        create_admitted(
+            store, JobRecord(job_id=new_job_id("training"), kind="training", tenant="alice"), 4, 2
+        )
+    assert "2 of your training jobs are queued or running" in info.value.message
+    assert "BITMESH_MAX_JOBS_PER_TENANT" in info.value.message
+    assert open_jobs(store, "training", tenant="alice") == 2  # nothing queued
+    create_admitted(
+        store, JobRecord(job_id=new_job_id("training"), kind="training", tenant="bob"), 4, 2
+    )
+    assert open_jobs(store, "training", tenant="bob") == 1
+
+
+def test_the_default_tenant_cap_leaves_one_tenant_as_before(store: SqliteJobStore) -> None:
+    """tenant_cap == cap (the setting unset): the global refusal, unchanged."""
+    for _ in range(2):
+        _add_for(store, "default")
+    with pytest.raises(ResourceExhausted) as info:
+        admit(store, "training", 2, "default", 2)
+    assert "2 training jobs are queued or running, the cap is 2" in info.value.message
+    assert "BITMESH_MAX_CONCURRENT_JOBS" in info.value.message
+
+
+def test_the_tenant_cap_setting_defaults_to_the_global_cap() -> None:
+    from bitmesh.settings import Settings
+
+    assert Settings(max_concurrent_jobs=7).tenant_job_cap == 7
+    assert Settings(max_concurrent_jobs=7, max_jobs_per_tenant=3).tenant_job_cap == 3

@@ -96,3 +96,27 @@ def test_runner_cancel_and_failure(tmp_path) -> None:
     failed = store.get(bad.job_id)
     assert failed.state is JobState.FAILED
     assert "boom" not in failed.error and "internal error" in failed.error
+
+
+def test_runner_caps_each_tenant(tmp_path) -> None:
+    """BITMESH_MAX_JOBS_PER_TENANT in the in-process runner (sensitivity): a
+    tenant holding its share of the threads is refused, another gets one."""
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    runner = ThreadJobRunner(store, "k", max_concurrent=3, max_per_tenant=1)
+    gate = threading.Event()
+
+    def slow(ctx: JobContext) -> dict:
+        while not gate.wait(0.02):
+            ctx.raise_if_cancelled()
+        return {"ok": True}
+
+    try:
+        runner.submit({}, slow, tenant="alice")
+        with pytest.raises(ResourceExhausted, match="BITMESH_MAX_JOBS_PER_TENANT") as info:
+            runner.submit({}, slow, tenant="alice")
+        assert "1 of your k jobs are queued or running" in info.value.message
+        runner.submit({}, slow, tenant="bob")
+    finally:
+        gate.set()
+        runner.shutdown(5)
+    assert sorted(r.tenant for r in store.list("k")) == ["alice", "bob"]
