@@ -127,10 +127,6 @@ def _fp32_key(ctx: RunContext) -> dict[str, Any]:
 
 
 def _sensitivity(ctx: RunContext) -> dict[str, Any]:
-    # The run's longest wait, and not its first job: importing in the background
-    # while the FP32 job ran took the client's GIL and CPU from that job's
-    # submission and watch (bench_pipeline: fp32 overhead 1.93 s -> 1.30 s).
-    warm_in_background(LAST_STEP_MODULES)
     return stages.run_sensitivity(
         ctx.client, ctx.request, ctx.inputs, ctx.fp32["weights_path"], ctx.progress
     )
@@ -338,7 +334,14 @@ def run_pipeline(
     timings["resolve"] = time.monotonic() - started
     _check_export_support(request, report, out)
     try:
-        _walk(STAGES, ctx, cache, timings)
+        _walk(STAGES[:1], ctx, cache, timings)  # the FP32 stage
+        # After the first job, during the run's longest wait (sensitivity), and
+        # whether or not a stage comes from the cache: importing in the
+        # background while the FP32 job ran took the client's GIL and CPU from
+        # that job's submission and watch (bench_pipeline: fp32 overhead
+        # 1.93 s -> 1.30 s).
+        warm_in_background(LAST_STEP_MODULES)
+        _walk(STAGES[1:], ctx, cache, timings)
     except BudgetsInfeasible as exc:
         report["status"] = "infeasible"
         report["error"] = exc.message
