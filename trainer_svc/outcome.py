@@ -53,7 +53,7 @@ def weights_bytes(
         "config": {name: option.key for name, option in config.items()},
     }
     buffer = io.BytesIO()
-    with serialization_config.patch({"save.compute_crc32": False}):
+    with serialization_config.patch({"save.compute_crc32": False}):  # type: ignore[attr-defined]
         torch.save(payload, buffer)
     # A view, not getvalue(): that copied a resnet18's 45 MB once more per job.
     return buffer.getbuffer()
