@@ -55,19 +55,22 @@ def budget_problem(model_spec: ModelSpec, candidates: Sequence[QuantOption]) -> 
     (:func:`bitmesh.models.sandbox.vet_weight_errors`), under its caps, so
     this process never loads the program; an architecture is built here."""
     from bitmesh.costs import option_costs
+    from bitmesh.models.layer_cache import layers_of
+    from bitmesh.models.model_cache import load_model_for_reading
     from bitmesh.models.sandbox import vet_weight_errors
-    from bitmesh.models.sandbox.table import describe, weight_errors
+    from bitmesh.models.sandbox.table import layer_weight_errors
     from bitmesh.rpc.convert import costs_to_pb, option_to_pb
     from bitmesh.v1 import solver_pb2
 
     vetted = vet_weight_errors(model_spec, candidates)
     if vetted is not None:
-        table, errors = vetted
+        layers, errors = list(vetted[0].layers), vetted[1]
     else:
-        table = describe(model_spec)
-        errors = weight_errors(model_spec, table.layers, candidates)
+        model = load_model_for_reading(model_spec)
+        layers = layers_of(model, model_spec)
+        errors = layer_weight_errors(model, layers, candidates)
     problem = solver_pb2.Problem(name=f"proxy-nas:{model_spec.name_or_path}")
-    for layer, layer_errors in zip(table.layers, errors, strict=True):
+    for layer, layer_errors in zip(layers, errors, strict=True):
         options = [
             solver_pb2.ProblemOption(
                 key=option.key,

@@ -18,6 +18,8 @@ from bitmesh.models.spec import ModelSpec
 if TYPE_CHECKING:  # torch-free at import: the trainer's and proxy's edges import this
     from collections.abc import Sequence
 
+    from torch import nn
+
     from bitmesh.formats import QuantOption
     from bitmesh.models.layers import LayerProfile
 
@@ -25,6 +27,7 @@ __all__ = [
     "ModelTable",
     "describe",
     "errors_from_json",
+    "layer_weight_errors",
     "spec_from_json",
     "spec_to_json",
     "weight_errors",
@@ -134,16 +137,24 @@ def describe(spec: ModelSpec) -> ModelTable:
 def weight_errors(
     spec: ModelSpec, layers: Sequence[LayerProfile], options: Sequence[QuantOption]
 ) -> list[list[float]]:
+    """:func:`layer_weight_errors` of ``spec``'s model, loaded for reading: the
+    child's work for a program file (its weights are read only by loading it)."""
+    from bitmesh.models.model_cache import load_model_for_reading
+
+    return layer_weight_errors(load_model_for_reading(spec), layers, options)
+
+
+def layer_weight_errors(
+    model: nn.Module, layers: Sequence[LayerProfile], options: Sequence[QuantOption]
+) -> list[list[float]]:
     """Per layer of ``layers`` (in order) and option, ||Q_f(W_l) - W_l||^2 of
-    the loaded model's weight: the uniform-sensitivity Omega of proxy NAS's
-    budget problem. The child's work for a program file (the weights are the
-    program's, read only by loading it), the service's for an architecture."""
+    ``model``'s weight: the uniform-sensitivity Omega of proxy NAS's budget
+    problem, computed alike in the child (a program) and in the service (an
+    architecture, trusted code)."""
     import torch
 
-    from bitmesh.models.model_cache import load_model_for_reading
     from bitmesh.quant.fake_quant import weight_error_sq
 
-    model = load_model_for_reading(spec)
     errors = []
     for layer in layers:
         try:
