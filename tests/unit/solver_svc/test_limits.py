@@ -33,6 +33,16 @@ def test_settings_reach_the_limits() -> None:
     assert limits.time_limit(0) == 3.0
 
 
+def test_the_loaded_options_cap_reads_its_old_name_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BITMESH_SOLVER_MAX_LOADED_CELLS (the registry counted dense cells) is
+    still read; the new name wins when both are set."""
+    assert Settings(solver_max_loaded_options=5).solver_max_loaded_options == 5
+    monkeypatch.setenv("BITMESH_SOLVER_MAX_LOADED_CELLS", "7")
+    assert Settings().solver_max_loaded_options == 7
+    monkeypatch.setenv("BITMESH_SOLVER_MAX_LOADED_OPTIONS", "9")
+    assert Settings().solver_max_loaded_options == 9
+
+
 @pytest.mark.parametrize(
     ("limits", "setting"),
     [

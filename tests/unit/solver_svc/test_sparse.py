@@ -1,7 +1,7 @@
 """Problems are stored sparse: memory linear in the options sent (issue 16).
 
 Three things are checked. A problem of 20,000 four-option layers and one
-256-option layer (under 1 MB on the wire, ~470 MiB laid out dense) is prepared
+256-option layer (2.5 MB on the wire, 573 MiB to lay out dense) is prepared
 in memory linear in its options and solved. The instances built from the
 sparse layout equal, array for array, those of a plain dense reference written
 here (so every engine sees what it saw before). The registry evicts by the
