@@ -100,8 +100,12 @@ class SolveTimedOut(FailedPrecondition):
 class ProblemSolver:
     """Solves one problem under many budgets (see the module doc)."""
 
-    def __init__(self, problem: Problem | PreparedProblem) -> None:
+    def __init__(
+        self, problem: Problem | PreparedProblem, *, max_dense_cells: int | None = None
+    ) -> None:
         self.prepared = problem if isinstance(problem, PreparedProblem) else prepare(problem)
+        #: Cap on one instance's dense cells (``build_instance``); None = no cap.
+        self.max_dense_cells = max_dense_cells
         self._instances: dict[tuple[str, tuple[str, ...]], Instance] = {}
         # Per group: option key -> prepared option index (hints arrive as keys).
         self._key_index = [{key: k for k, key in enumerate(keys)} for keys in self.prepared.keys]
@@ -118,7 +122,9 @@ class ProblemSolver:
         key = (objective, axes)
         cached = self._instances.get(key)
         if cached is None:
-            cached = self._instances[key] = build_instance(self.prepared, objective, budgets)
+            cached = self._instances[key] = build_instance(
+                self.prepared, objective, budgets, max_dense_cells=self.max_dense_cells
+            )
             return cached
         return cached.with_limits(limits_for(self.prepared, budgets))
 
@@ -238,8 +244,8 @@ class ProblemSolver:
         """(total omega, totals, average weight bits) of a choice of prepared
         option indices per group, fixed layers included. The average bits
         count the scales unless the problem's budgets are weights-only."""
-        groups = np.arange(self.prepared.num_groups)
-        sums = self.prepared.values[:, groups, original].sum(axis=1) + self.prepared.fixed
+        columns = self.prepared.columns(original)
+        sums = self.prepared.values[:, columns].sum(axis=1) + self.prepared.fixed
         totals = Totals(
             size_bytes=float(sums[_ROW["code_bytes"]]),
             bops=float(sums[_ROW["bops"]]),
