@@ -24,8 +24,8 @@ ids): the real StartAnalysis/StartJob may not have landed, and their work
 4. hostile: beside a normal load (what-if queries or layer listings, and
    health, from ``clients`` clients), hostile callers send requests over the
    caps (a 3 x 8192 x 8192 input, 2^31-1 classes, a solver problem of
-   20,001 layers, over ``BITMESH_SOLVER_MAX_LAYERS``), bytes that do not parse, and a flood of watchers (64
-   streams on one held job, more than ``BITMESH_MAX_CONCURRENT_STREAMS``).
+   20,001 layers, over ``BITMESH_SOLVER_MAX_LAYERS``), bytes that do not
+   parse, and a flood of watchers (64 streams on one held job, more than ``BITMESH_MAX_CONCURRENT_STREAMS``).
    Every hostile call must end with its expected status (RESOURCE_EXHAUSTED,
    INVALID_ARGUMENT; a watcher served or refused RESOURCE_EXHAUSTED), every
    normal call must succeed (``normal_p99_ms`` is their p99), and every
