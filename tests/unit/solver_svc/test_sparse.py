@@ -341,3 +341,35 @@ def test_the_registry_evicts_by_stored_options(tmp_path: Path) -> None:
             pinned.problem_id,
             loaded[0].problem_id,
         ]
+
+
+def test_a_problem_keeps_few_instances_and_bounded_cells() -> None:
+    """Instances are cached per objective and axes, least recently used out:
+    by count, and by their cells against the per-instance cap (the registry
+    counts stored options only, so this bounds what solves add on top)."""
+    from itertools import combinations
+
+    from solver_svc.solve import CACHED_CELLS_FACTOR, MAX_CACHED_INSTANCES
+
+    problem = _random_problem(np.random.default_rng(3))
+    axes = ("size_bytes", "bops", "latency_ms", "avg_weight_bits")
+    patterns = [c for n in range(1, 5) for c in combinations(axes, n)]
+    solver = ProblemSolver(problem)
+    for pattern in patterns:  # 15 patterns, every one a new instance
+        solver.instance("omega", Budgets(**dict.fromkeys(pattern, 1e9)))
+    assert len(solver._instances) == MAX_CACHED_INSTANCES
+    newest = ("omega", patterns[-1])
+    assert next(reversed(solver._instances)) == newest
+    # A hit moves an instance to the back, so it survives the next insertions.
+    oldest = next(iter(solver._instances))
+    solver.instance("omega", Budgets(**dict.fromkeys(oldest[1], 1e9)))
+    solver.instance("size_bytes", Budgets(bops=1e9))
+    assert oldest in solver._instances
+
+    free = ProblemSolver(problem)
+    sizes = [free.instance("omega", Budgets(**dict.fromkeys(p, 1e9))).obj.size for p in patterns]
+    tight = ProblemSolver(problem, max_dense_cells=max(sizes))
+    for pattern in patterns:
+        tight.instance("omega", Budgets(**dict.fromkeys(pattern, 1e9)))
+        assert tight.cached_cells() <= CACHED_CELLS_FACTOR * max(sizes)
+    assert 1 <= len(tight._instances) < MAX_CACHED_INSTANCES
