@@ -48,6 +48,6 @@ def run_calibration(ws: Workspace, io: LoopIO) -> Outcome:
         evaluation=evaluation,
         history=history,
         steps_done=total,
-        weights=weights_bytes(model, layers, chosen),
+        weights=weights_bytes(model, layers, chosen) if layers else None,
         seconds=seconds,
     )

@@ -96,7 +96,10 @@ def publish(
 ) -> dict[str, Any]:
     """Store weights, configuration and metrics; return the job's result (JSON)."""
     config = {name: option.key for name, option in outcome.config.items()}
-    weights = artifacts.put_bytes(outcome.weights, media_type=WEIGHTS_MEDIA_TYPE)
+    stored: dict[str, Any] = {}
+    if outcome.weights is not None:  # None: the job changed no weight (Outcome)
+        weights = artifacts.put_bytes(outcome.weights, media_type=WEIGHTS_MEDIA_TYPE)
+        stored["weights"] = _artifact_dict(weights)
     config_artifact = artifacts.put_json(
         {
             "job_id": job_id,
@@ -127,7 +130,7 @@ def publish(
         "target": outcome.target,
         "seconds": outcome.seconds,
         "artifacts": {
-            "weights": _artifact_dict(weights),
+            **stored,
             "config": _artifact_dict(config_artifact),
             "metrics": _artifact_dict(metrics),
         },

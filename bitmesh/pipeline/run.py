@@ -115,7 +115,6 @@ def _fp32(ctx: RunContext) -> dict[str, Any]:
         # Later stages start from (and distil from) the user's own file.
         "weights_path": inputs.weights,
         "weights_sha256": given,
-        "evaluation_weights_sha256": result["weights_sha256"],
     }
 
 

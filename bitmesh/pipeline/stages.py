@@ -104,8 +104,11 @@ def follow_training(
         "samples": result.evaluation.samples,
         "costs": _costs(result.evaluation.costs),
         "config": {c.layer: option_from_pb(c.option).key for c in result.config.layers},
-        "weights_sha256": result.weights.sha256,
-        "weights_path": _weights_path(client, result.weights.sha256),
+        # Unset when the job changed no weight (an evaluation of a given model).
+        "weights_sha256": result.weights.sha256 if result.HasField("weights") else "",
+        "weights_path": (
+            _weights_path(client, result.weights.sha256) if result.HasField("weights") else ""
+        ),
         "steps_done": result.steps_done,
         "final_entropy": result.final_entropy,
         "seconds": time.monotonic() - start,
@@ -136,7 +139,8 @@ def evaluation_request(
 ) -> trainer_pb2.StartTrainingRequest:
     """The given model as it is: a calibration job with nothing to quantize
     runs one forward batch (no step, no update) and evaluates the float model
-    on the test split, with the trainer's own loading and checks."""
+    on the test split, with the trainer's own loading and checks. It stores
+    no weights (it changed none): the user's file stays the teacher."""
     return trainer_pb2.StartTrainingRequest(
         model=inputs.model_ref(),
         dataset=inputs.dataset_ref(),

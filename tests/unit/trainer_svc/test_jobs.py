@@ -22,9 +22,16 @@ from bitmesh.models.loading import ModelSpec, load_state_dict_file
 from tests.waiting import wait_for
 from trainer_svc import checkpoints
 from trainer_svc.config import TrainerSettings
+from trainer_svc.convert import result_to_pb
 from trainer_svc.jobs import ATTEMPTS_NAMESPACE, run_job
 from trainer_svc.lease import LocalLease
-from trainer_svc.specs import QatSpec, SearchSpec, TrainingRequest, TrainingSettings
+from trainer_svc.specs import (
+    CalibrationSpec,
+    QatSpec,
+    SearchSpec,
+    TrainingRequest,
+    TrainingSettings,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -50,6 +57,35 @@ def _search(steps: int = 60, checkpoint_every: int = 20) -> TrainingRequest:
         steps=steps, learning_rate=0.05, checkpoint_every=checkpoint_every, seed=1
     )
     return TrainingRequest("search", MODEL, DATA, spec, settings)
+
+
+def test_an_evaluation_stores_no_weights(stores) -> None:  # type: ignore[no-untyped-def]
+    """A calibration that quantizes no layer changes no weight: nothing is
+    stored for them, and the result says so by having none (the input's
+    file is the weights), while one that quantizes stores its weights."""
+    store, artifacts = stores
+    as_given = TrainingRequest(
+        "calibration", MODEL, DATA, CalibrationSpec(calibration_batches=1), TrainingSettings()
+    )
+    _submit(store, "eval-1", as_given)
+    assert run_job("eval-1", store, artifacts) is JobState.SUCCEEDED
+    result = store.get("eval-1").result
+    assert result is not None and result["config"] == {}
+    assert "weights" not in result["artifacts"] and "metrics" in result["artifacts"]
+    assert not result_to_pb(store.get("eval-1")).HasField("weights")
+    assert not any(blob.size_bytes > 10_000 for blob in artifacts.blobs())
+
+    quantized = TrainingRequest(
+        "calibration",
+        MODEL,
+        DATA,
+        CalibrationSpec(default_option=parse_option("int8"), calibration_batches=1),
+        TrainingSettings(),
+    )
+    _submit(store, "calib-1", quantized)
+    assert run_job("calib-1", store, artifacts) is JobState.SUCCEEDED
+    stored = store.get("calib-1").result["artifacts"]["weights"]  # type: ignore[index]
+    DigitsCNN().load_state_dict(load_state_dict_file(artifacts.local_path(stored["sha256"])))
 
 
 def test_a_job_succeeds_once_and_publishes_loadable_weights(stores) -> None:  # type: ignore[no-untyped-def]
