@@ -1,0 +1,248 @@
+"""A program file's analysis runs in a child process, never in the service's.
+
+A ``.pt2`` is code (its graph runs ATen ops), and the sandbox
+(:mod:`bitmesh.models.sandbox`) only vets it on a one-sample probe: a forward
+that behaves differently at the batch size, or on the data rather than on
+zeros, would do so in whatever process runs the analysis. So for a program
+file the service loads nothing: :func:`analyse_in_child` starts
+:mod:`sensitivity_svc.isolated_child` for the job, which loads the model,
+checks the data against it and estimates the traces, and only JSON (the
+progress and the report, numbers and names, never a pickle) comes back.
+
+- **Isolated** as the sandbox is: the environment from
+  :func:`~bitmesh.models.sandbox.worker.child_environment` (no ``BITMESH_*``
+  setting, no Redis URL, no GPU), an empty temporary working directory. Only
+  the thread count differs: the child gets the service's torch threads, as
+  the in-process analysis would have.
+- **Capped**: ``BITMESH_ANALYSIS_MEMORY_BYTES`` of address space past its
+  imports, lowered by the child to twice the analysis's own estimate once the
+  model is loaded (see the child's docstring).
+- **The job's semantics**: a cancel (the user's, or the runner's at service
+  shutdown) kills the child within :data:`POLL_S`; a child that dies (out of
+  memory, a signal) fails the job with a bounded message naming the cap; its
+  running estimates are handed to the job's progress function, so Watch
+  shows them as for an in-process analysis.
+
+One child per analysis, started by the job and gone when it ends: its torch
+import (seconds) is paid by every analysis of a program file, not by the
+architecture names, which run in the service as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bitmesh.errors import Cancelled, InvalidArgument, ResourceExhausted
+from bitmesh.formats import QuantOption
+from bitmesh.models.layers import LayerProfile
+from bitmesh.models.sandbox.protocol import MAX_REPLY_BYTES, error_from_reply, sanitize
+from bitmesh.models.sandbox.table import spec_to_json
+from bitmesh.models.sandbox.worker import _absolute, child_environment
+from bitmesh.models.spec import ModelSpec
+from sensitivity_svc.analysis import SensitivitySettings
+from sensitivity_svc.hutchinson import CancelFlag, LayerTrace
+from sensitivity_svc.report import SensitivityReport
+
+__all__ = ["POLL_S", "analyse_in_child", "live_children"]
+
+#: How often the service checks the job's cancel flag while the child works.
+POLL_S = 0.2
+
+_live: dict[int, subprocess.Popen[bytes]] = {}
+_live_lock = threading.Lock()
+
+
+def live_children() -> list[int]:
+    """The pids of the analysis children running now (tests, metrics)."""
+    with _live_lock:
+        return sorted(_live)
+
+
+def _memory_bytes() -> int:
+    from bitmesh.settings import load_settings
+
+    return load_settings().analysis_memory_bytes
+
+
+def analyse_in_child(
+    spec: ModelSpec,
+    batches: Sequence[tuple[Tensor, Tensor]],
+    layers: Sequence[LayerProfile],
+    options: Sequence[QuantOption],
+    settings: SensitivitySettings,
+    seed: int,
+    progress: Callable[[str, LayerTrace], None] | None,
+    cancel: CancelFlag,
+    stored: SensitivityReport | None = None,
+) -> SensitivityReport:
+    """The report :func:`sensitivity_svc.analysis.analyse` would give for the
+    model of ``spec`` on ``batches`` (same seed, same traces), computed in a
+    child; or, given ``stored``, that report with ``options`` priced too.
+
+    Raises what the analysis raises (InvalidArgument, FailedPrecondition,
+    ResourceExhausted: the child's own report), ResourceExhausted when the
+    child dies, Cancelled when ``cancel`` is set."""
+    memory_bytes = _memory_bytes()
+    with tempfile.TemporaryDirectory(prefix="bitmesh-analysis-") as root:
+        cwd, scratch = Path(root, "cwd"), Path(root, "scratch")
+        cwd.mkdir()
+        scratch.mkdir()
+        data = Path(root, "batches.pt")
+        torch.save([(i.detach().cpu(), t.detach().cpu()) for i, t in batches], data)
+        request: dict[str, Any] = {
+            "spec": spec_to_json(_absolute(spec)),
+            "batches": str(data),
+            "layers": [asdict(layer) for layer in layers],
+            "options": [o.key for o in options],
+            "settings": asdict(settings),
+            "seed": seed,
+        }
+        if stored is not None:
+            request.update(mode="price", stored=stored.to_dict())
+        env = child_environment(str(scratch))
+        threads = str(torch.get_num_threads())
+        # Two malloc arenas: glibc's default reserves 64 MiB of address space
+        # per thread (13 in an analysis), which the child's RLIMIT_AS counts.
+        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, MALLOC_ARENA_MAX="2")
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sensitivity_svc.isolated_child",
+                f"--memory-bytes={memory_bytes}",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd=cwd,
+            env=env,
+            close_fds=True,
+            start_new_session=True,
+        )
+        with _live_lock:
+            _live[process.pid] = process
+        try:
+            assert process.stdin is not None
+            process.stdin.write(json.dumps(request).encode() + b"\n")
+            process.stdin.flush()
+            reply = _follow(process, progress, cancel, memory_bytes)
+        finally:
+            _end(process)
+    if reply.get("ok") is not True:
+        raise error_from_reply(reply)
+    try:
+        return SensitivityReport.from_dict(reply["report"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidArgument(
+            f"the analysis child gave an unreadable report ({sanitize(exc)})"
+        ) from exc
+
+
+def _end(process: subprocess.Popen[bytes]) -> None:
+    """Kill the child if it still runs, reap it, close its pipes."""
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    for stream in (process.stdin, process.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+    with _live_lock:
+        _live.pop(process.pid, None)
+
+
+def _follow(
+    process: subprocess.Popen[bytes],
+    progress: Callable[[str, LayerTrace], None] | None,
+    cancel: CancelFlag,
+    memory_bytes: int,
+) -> dict[str, Any]:
+    """Read the child's lines until its reply; progress goes to ``progress``."""
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    buffer = b""
+    while True:
+        if cancel.is_set():
+            process.kill()
+            raise Cancelled("the analysis was cancelled")
+        readable, _, _ = select.select([fd], [], [], POLL_S)
+        if not readable:
+            continue
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            raise _death(process, memory_bytes)
+        buffer += chunk
+        while b"\n" in buffer:
+            line, _, buffer = buffer.partition(b"\n")
+            message = _parse(line)
+            if "progress" not in message:
+                return message
+            if progress is not None:
+                stage, estimate = _estimate(message["progress"])
+                progress(stage, estimate)
+        if len(buffer) > MAX_REPLY_BYTES:
+            process.kill()
+            raise InvalidArgument("the analysis child gave a reply past its size limit")
+
+
+def _parse(line: bytes) -> dict[str, Any]:
+    try:
+        message = json.loads(line)
+    except ValueError:
+        message = None
+    if not isinstance(message, dict):
+        raise InvalidArgument("the analysis child gave an unreadable reply")
+    return message
+
+
+def _estimate(item: Any) -> tuple[str, LayerTrace]:
+    try:
+        return str(item["stage"]), LayerTrace(
+            name=str(item["name"]),
+            trace=float(item["trace"]),
+            standard_error=float(item["standard_error"]),
+            samples=int(item["samples"]),
+            done=bool(item["done"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidArgument(
+            f"the analysis child gave an unreadable estimate ({sanitize(exc)})"
+        ) from exc
+
+
+def _death(process: subprocess.Popen[bytes], memory_bytes: int) -> ResourceExhausted:
+    """What a child whose output ended without a reply ran into."""
+    try:
+        code = process.wait(timeout=2.0)
+    except subprocess.TimeoutExpired:
+        code = None
+    if code is None:
+        process.kill()
+        how = "closed its output"
+    elif code < 0:
+        try:
+            how = f"was killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"was killed by signal {-code}"
+    else:
+        how = f"ended (exit status {code})"
+    return ResourceExhausted(
+        f"the analysis of the model file {how} before it reported, most likely out of "
+        f"memory (the child may use BITMESH_ANALYSIS_MEMORY_BYTES={memory_bytes}): give a "
+        "smaller batch_size or input shape, or raise the setting"
+    )
