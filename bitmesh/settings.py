@@ -189,6 +189,10 @@ class Settings(BaseSettings):
     # 512 MiB of slack) once the model is loaded; an estimate above this cap
     # fails the job naming the setting.
     analysis_memory_bytes: int = Field(default=4 * 1024**3, ge=64 * 1024**2)
+    # Keep one analysis child started ahead (its torch import done, ~0.75 GiB
+    # resident, waiting), so an analysis of a program does not wait seconds
+    # for it; each child still serves one analysis only. Off: none is kept.
+    analysis_spare_child: bool = True
 
     # Security (off on loopback; on in the Kubernetes manifests).
     # The shared bearer token: the tenant "default" (bitmesh/tenants.py). A

@@ -23,9 +23,12 @@ progress and the report, numbers and names, never a pickle) comes back.
   running estimates are handed to the job's progress function, so Watch
   shows them as for an in-process analysis.
 
-One child per analysis, started by the job and gone when it ends: its torch
-import (seconds) is paid by every analysis of a program file, not by the
-architecture names, which run in the service as before.
+One child per analysis, ended with it: nothing one user's program leaves in
+a process meets another's. Its start (the imports and a warm-up load, 10-20 s
+of a busy 2-core machine) is paid ahead: the service keeps one spare child
+started (``BITMESH_ANALYSIS_SPARE_CHILD``), which the next analysis takes,
+starting the next spare as it does. Architecture names run in the service as
+before, with no child.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ from sensitivity_svc.analysis import SensitivitySettings
 from sensitivity_svc.hutchinson import CancelFlag, LayerTrace
 from sensitivity_svc.report import SensitivityReport
 
-__all__ = ["POLL_S", "analyse_in_child", "live_children"]
+__all__ = ["POLL_S", "analyse_in_child", "close_spare", "live_children", "spare_pid"]
 
 #: How often the service checks the job's cancel flag while the child works.
 POLL_S = 0.2
@@ -77,6 +80,12 @@ def _memory_bytes() -> int:
     from bitmesh.settings import load_settings
 
     return load_settings().analysis_memory_bytes
+
+
+def _keep_spare() -> bool:
+    from bitmesh.settings import load_settings
+
+    return load_settings().analysis_spare_child
 
 
 def analyse_in_child(
@@ -98,11 +107,9 @@ def analyse_in_child(
     ResourceExhausted: the child's own report), ResourceExhausted when the
     child dies, Cancelled when ``cancel`` is set."""
     memory_bytes = _memory_bytes()
-    with tempfile.TemporaryDirectory(prefix="bitmesh-analysis-") as root:
-        cwd, scratch = Path(root, "cwd"), Path(root, "scratch")
-        cwd.mkdir()
-        scratch.mkdir()
-        data = Path(root, "batches.pt")
+    child = _take(memory_bytes)
+    try:
+        data = Path(child.root.name, "batches.pt")
         torch.save([(i.detach().cpu(), t.detach().cpu()) for i, t in batches], data)
         request: dict[str, Any] = {
             "spec": spec_to_json(_absolute(spec)),
@@ -114,12 +121,43 @@ def analyse_in_child(
         }
         if stored is not None:
             request.update(mode="price", stored=stored.to_dict())
+        stdin = child.process.stdin
+        assert stdin is not None
+        try:
+            stdin.write(json.dumps(request).encode() + b"\n")
+            stdin.flush()
+        except OSError:
+            raise _death(child.process, memory_bytes) from None
+        reply = _follow(child.process, progress, cancel, memory_bytes)
+    finally:
+        child.end()
+    if reply.get("ok") is not True:
+        raise error_from_reply(reply)
+    try:
+        return SensitivityReport.from_dict(reply["report"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidArgument(
+            f"the analysis child gave an unreadable report ({sanitize(exc)})"
+        ) from exc
+
+
+class _Child:
+    """One analysis child and its folder (``cwd`` empty, ``scratch`` its
+    HOME and TMPDIR, the batches file beside them), used for one analysis."""
+
+    def __init__(self, memory_bytes: int) -> None:
+        self.root = tempfile.TemporaryDirectory(prefix="bitmesh-analysis-")
+        cwd, scratch = Path(self.root.name, "cwd"), Path(self.root.name, "scratch")
+        cwd.mkdir()
+        scratch.mkdir()
         env = child_environment(str(scratch))
-        threads = str(torch.get_num_threads())
+        self.threads = torch.get_num_threads()
         # Two malloc arenas: glibc's default reserves 64 MiB of address space
         # per thread (13 in an analysis), which the child's RLIMIT_AS counts.
+        threads = str(self.threads)
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, MALLOC_ARENA_MAX="2")
-        process = subprocess.Popen(
+        self.memory_bytes = memory_bytes
+        self.process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -134,36 +172,69 @@ def analyse_in_child(
             close_fds=True,
             start_new_session=True,
         )
+
+    def fits(self, memory_bytes: int) -> bool:
+        """Whether it was started for these settings and is still up."""
+        return (
+            self.process.poll() is None
+            and self.memory_bytes == memory_bytes
+            and self.threads == torch.get_num_threads()
+        )
+
+    def end(self) -> None:
+        """Kill it if it still runs, reap it, close its pipes, remove its folder."""
+        process = self.process
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        for stream in (process.stdin, process.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
         with _live_lock:
-            _live[process.pid] = process
-        try:
-            assert process.stdin is not None
-            process.stdin.write(json.dumps(request).encode() + b"\n")
-            process.stdin.flush()
-            reply = _follow(process, progress, cancel, memory_bytes)
-        finally:
-            _end(process)
-    if reply.get("ok") is not True:
-        raise error_from_reply(reply)
-    try:
-        return SensitivityReport.from_dict(reply["report"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidArgument(
-            f"the analysis child gave an unreadable report ({sanitize(exc)})"
-        ) from exc
+            _live.pop(process.pid, None)
+        self.root.cleanup()
 
 
-def _end(process: subprocess.Popen[bytes]) -> None:
-    """Kill the child if it still runs, reap it, close its pipes."""
-    if process.poll() is None:
-        process.kill()
-    process.wait()
-    for stream in (process.stdin, process.stdout):
-        if stream is not None:
-            with contextlib.suppress(OSError):
-                stream.close()
+_spare: _Child | None = None
+_spare_lock = threading.Lock()
+
+
+def _take(memory_bytes: int) -> _Child:
+    """A child for one analysis: the spare started ahead when it fits (its
+    imports done or under way), else a new one; then the next spare is started
+    (``BITMESH_ANALYSIS_SPARE_CHILD``), so the next analysis of a program
+    does not wait for a torch import."""
+    global _spare
+    with _spare_lock:
+        child, _spare = _spare, None
+    if child is not None and not child.fits(memory_bytes):
+        child.end()
+        child = None
+    if child is None:
+        child = _Child(memory_bytes)
     with _live_lock:
-        _live.pop(process.pid, None)
+        _live[child.process.pid] = child.process
+    if _keep_spare():
+        with _spare_lock:
+            if _spare is None:
+                _spare = _Child(memory_bytes)
+    return child
+
+
+def close_spare(grace: float = 0.0) -> None:
+    """End the spare child (a service's stop hook; tests)."""
+    global _spare
+    with _spare_lock:
+        child, _spare = _spare, None
+    if child is not None:
+        child.end()
+
+
+def spare_pid() -> int | None:
+    """The spare child's pid, if one is started (tests)."""
+    with _spare_lock:
+        return _spare.process.pid if _spare is not None else None
 
 
 def _follow(

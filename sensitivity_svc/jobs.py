@@ -2,10 +2,14 @@
 
 ``prepare`` does everything that can fail because of the request (loading
 the model and data, finding layers, checking labels and the loss) before a
-job exists, so bad input is a gRPC status, not a failed job. ``run`` then
-either answers from the artifact store (same model, data and estimator
-settings: the traces are reused and only options not priced before get their
-Omega computed) or estimates the traces and stores the report.
+job exists, so bad input is a gRPC status, not a failed job. A program
+file (``.pt2``) is the exception: it is vetted in the sandbox here but
+never loaded in this process, so its label and loss checks run with its
+traces in the job's child (:mod:`sensitivity_svc.isolated`) and fail the
+job. ``run`` then either answers from the artifact store (same model, data
+and estimator settings: the traces are reused and only options not priced
+before get their Omega computed) or estimates the traces and stores the
+report.
 
 A repeated request skips even the loading: the service remembers which
 stored report each request fingerprint (the model's spec with its files'

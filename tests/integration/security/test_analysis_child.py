@@ -32,7 +32,7 @@ from bitmesh.rpc.service_main import start_service
 from bitmesh.v1 import common_pb2, sensitivity_pb2
 from sensitivity_svc.analysis import analyse
 from sensitivity_svc.convert import MAX_SAMPLES, settings_from_pb
-from sensitivity_svc.isolated import live_children
+from sensitivity_svc.isolated import live_children, spare_pid
 from sensitivity_svc.jobs import prepare
 from sensitivity_svc.servicer import build
 from tests.hostile_models import INPUT_SHAPE, NUM_CLASSES, batch_allocating_program
@@ -50,6 +50,7 @@ ENDLESS = sensitivity_pb2.EstimatorSettings(
     target_relative_se=0.0001, max_samples=MAX_SAMPLES, seed=2, num_batches=1
 )
 INT4 = common_pb2.QuantOption(weight=common_pb2.NumericFormat(name="int4"))
+INT8 = common_pb2.QuantOption(weight=common_pb2.NumericFormat(name="int8"))
 DEADLINE_S = 300.0
 
 
@@ -159,7 +160,7 @@ def test_a_program_is_analysed_in_a_child_with_the_in_process_traces(
     prepared = prepare(
         model_spec_from_pb(arch),
         dataset_spec_from_pb(DIGITS),
-        options_from_pb([INT4]),
+        options_from_pb([INT4, INT8]),
         settings_from_pb(FAST),
         DIGITS.batch_size,
         False,
@@ -174,6 +175,21 @@ def test_a_program_is_analysed_in_a_child_with_the_in_process_traces(
         assert mine.samples == theirs.samples
         assert mine.trace == pytest.approx(theirs.trace, rel=1e-5, abs=1e-9)
         assert mine.standard_error == pytest.approx(theirs.standard_error, rel=1e-5, abs=1e-9)
+        omega = mine.perturbations[0].omega
+        assert omega == pytest.approx(theirs.perturbations[0].omega, rel=1e-5, abs=1e-12)
+
+    # One more option on the stored traces: priced in a child too (the
+    # program's weights), as the in-process analysis prices it.
+    wider = _request(_program(files["program"]))
+    wider.options.append(INT8)
+    more, _ = _run(client, wider)
+    assert more.status.state == common_pb2.JOB_STATE_SUCCEEDED, more.status.error
+    assert more.report.cached
+    for mine, theirs in zip(more.report.layers, reference.layers, strict=True):
+        assert [p.option_key for p in mine.perturbations] == ["int4/int4", "int8/int8"]
+        int8 = mine.perturbations[1].omega
+        assert int8 == pytest.approx(theirs.perturbations[1].omega, rel=1e-5, abs=1e-12)
+    assert not any(spec.source != "architecture" for spec, _ in model_cache._loaded)
 
 
 def test_an_allocation_past_the_probe_fails_the_job_and_the_service_serves(
@@ -224,6 +240,9 @@ def test_cancelling_a_program_analysis_kills_its_child(
     limits = Path(f"/proc/{pid}/limits").read_text()
     address_space = next(line for line in limits.splitlines() if "address space" in line)
     assert address_space.split()[3] != "unlimited"
+
+    spare = spare_pid()  # started ahead for the next analysis, not this one's
+    assert spare is not None and spare != pid
 
     client.cancel_analysis(job_id)
     states = [event.status.state for event in stream]
