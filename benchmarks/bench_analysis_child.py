@@ -13,8 +13,10 @@ One analysis of each is run first and not counted (the sandbox child's
 start, the service's first imports); then ``--repeats`` of each with
 distinct seeds (so none is answered from the cache: the two share their
 weights, so their cache keys), median reported. Runs
-on any checkout, so the same script measures before and after. Prints each
-case, then one ``RESULT`` line.
+on any checkout, so the same script measures before and after. ``--gap``
+waits before each analysis, as requests spaced apart would (the service's
+spare child, started as an analysis takes the previous one, is then ready).
+Prints each case, then one ``RESULT`` line.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from pathlib import Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--gap", type=float, default=0.0, help="seconds between analyses (a spare child's start)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -79,6 +84,7 @@ def main() -> None:
                             target_relative_se=0.2, max_samples=30, seed=seed, num_batches=1
                         ),
                     )
+                    time.sleep(args.gap)
                     started = time.perf_counter()
                     job = client.start_analysis(request)
                     for _ in client.watch_analysis(job.job_id, timeout=600):

@@ -135,7 +135,7 @@ def analyse_in_child(
         raise error_from_reply(reply)
     try:
         return SensitivityReport.from_dict(reply["report"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise InvalidArgument(
             f"the analysis child gave an unreadable report ({sanitize(exc)})"
         ) from exc

@@ -191,6 +191,8 @@ def serve(memory_bytes: int, replies: TextIO) -> None:
     ceiling = _address_space() + memory_bytes
     resource.setrlimit(resource.RLIMIT_AS, (ceiling, resource.RLIM_INFINITY))
     line = sys.stdin.readline()
+    if not line:  # a spare the service let go (it stopped, or died) before any request
+        os._exit(0)
     threading.Thread(target=_watch_stdin, daemon=True).start()
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     try:
