@@ -26,8 +26,8 @@ progress and the report, numbers and names, never a pickle) comes back.
 One child per analysis, ended with it: nothing one user's program leaves in
 a process meets another's. Its start (the imports and a warm-up load, 10-20 s
 of a busy 2-core machine) is paid ahead: the service keeps one spare child
-started (``BITMESH_ANALYSIS_SPARE_CHILD``), which the next analysis takes,
-starting the next spare as it does. Architecture names run in the service as
+started (``BITMESH_ANALYSIS_SPARE_CHILD``), which the next analysis takes;
+the next spare starts as that analysis ends. Architecture names run in the service as
 before, with no child.
 """
 
@@ -131,6 +131,7 @@ def analyse_in_child(
         reply = _follow(child.process, progress, cancel, memory_bytes)
     finally:
         child.end()
+        _refill(memory_bytes)
     if reply.get("ok") is not True:
         raise error_from_reply(reply)
     try:
@@ -202,9 +203,7 @@ _spare_lock = threading.Lock()
 
 def _take(memory_bytes: int) -> _Child:
     """A child for one analysis: the spare started ahead when it fits (its
-    imports done or under way), else a new one; then the next spare is started
-    (``BITMESH_ANALYSIS_SPARE_CHILD``), so the next analysis of a program
-    does not wait for a torch import."""
+    imports done or under way), else a new one."""
     global _spare
     with _spare_lock:
         child, _spare = _spare, None
@@ -215,11 +214,18 @@ def _take(memory_bytes: int) -> _Child:
         child = _Child(memory_bytes)
     with _live_lock:
         _live[child.process.pid] = child.process
-    if _keep_spare():
-        with _spare_lock:
-            if _spare is None:
-                _spare = _Child(memory_bytes)
     return child
+
+
+def _refill(memory_bytes: int) -> None:
+    """Start the next spare, once an analysis has ended: started while it
+    ran, its imports would take CPU from it (two cores here)."""
+    global _spare
+    if not _keep_spare():
+        return
+    with _spare_lock:
+        if _spare is None:
+            _spare = _Child(memory_bytes)
 
 
 def close_spare(grace: float = 0.0) -> None:

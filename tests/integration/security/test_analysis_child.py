@@ -241,15 +241,14 @@ def test_cancelling_a_program_analysis_kills_its_child(
     address_space = next(line for line in limits.splitlines() if "address space" in line)
     assert address_space.split()[3] != "unlimited"
 
-    spare = spare_pid()  # started ahead for the next analysis, not this one's
-    assert spare is not None and spare != pid
-
     client.cancel_analysis(job_id)
     states = [event.status.state for event in stream]
     assert states[-1] == common_pb2.JOB_STATE_CANCELLED
     assert client.get_analysis(job_id).status.state == common_pb2.JOB_STATE_CANCELLED
     assert _gone(pid), f"the analysis child {pid} outlived its cancelled job"
     assert live_children() == []
+    spare = spare_pid()  # started as the analysis ended, for the next one
+    assert spare is not None and spare != pid and Path(f"/proc/{spare}").exists()
     _assert_serving(server.port)
 
 
