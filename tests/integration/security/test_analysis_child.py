@@ -247,7 +247,7 @@ def test_cancelling_a_program_analysis_kills_its_child(
     assert client.get_analysis(job_id).status.state == common_pb2.JOB_STATE_CANCELLED
     assert _gone(pid), f"the analysis child {pid} outlived its cancelled job"
     assert live_children() == []
-    spare = spare_pid()  # started as the analysis ended, for the next one
+    spare = spare_pid()  # started as this analysis took its child, for the next one
     assert spare is not None and spare != pid and Path(f"/proc/{spare}").exists()
     _assert_serving(server.port)
 
