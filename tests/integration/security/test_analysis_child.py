@@ -263,3 +263,20 @@ def test_a_killed_child_fails_its_job_with_why(
     assert "killed by signal SIGKILL" in error and "BITMESH_ANALYSIS_MEMORY_BYTES=" in error
     assert live_children() == []
     _assert_serving(server.port)
+
+
+def test_stopping_the_service_kills_its_analysis_children(
+    tmp_path: Path, files: dict[str, Path]
+) -> None:
+    running = start_service("sensitivity", build, make_settings(tmp_path), port=0)
+    try:
+        address = {"sensitivity": f"127.0.0.1:{running.port}"}
+        with Client(make_settings(tmp_path), addresses=address, timeout=DEADLINE_S) as client:
+            _, pid, _ = _running_child(client, _program(files["program"]))
+            spare = spare_pid()
+    finally:
+        running.stop(0)  # the runner cancels what still runs, then the spare is let go
+    assert spare is not None
+    assert _gone(pid), f"the analysis child {pid} outlived its service"
+    assert _gone(spare), f"the spare child {spare} outlived its service"
+    assert live_children() == [] and spare_pid() is None
