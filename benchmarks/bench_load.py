@@ -23,9 +23,9 @@ ids): the real StartAnalysis/StartJob may not have landed, and their work
 
 4. hostile: beside a normal load (what-if queries or layer listings, and
    health, from ``clients`` clients), hostile callers send requests over the
-   caps (a 3 x 8192 x 8192 input, 2^31-1 classes, a solver problem of 5 M
-   dense cells), bytes that do not parse, and a flood of watchers (64
-   streams on one held job, more than ``BITMESH_MAX_CONCURRENT_STREAMS``).
+   caps (a 3 x 8192 x 8192 input, 2^31-1 classes, a solver problem of
+   20,001 layers, over ``BITMESH_SOLVER_MAX_LAYERS``), bytes that do not
+   parse, and a flood of watchers (64 streams on one held job, more than ``BITMESH_MAX_CONCURRENT_STREAMS``).
    Every hostile call must end with its expected status (RESOURCE_EXHAUSTED,
    INVALID_ARGUMENT; a watcher served or refused RESOURCE_EXHAUSTED), every
    normal call must succeed (``normal_p99_ms`` is their p99), and every
@@ -311,15 +311,21 @@ def oversized_requests(has_solver: bool) -> list[tuple[str, str, Any, frozenset[
             refused_or_malformed,
         ),
     ]
-    if has_solver:  # 19,999 one-option layers and one of 256: 5 M dense cells, < 1 MB sent
-        dense = solver_pb2.Problem()
-        for i in range(19_999):
-            dense.layers.add(name=f"l{i}", parameters=1).options.add(key="a")
-        wide = dense.layers.add(name="wide", parameters=1)
-        for k in range(256):
-            wide.options.add(key=f"o{k}")
+    # Protocol change (2026-12-04): this was 19,999 one-option layers and one of
+    # 256, 5 M dense cells refused at RegisterProblem; problems are stored
+    # sparse now, so that one is accepted (it costs its options, not the
+    # cells), and the hostile problem is one layer over the layer cap instead.
+    if has_solver:  # 20,001 one-option layers: over the layer cap, < 1 MB sent
+        too_many = solver_pb2.Problem()
+        for i in range(20_001):
+            too_many.layers.add(name=f"l{i}", parameters=1).options.add(key="a")
         out.append(
-            ("solver", "RegisterProblem", solver_pb2.RegisterProblemRequest(problem=dense), refused)
+            (
+                "solver",
+                "RegisterProblem",
+                solver_pb2.RegisterProblemRequest(problem=too_many),
+                refused,
+            )
         )
     return out
 

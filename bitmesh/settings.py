@@ -113,10 +113,13 @@ class Settings(BaseSettings):
     hvp_probes_per_call: int = Field(default=8, ge=2, le=64)
 
     # Solver ceilings (solver_svc/limits.py): every call's time, and the size
-    # of a problem before any array is built for it. A dense problem costs
-    # about 60 bytes per cell (layers x widest option list) while it is
-    # solved; the default cap, 1,000,000 cells, is ~60 MiB, well inside the
-    # solver pod's 2 GiB even with several solves at once.
+    # of a problem before any array is built for it (layers, options). A
+    # problem is stored sparse, linear in its options; what a solve builds
+    # from it is dense, layer groups x the widest group's options left after
+    # dominated options are removed, about 60 bytes per cell while it is
+    # solved: the dense-cells cap, 1,000,000 cells, is ~60 MiB, well inside
+    # the solver pod's 2 GiB even with several solves at once, and is checked
+    # on that pruned instance (a request is not refused for one wide layer).
     solver_default_time_limit_s: float = 30.0
     solver_max_time_limit_s: float = 600.0
     solver_max_layers: int = 20_000
@@ -129,9 +132,21 @@ class Settings(BaseSettings):
     # RESOURCE_EXHAUSTED. 64 solves at once starved the process's GIL, and
     # its health port missed a 1 s deadline.
     solver_max_concurrent_solves: int = Field(default=8, ge=1)
-    # Dense cells of all the problems the registry keeps loaded together
-    # (solver_svc/registry.py): ~240 MiB at 60 bytes a cell.
-    solver_max_loaded_cells: int = Field(default=4_000_000, ge=1)
+    # Options of all the problems the registry keeps loaded together
+    # (solver_svc/registry.py), as stored (ties merged, pins applied): about
+    # 350 bytes each (the problem's objects ~200, its sparse arrays and key
+    # maps ~140) plus the pruned instances its solves keep, so ~350 MiB and
+    # up at the default. BITMESH_SOLVER_MAX_LOADED_CELLS, the name when the
+    # registry counted dense cells, is still read (deprecated).
+    solver_max_loaded_options: int = Field(
+        default=1_000_000,
+        ge=1,
+        validation_alias=AliasChoices(
+            "solver_max_loaded_options",
+            "BITMESH_SOLVER_MAX_LOADED_OPTIONS",
+            "BITMESH_SOLVER_MAX_LOADED_CELLS",
+        ),
+    )
     # A latency profile a request names by path is read only up to this size
     # (the shipped profiles are a few KiB; a measured table of 20,000 layers x
     # 16 options is about 10 MiB as CSV).

@@ -32,11 +32,11 @@ DEFAULT_CANDIDATES = ("int4", "int8")
 
 
 def validate_search(search: SearchRequest) -> None:
-    """Raise what the first trial would raise (with distillation on, if the space allows it)."""
-    from bitmesh.models.sandbox import vet_model
+    """Raise what the first trial would raise (with distillation on, if the
+    space allows it). A program file is judged in the sandbox, never loaded
+    here (the trainer's submission check)."""
     from trainer_svc.public import validate
 
-    vet_model(search.model)  # a program file runs in the sandbox before it loads here
     params: dict[str, ParamValue] = {}
     hp = search.space.get("distillation")
     if (
@@ -49,26 +49,33 @@ def validate_search(search: SearchRequest) -> None:
 
 
 def budget_problem(model_spec: ModelSpec, candidates: Sequence[QuantOption]) -> solver_pb2.Problem:
-    """The solver's problem for ``model_spec``: costs per layer and option, uniform-sensitivity Omega."""
+    """The solver's problem for ``model_spec``: costs per layer and option, uniform-sensitivity Omega.
+
+    Omega reads the weights. A program file's are read in the sandbox child
+    (:func:`bitmesh.models.sandbox.vet_weight_errors`), under its caps, so
+    this process never loads the program; an architecture is built here."""
     from bitmesh.costs import option_costs
-    from bitmesh.models.layers import discover_layers
+    from bitmesh.models.layer_cache import layers_of
     from bitmesh.models.model_cache import load_model_for_reading
-    from bitmesh.models.sandbox import vet_model
-    from bitmesh.quant.fake_quant import weight_error_sq
+    from bitmesh.models.sandbox import vet_weight_errors
+    from bitmesh.models.sandbox.table import layer_weight_errors
     from bitmesh.rpc.convert import costs_to_pb, option_to_pb
     from bitmesh.v1 import solver_pb2
 
-    vet_model(model_spec)  # a program file runs in the sandbox before it loads here
-    model = load_model_for_reading(model_spec)
-    modules = dict(model.named_modules())
+    vetted = vet_weight_errors(model_spec, candidates)
+    if vetted is not None:
+        layers, errors = list(vetted[0].layers), vetted[1]
+    else:
+        model = load_model_for_reading(model_spec)
+        layers = layers_of(model, model_spec)
+        errors = layer_weight_errors(model, layers, candidates)
     problem = solver_pb2.Problem(name=f"proxy-nas:{model_spec.name_or_path}")
-    for layer in discover_layers(model, model_spec.input_shape):
-        weight = modules[layer.name].weight  # type: ignore[union-attr]
+    for layer, layer_errors in zip(layers, errors, strict=True):
         options = [
             solver_pb2.ProblemOption(
                 key=option.key,
                 option=option_to_pb(option),
-                omega=weight_error_sq(weight, option.weight, option.granularity),  # type: ignore[arg-type]
+                omega=omega,
                 costs=costs_to_pb(
                     option_costs(
                         layer.parameters,
@@ -80,7 +87,7 @@ def budget_problem(model_spec: ModelSpec, candidates: Sequence[QuantOption]) -> 
                 ),
                 weight_bits=option.weight_bits,
             )
-            for option in candidates
+            for option, omega in zip(candidates, layer_errors, strict=True)
         ]
         problem.layers.append(
             solver_pb2.ProblemLayer(name=layer.name, parameters=layer.parameters, options=options)

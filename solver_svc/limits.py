@@ -4,10 +4,13 @@ Why one module: every request is bounded by the same numbers, and each number
 is a setting (``BITMESH_SOLVER_*``) whose name the refusal carries, so an
 operator who sees RESOURCE_EXHAUSTED knows which knob to turn and a user knows
 what to shrink. The sizes are checked on the counts of the request itself,
-before any option object or array is built: the engines work on dense
-``[layers, widest option list]`` arrays, so a request of a few hundred
-kilobytes (20,000 one-option layers and one 256-option layer) would otherwise
-cost hundreds of MiB before anything could refuse it.
+before any option object or array is built: layers, options per layer and
+options in all, which bound what a problem costs stored (sparse, linear in
+its options, ``presolve.PreparedProblem``). The engines work on dense
+``[groups, widest option list]`` arrays, so ``max_dense_cells`` caps those,
+where they are built (``presolve.build_instance``), after dominated options
+are removed: 20,000 layers of 4 options and one of 256 are refused only if
+that one layer keeps so many options that the padding passes the cap.
 
 Time: a call's time limit (the request's, else the service default, never more
 than the maximum) is one deadline for the whole call, every solve inside it
@@ -94,7 +97,10 @@ class SolverLimits:
     # -- size ----------------------------------------------------------------
 
     def check_problem_shape(self, layers: int, widest: int, total_options: int) -> None:
-        """Refuse a problem over a cap (RESOURCE_EXHAUSTED naming the setting)."""
+        """Refuse a problem over a cap (RESOURCE_EXHAUSTED naming the setting).
+
+        The dense cells are not among them: their cap applies to each pruned
+        instance (``ProblemSolver(max_dense_cells=...)``)."""
         _cap("layers", layers, self.max_layers, "BITMESH_SOLVER_MAX_LAYERS")
         _cap(
             "options in one layer",
@@ -107,12 +113,6 @@ class SolverLimits:
             total_options,
             self.max_total_options,
             "BITMESH_SOLVER_MAX_TOTAL_OPTIONS",
-        )
-        _cap(
-            "dense cells (layers x the widest layer's options, the arrays the engines solve on)",
-            layers * widest,
-            self.max_dense_cells,
-            "BITMESH_SOLVER_MAX_DENSE_CELLS",
         )
 
     def frontier_points(self, requested: int, default: int) -> int:

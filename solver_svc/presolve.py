@@ -5,13 +5,24 @@ Two steps, each a pure function:
 1. ``prepare(problem)`` once per problem: ties become one group (a
    "super-layer" whose option costs are the sums over its members, so the
    multiple-choice structure survives), pins cut a group's options, and every
-   cost lands in one ``[rows, groups, options]`` float64 array (padding marked
-   invalid). Frontier sweeps and what-if queries reuse it.
+   cost lands in one ``[rows, options]`` float64 array, the groups' options
+   one after another (``offsets[g]`` is group ``g``'s first column). Frontier
+   sweeps and what-if queries reuse it.
 2. ``build_instance(prepared, objective, budgets)`` per request: picks the
    objective row and the constrained rows, subtracts the fixed costs from the
    limits and removes options dominated on every axis that matters for *this*
    request (objective and constrained rows): an option no better anywhere than
-   another of its group can never be needed by an optimum.
+   another of its group can never be needed by an optimum. Only then are the
+   options laid out dense, ``[groups, widest pruned group]``, as the engines
+   take them.
+
+Why sparse until the request: the engines' dense layout pads every group to
+the widest one, so 20,000 layers of 4 options and one of 256 (2.5 MB on the
+wire) took 573 MiB to prepare, 287 MiB kept, and the registry keeps up to 64
+problems. Stored flat, memory is linear in the options sent: the same
+problem is 4.5 MiB of costs (14 MiB at the peak of ``prepare``). The dense
+size is paid per request only, after pruning, where a wide layer rarely keeps
+more than a handful of options (``max_dense_cells`` caps it there).
 
 The average-weight-bits budget is linear once multiplied out:
 ``sum_l P_l b_w(l) + P_fixed b_fixed <= bits * (sum_l P_l + P_fixed)`` over the
@@ -25,11 +36,12 @@ default the ``size_bytes`` row is codes plus scales and the bits row adds
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
 
-from bitmesh.errors import InvalidArgument
+from bitmesh.errors import InvalidArgument, ResourceExhausted
 from solver_svc.problem import Problem
 from solver_svc.spec import Budgets, check_objective
 
@@ -41,8 +53,11 @@ __all__ = [
     "dominated_mask",
     "limits_for",
     "prepare",
+    "sparse_dominated",
 ]
 
+#: The setting that caps an instance's dense cells (solver_svc/limits.py).
+DENSE_CELLS_SETTING = "BITMESH_SOLVER_MAX_DENSE_CELLS"
 #: Row order of ``PreparedProblem.values``.
 ROWS: tuple[str, ...] = (
     "size_bytes",
@@ -66,10 +81,11 @@ _AXIS_ROW = {
 
 @dataclass(frozen=True, eq=False)
 class PreparedProblem:
-    """A problem with ties merged and pins applied, as arrays.
+    """A problem with ties merged and pins applied, stored sparse.
 
-    ``values[r, g, k]`` is row ``ROWS[r]`` of option ``k`` of group ``g`` (0 for
-    padding); ``valid[g, k]`` marks real options; ``keys[g][k]`` their keys;
+    ``values[r, offsets[g] + k]`` is row ``ROWS[r]`` of option ``k`` of group
+    ``g``: the groups' options lie one after another, so the array has one
+    column per option kept (no padding); ``keys[g][k]`` names the option and
     ``members[g]`` the layer names that take group ``g``'s option.
     ``fixed[r]`` is the fixed layers' part of each row.
     """
@@ -78,7 +94,7 @@ class PreparedProblem:
     members: tuple[tuple[str, ...], ...]
     keys: tuple[tuple[str, ...], ...]
     values: np.ndarray
-    valid: np.ndarray
+    offsets: np.ndarray
     fixed: np.ndarray
     total_parameters: float
 
@@ -88,7 +104,17 @@ class PreparedProblem:
 
     @property
     def num_options(self) -> int:
-        return int(self.valid.sum())
+        """Options stored (columns of ``values``): what the problem costs in memory."""
+        return int(self.offsets[-1])
+
+    @property
+    def widths(self) -> np.ndarray:
+        """Options per group."""
+        return np.diff(self.offsets)
+
+    def columns(self, choice: np.ndarray) -> np.ndarray:
+        """Columns of ``values`` of one option index per group."""
+        return self.offsets[:-1] + choice
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,7 +177,13 @@ def _groups(problem: Problem) -> list[list[int]]:
 
 
 def prepare(problem: Problem) -> PreparedProblem:
-    """Merge ties, apply pins and lay the costs out as arrays (see module doc)."""
+    """Merge ties, apply pins and store the costs flat (see the module doc).
+
+    Memory stays linear in the options: the costs go into an ``array("d")``
+    (8 bytes a number, no Python float kept per cost) and become one numpy
+    array at the end; element-wise numpy writes had made this the largest
+    part of a 54-layer solve's set-up.
+    """
     pins = problem.pin_map()
     groups = _groups(problem)
     members: list[tuple[str, ...]] = []
@@ -168,24 +200,26 @@ def prepare(problem: Problem) -> PreparedProblem:
             raise InvalidArgument(f"the pins of tied layers {names} leave no option they all allow")
         members.append(tuple(layer.name for layer in layers))
         keys.append(tuple(allowed))
-    num_groups = len(groups)
-    width = max(len(k) for k in keys)
-    valid = np.zeros((num_groups, width), dtype=bool)
-    # Plain Python floats first, one array at the end: element-wise numpy
-    # writes made this the largest part of a 54-layer solve's set-up.
-    cells: list[tuple[float, float, float, float, float, float, float]] = []
+    offsets = np.zeros(len(groups) + 1, dtype=np.int64)
+    np.cumsum([len(k) for k in keys], out=offsets[1:])
+    num_options = int(offsets[-1])
     # The share of the scales in the budgeted rows (0 for weights-only budgets).
     share = 1.0 if problem.size_accounting == "weights_and_scales" else 0.0
-    at_g: list[int] = []
-    at_k: list[int] = []
+    cells = array("d")  # 7 numbers (``ROWS``) per member option, group by group
+    tied = False
     for g, group in enumerate(groups):
+        tied = tied or len(group) > 1
         for member in group:
             layer = problem.layers[member]
-            by_key = {o.key: o for o in layer.options}
             p = layer.parameters
-            for k, key in enumerate(keys[g]):
-                o = by_key[key]
-                cells.append(
+            options = layer.options
+            if len(options) != len(keys[g]) or any(
+                o.key != key for o, key in zip(options, keys[g], strict=True)
+            ):
+                by_key = {o.key: o for o in options}
+                options = tuple(by_key[key] for key in keys[g])
+            for o in options:
+                cells.extend(
                     (
                         o.size_bytes + share * o.scale_bytes,
                         o.bops,
@@ -196,13 +230,22 @@ def prepare(problem: Problem) -> PreparedProblem:
                         o.size_bytes,
                     )
                 )
-                at_g.append(g)
-                at_k.append(k)
-        valid[g, : len(keys[g])] = True
-    by_cell = np.zeros((num_groups, width, len(ROWS)), dtype=np.float64)
-    # Tied members add up (``np.add.at`` accumulates repeated cells).
-    np.add.at(by_cell, (np.asarray(at_g), np.asarray(at_k)), np.asarray(cells, dtype=np.float64))
-    values = np.ascontiguousarray(by_cell.transpose(2, 0, 1))
+    by_option = np.frombuffer(cells, dtype=np.float64).reshape(-1, len(ROWS))
+    if tied:
+        # Tied members add up, in member order (``np.add.at`` accumulates
+        # repeated columns): each member of group g lists its options in
+        # the group's key order, so each fills columns offsets[g]:offsets[g+1].
+        at = np.concatenate(
+            [
+                np.tile(np.arange(offsets[g], offsets[g + 1]), len(group))
+                for g, group in enumerate(groups)
+            ]
+        )
+        summed = np.zeros((num_options, len(ROWS)), dtype=np.float64)
+        np.add.at(summed, at, by_option)
+        by_option = summed
+    values = np.ascontiguousarray(by_option.T)
+    del by_option, cells
     f = problem.fixed
     fixed = np.array(
         [
@@ -222,7 +265,7 @@ def prepare(problem: Problem) -> PreparedProblem:
         members=tuple(members),
         keys=tuple(keys),
         values=values,
-        valid=valid,
+        offsets=offsets,
         fixed=fixed,
         total_parameters=total_parameters,
     )
@@ -254,8 +297,29 @@ def dominated_mask(obj: np.ndarray, rows: np.ndarray, valid: np.ndarray) -> np.n
     return out
 
 
+def sparse_dominated(stacked: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """``dominated_mask`` of every group of a flat layout: ``stacked[:, j]``
+    is option ``j``'s objective and rows (``[m+1, options]``), group ``g``
+    columns ``offsets[g]:offsets[g+1]``; ``True`` where dominated.
+
+    Groups of equal width are compared together, one ``[groups, w, w]``
+    comparison per width, so 20,000 small groups cost a few array operations
+    and one wide group costs only its own ``w^2``, never everyone's.
+    """
+    widths = np.diff(offsets)
+    out = np.zeros(stacked.shape[1], dtype=bool)
+    for width in np.unique(widths):
+        if width < 2:
+            continue  # a lone option is never dominated
+        starts = offsets[:-1][widths == width]
+        cols = starts[:, None] + np.arange(width)  # [groups of this width, width]
+        s = stacked[:, cols]
+        out[cols] = dominated_mask(s[0], s[1:], np.ones(cols.shape, dtype=bool))
+    return out
+
+
 def _axis_coefficients(prepared: PreparedProblem, axis: str) -> tuple[np.ndarray, float, float]:
-    """(coefficients [G, K], fixed part, divisor) of an axis's total."""
+    """(coefficients [options], fixed part, divisor) of an axis's total."""
     row = _ROW[_AXIS_ROW[axis]]
     if axis == "avg_weight_bits":
         if prepared.total_parameters <= 0:
@@ -276,9 +340,20 @@ def limits_for(prepared: PreparedProblem, budgets: Budgets) -> np.ndarray:
 
 
 def build_instance(
-    prepared: PreparedProblem, objective: str, budgets: Budgets, *, prune: bool = True
+    prepared: PreparedProblem,
+    objective: str,
+    budgets: Budgets,
+    *,
+    prune: bool = True,
+    max_dense_cells: int | None = None,
 ) -> Instance:
-    """The knapsack for one request (see the module doc)."""
+    """The knapsack for one request (see the module doc): pruned on the
+    sparse layout, then laid out dense from the options kept.
+
+    ``max_dense_cells`` caps the dense instance (groups x the widest group
+    left after pruning): past it the request is RESOURCE_EXHAUSTED, naming
+    the setting, before the dense arrays are made.
+    """
     check_objective(objective)
     coeff, offset, divisor = _axis_coefficients(prepared, objective)
     obj = coeff / divisor
@@ -291,33 +366,40 @@ def build_instance(
         row_axes.append(axis)
         row_list.append(c)
         limits.append(limit * div - fixed_part)
-    valid = prepared.valid
-    num_groups, width = valid.shape
-    rows = np.stack(row_list) if row_list else np.zeros((0, num_groups, width))
-    obj = np.where(valid, obj, np.inf)
-    keep = ~dominated_mask(np.where(valid, obj, 0.0), rows, valid) if prune else valid.copy()
-    counts = keep.sum(axis=1)
-    new_width = int(counts.max())
-    order = np.argsort(~keep, axis=1, kind="stable")[:, :new_width]
-    new_valid = np.take_along_axis(keep, order, axis=1)
-    new_obj = np.where(new_valid, np.take_along_axis(obj, order, axis=1), np.inf)
-    new_rows = (
-        np.where(
-            new_valid[None],
-            np.take_along_axis(rows, np.broadcast_to(order, rows.shape[:1] + order.shape), axis=2),
-            0.0,
+    offsets = prepared.offsets
+    num_groups = prepared.num_groups
+    rows = np.stack(row_list) if row_list else np.zeros((0, prepared.num_options))
+    if prune:
+        kept = np.flatnonzero(~sparse_dominated(np.concatenate([obj[None], rows]), offsets))
+    else:
+        kept = np.arange(prepared.num_options)
+    group = np.repeat(np.arange(num_groups), prepared.widths)[kept]
+    counts = np.bincount(group, minlength=num_groups)
+    width = int(counts.max())
+    if max_dense_cells is not None and num_groups * width > max_dense_cells:
+        raise ResourceExhausted(
+            f"the request has {num_groups * width:,} dense cells ({num_groups:,} layer groups x "
+            f"{width:,} options in the widest one left after removing dominated options, the "
+            f"arrays the engines solve on); the cap is {max_dense_cells:,} "
+            f"({DENSE_CELLS_SETTING}); offer fewer options in the widest layers, or ask the "
+            "operator to raise the cap"
         )
-        if rows.shape[0]
-        else np.zeros((0, num_groups, new_width))
-    )
-    option_index = np.where(new_valid, order, -1)
+    starts = np.zeros(num_groups, dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    slot = np.arange(kept.size) - starts[group]
+    option_index = np.full((num_groups, width), -1, dtype=np.int64)
+    option_index[group, slot] = kept - offsets[group]
+    new_obj = np.full((num_groups, width), np.inf)
+    new_obj[group, slot] = obj[kept]
+    new_rows = np.zeros((rows.shape[0], num_groups, width))
+    new_rows[:, group, slot] = rows[:, kept]
     return Instance(
         obj=new_obj,
         rows=new_rows,
         limits=np.asarray(limits, dtype=np.float64),
         row_axes=tuple(row_axes),
         option_index=option_index,
-        valid=new_valid,
+        valid=option_index >= 0,
         obj_offset=obj_offset,
         objective=objective,
     )

@@ -6,9 +6,12 @@ the artifact store. Each loaded problem keeps one ``ProblemSolver`` (its
 presolve and instances are reused across queries) and the frontiers traced
 for it, which what-if queries answer from where that is provably optimal.
 
-Memory: at most ``MAX_LOADED`` problems and ``max_loaded_cells`` dense cells
-(``BITMESH_SOLVER_MAX_LOADED_CELLS``) stay loaded, least recently used out
-first; the rest live in the artifact store only.
+Memory: at most ``MAX_LOADED`` problems and ``max_loaded_options`` stored
+options (``BITMESH_SOLVER_MAX_LOADED_OPTIONS``) stay loaded, least recently
+used out first; the rest live in the artifact store only. A loaded problem
+is stored sparse (``presolve.PreparedProblem``), so its memory is linear in
+the options sent; the dense instances its solves build are pruned first and
+capped per instance (``BITMESH_SOLVER_MAX_DENSE_CELLS``).
 
 Exhaustive frontiers in the background. A what-if client usually moves one
 limit and keeps the others (a slider). When two what-if queries of a problem
@@ -32,6 +35,7 @@ from operator import attrgetter
 from bitmesh.artifacts import ArtifactStore
 from bitmesh.errors import InvalidArgument, NotFound
 from solver_svc.frontier import FRONTIER_AXES, Frontier, frontier
+from solver_svc.limits import SolverLimits
 from solver_svc.problem import Problem
 from solver_svc.solve import ProblemSolver
 from solver_svc.spec import Budgets
@@ -39,11 +43,14 @@ from solver_svc.spec import Budgets
 NAMESPACE = "solver-problems"
 FRONTIERS = "solver-frontiers"
 MAX_LOADED = 64
-#: Dense cells (groups x widest option list) of all loaded problems together.
-#: Each costs about 60 bytes while solved (the prepared rows plus the pruned
-#: instances), so 4 M cells is ~240 MiB of the solver pod's 2 GiB; without it
-#: 64 problems at the 1 M-cell request cap could hold several GiB.
-MAX_LOADED_CELLS = 4_000_000
+#: Options (as stored: ties merged, pins applied) of all loaded problems
+#: together. Measured on 20,000 layers of 4 options: ~200 bytes an option for
+#: the ``Problem`` objects, ~140 for the sparse arrays and key maps, and the
+#: pruned dense instances its solves keep on top (each capped by
+#: ``BITMESH_SOLVER_MAX_DENSE_CELLS``); 1 M options is ~350 MiB and up of the
+#: solver pod's 2 GiB. The newest problem always stays, so one at the request
+#: cap (``BITMESH_SOLVER_MAX_TOTAL_OPTIONS``) is kept too.
+MAX_LOADED_OPTIONS = 1_000_000
 MAX_FRONTIERS_PER_PROBLEM = 16
 #: Exhaustive traces one problem may start (each is one axis under fixed other budgets).
 MAX_TRACES_PER_PROBLEM = 8
@@ -89,11 +96,14 @@ class ProblemRegistry:
         artifacts: ArtifactStore,
         max_loaded: int = MAX_LOADED,
         background: bool = True,
-        max_loaded_cells: int = MAX_LOADED_CELLS,
+        max_loaded_options: int = MAX_LOADED_OPTIONS,
+        max_dense_cells: int | None = SolverLimits.max_dense_cells,
     ) -> None:
         self.artifacts = artifacts
         self.max_loaded = max_loaded
-        self.max_loaded_cells = max_loaded_cells
+        self.max_loaded_options = max_loaded_options
+        #: The dense-cells cap of the instances the loaded problems' solves build.
+        self.max_dense_cells = max_dense_cells
         self.background = background
         self._loaded: OrderedDict[str, LoadedProblem] = OrderedDict()
         self._lock = threading.Lock()
@@ -262,17 +272,19 @@ class ProblemRegistry:
             existing = self._loaded.get(problem_id)
             if existing is not None:
                 return existing
-            loaded = LoadedProblem(problem_id, ProblemSolver(problem))
+            solver = ProblemSolver(problem, max_dense_cells=self.max_dense_cells)
+            loaded = LoadedProblem(problem_id, solver)
             self._loaded[problem_id] = loaded
-            # Least recently used first, by count and by dense cells; the
+            # Least recently used first, by count and by stored options; the
             # newest always stays. An evicted problem is loaded again from
             # the artifact store on its next query.
             while len(self._loaded) > 1 and (
-                len(self._loaded) > self.max_loaded or self.loaded_cells() > self.max_loaded_cells
+                len(self._loaded) > self.max_loaded
+                or self.loaded_options() > self.max_loaded_options
             ):
                 self._loaded.popitem(last=False)
             return loaded
 
-    def loaded_cells(self) -> int:
-        """Dense cells of the problems in memory (call with the lock held)."""
-        return sum(p.solver.prepared.valid.size for p in self._loaded.values())
+    def loaded_options(self) -> int:
+        """Stored options of the problems in memory (call with the lock held)."""
+        return sum(p.solver.prepared.num_options for p in self._loaded.values())

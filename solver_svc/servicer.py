@@ -41,7 +41,8 @@ MAX_ENCODERS = 256
 class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
     """Every call is bounded by ``limits`` (solver_svc/limits.py): one
     deadline from the call's start, conversion and every solve inside it
-    included, and problem sizes refused on the request's counts."""
+    included, and problem sizes refused on the request's counts (the dense
+    instance a solve builds, on its own cells, once dominated options are out)."""
 
     def __init__(self, registry: ProblemRegistry, limits: SolverLimits | None = None) -> None:
         self.registry = registry
@@ -69,6 +70,8 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
                     self.registry.artifacts.for_tenant(tenant),
                     self.registry.max_loaded,
                     self.registry.background,
+                    max_loaded_options=self.registry.max_loaded_options,
+                    max_dense_cells=self.registry.max_dense_cells,
                 )
         return registry
 
@@ -110,14 +113,15 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
             loaded = self.registry_of(current_tenant()).get(request.problem_id)
             if profile:
                 return None, ProblemSolver(
-                    with_latency(loaded.solver.problem, self._profile(profile))
+                    with_latency(loaded.solver.problem, self._profile(profile)),
+                    max_dense_cells=self.limits.max_dense_cells,
                 )
             return loaded, loaded.solver
         if source == "problem":
             problem = problem_from_pb(request.problem, self.limits)
             if profile:
                 problem = with_latency(problem, self._profile(profile))
-            return None, ProblemSolver(problem)
+            return None, ProblemSolver(problem, max_dense_cells=self.limits.max_dense_cells)
         raise InvalidArgument("no problem: send problem_id (from RegisterProblem) or a problem")
 
     def RegisterProblem(
@@ -130,7 +134,7 @@ class SolverServicer(solver_pb2_grpc.SolverServiceServicer):
             problem_id=loaded.problem_id,
             layers=len(problem.layers),
             options=sum(len(layer.options) for layer in problem.layers),
-            options_after_presolve=int(loaded.solver.prepared.valid.sum()),
+            options_after_presolve=loaded.solver.prepared.num_options,
         )
 
     def Solve(
@@ -255,7 +259,9 @@ def build(
     warm_up()
     import_ortools()
     registry = ProblemRegistry(
-        ArtifactStore(settings.artifact_root), max_loaded_cells=settings.solver_max_loaded_cells
+        ArtifactStore(settings.artifact_root),
+        max_loaded_options=settings.solver_max_loaded_options,
+        max_dense_cells=settings.solver_max_dense_cells,
     )
     servicer = SolverServicer(registry, SolverLimits.from_settings(settings))
     return (

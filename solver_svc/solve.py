@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -97,12 +99,27 @@ class SolveTimedOut(FailedPrecondition):
     found, and none was proven impossible."""
 
 
+#: Pruned instances one problem keeps (one per objective and set of axes a
+#: query used, least recently used out): a what-if slider uses one or two,
+#: and up to 160 combinations exist, each up to BITMESH_SOLVER_MAX_DENSE_CELLS.
+MAX_CACHED_INSTANCES = 8
+#: The cells of all of one problem's cached instances together, as a
+#: multiple of the per-instance cap: the registry counts stored options, so
+#: this bounds what its instances add on top.
+CACHED_CELLS_FACTOR = 2
+
+
 class ProblemSolver:
     """Solves one problem under many budgets (see the module doc)."""
 
-    def __init__(self, problem: Problem | PreparedProblem) -> None:
+    def __init__(
+        self, problem: Problem | PreparedProblem, *, max_dense_cells: int | None = None
+    ) -> None:
         self.prepared = problem if isinstance(problem, PreparedProblem) else prepare(problem)
-        self._instances: dict[tuple[str, tuple[str, ...]], Instance] = {}
+        #: Cap on one instance's dense cells (``build_instance``); None = no cap.
+        self.max_dense_cells = max_dense_cells
+        self._instances: OrderedDict[tuple[str, tuple[str, ...]], Instance] = OrderedDict()
+        self._instances_lock = threading.Lock()
         # Per group: option key -> prepared option index (hints arrive as keys).
         self._key_index = [{key: k for k, key in enumerate(keys)} for keys in self.prepared.keys]
 
@@ -116,11 +133,36 @@ class ProblemSolver:
         check_objective(objective)
         axes = tuple(axis for axis, _ in budgets.items())
         key = (objective, axes)
-        cached = self._instances.get(key)
+        with self._instances_lock:
+            cached = self._instances.get(key)
+            if cached is not None:
+                self._instances.move_to_end(key)
         if cached is None:
-            cached = self._instances[key] = build_instance(self.prepared, objective, budgets)
+            cached = build_instance(
+                self.prepared, objective, budgets, max_dense_cells=self.max_dense_cells
+            )
+            self._cache(key, cached)
             return cached
         return cached.with_limits(limits_for(self.prepared, budgets))
+
+    def _cache(self, key: tuple[str, tuple[str, ...]], inst: Instance) -> None:
+        """Keep ``inst``; drop the least recently used past the count or the
+        cells bound (the newest always stays)."""
+        cell_cap = (
+            None if self.max_dense_cells is None else CACHED_CELLS_FACTOR * self.max_dense_cells
+        )
+        with self._instances_lock:
+            self._instances[key] = inst
+            self._instances.move_to_end(key)
+            while len(self._instances) > 1 and (
+                len(self._instances) > MAX_CACHED_INSTANCES
+                or (cell_cap is not None and self.cached_cells() > cell_cap)
+            ):
+                self._instances.popitem(last=False)
+
+    def cached_cells(self) -> int:
+        """Dense cells (groups x pruned width) of the cached instances."""
+        return sum(int(inst.obj.size) for inst in self._instances.values())
 
     def axis_slack(self, axis: str, budgets: Budgets) -> float:
         """The feasibility tolerance (``tolerance.feasibility_slack``) of
@@ -238,8 +280,8 @@ class ProblemSolver:
         """(total omega, totals, average weight bits) of a choice of prepared
         option indices per group, fixed layers included. The average bits
         count the scales unless the problem's budgets are weights-only."""
-        groups = np.arange(self.prepared.num_groups)
-        sums = self.prepared.values[:, groups, original].sum(axis=1) + self.prepared.fixed
+        columns = self.prepared.columns(original)
+        sums = self.prepared.values[:, columns].sum(axis=1) + self.prepared.fixed
         totals = Totals(
             size_bytes=float(sums[_ROW["code_bytes"]]),
             bops=float(sums[_ROW["bops"]]),

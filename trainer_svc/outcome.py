@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.serialization import config as serialization_config
 
 from bitmesh.formats import QuantOption
 from bitmesh.quant.qmodel import QuantLayer, plain_state_dict, quantizer_state
@@ -39,13 +40,20 @@ def weights_bytes(
     """``torch.save({"state_dict", "quantizers", "config"})``: the state_dict has
     the original model's keys (loadable as ``ModelRef.weights``), the
     quantizers the activation clips of the chosen formats, the config the
-    option keys. All tensors and strings: readable with ``weights_only=True``."""
+    option keys. All tensors and strings: readable with ``weights_only=True``.
+
+    Saved without the zip's CRC-32 of each record: the artifact store names
+    the file by its sha256 and checks nothing else, so the CRC was a second
+    checksum over 45 MB per resnet18 job, and ``torch.load`` reads such a
+    file as it reads any other (a zip tool that checks CRCs would not)."""
+    state = plain_state_dict(model, layers, copy=False)  # serialised at once, never kept
     payload: dict[str, Any] = {
-        "state_dict": {k: v.cpu() for k, v in plain_state_dict(model, layers).items()},
+        "state_dict": {k: v.cpu() for k, v in state.items()},
         "quantizers": quantizer_state(layers),
         "config": {name: option.key for name, option in config.items()},
     }
     buffer = io.BytesIO()
-    torch.save(payload, buffer)
+    with serialization_config.patch({"save.compute_crc32": False}):  # type: ignore[attr-defined]
+        torch.save(payload, buffer)
     # A view, not getvalue(): that copied a resnet18's 45 MB once more per job.
     return buffer.getbuffer()

@@ -54,10 +54,12 @@ def execute(request: TrainingRequest, io: LoopIO | None = None) -> Outcome:
 
 def validate(request: TrainingRequest) -> None:
     """Raise what the job would raise at its start: unknown layers, data that
-    does not fit the model, a missing file (loads the model: imports torch)."""
-    from trainer_svc.workspace import validate as check
+    does not fit the model, a missing file (imports torch). A program file is
+    judged from the sandbox's table, never loaded in the calling process:
+    :func:`trainer_svc.workspace.check_at_submission`."""
+    from trainer_svc.workspace import check_at_submission
 
-    check(request)
+    check_at_submission(request)
 
 
 def make_celery(settings: Settings) -> Celery:

@@ -80,13 +80,12 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 return common_pb2.JobRef(job_id=owned_job(self.store, job_id, tenant).job_id)
             except NotFound:
                 pass
-        # Here, not at the top: validating loads the model (torch), which a
-        # request refused by its fields alone should not wait for.
-        from bitmesh.models.sandbox import vet_model
-        from trainer_svc.workspace import validate
+        # Here, not at the top: checking builds an architecture (torch), which
+        # a request refused by its fields alone should not wait for. A program
+        # file is never loaded here: the sandbox's table answers its checks.
+        from trainer_svc.workspace import check_at_submission
 
-        vet_model(domain.model)  # a program file runs in the sandbox before it loads here
-        validate(domain)
+        check_at_submission(domain)
         record = create_admitted(
             self.store,
             JobRecord(job_id=job_id, kind=domain.kind, request=domain.to_dict(), tenant=tenant),

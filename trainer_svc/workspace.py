@@ -147,16 +147,43 @@ def _check_search(layers: list[LayerProfile], spec: SearchSpec) -> None:
     )
 
 
+def check_at_submission(request: TrainingRequest) -> list[LayerProfile]:
+    """The submission's checks (a service's StartJob, proxy NAS's first
+    trial): what :func:`validate` checks, without a model to hand back.
+
+    A program file (``.pt2``) is code from the user, so this process never
+    loads it: its layers (names, kinds, shapes, parameters, MACs: all the
+    checks read) come from the sandbox's table
+    (:func:`bitmesh.models.sandbox.vet_model`), which loaded, checked and
+    probed it in the capped child. An architecture is built here as before
+    (trusted code; its weights are read ``weights_only``). The worker, where
+    user models are meant to run, loads either with :func:`validate`.
+
+    Raises as :func:`validate`, and what the sandbox raises for a program
+    (ResourceExhausted past its caps, InvalidArgument for a refused op).
+    """
+    from bitmesh.models.sandbox import vet_model
+
+    parse_device(load_settings().device)
+    check_data_fits(request)
+    table = vet_model(request.model)
+    if table is not None:
+        layers = list(table.layers)
+    else:
+        layers = layers_of(load_model_for_reading(request.model), request.model)
+    _check_against(request, layers)
+    return layers
+
+
 def validate(request: TrainingRequest, device: torch.device | None = None) -> Workspace:
     """Load the model and check the request against it and the data.
 
     ``device`` is where the job will run (the worker passes
-    ``resolve_device()``). Without it, as at submission, only the
-    ``BITMESH_DEVICE`` text is checked and the workspace says CPU: the
-    service that validates is not the worker that trains, and may have no
-    GPU where the worker has one. Nothing is trained at submission, so the
-    workspace's model then shares the remembered model's tensors
-    (``load_model_for_reading``) instead of copying them.
+    ``resolve_device()``). Without it only the ``BITMESH_DEVICE`` text is
+    checked and the workspace says CPU, and the workspace's model shares the
+    remembered model's tensors (``load_model_for_reading``) instead of
+    copying them. A service at submission calls :func:`check_at_submission`
+    instead, which never loads a program file in its process.
 
     Raises InvalidArgument (unknown layers or architecture, data that does
     not fit, a malformed BITMESH_DEVICE), NotFound (missing files) or
@@ -168,13 +195,21 @@ def validate(request: TrainingRequest, device: torch.device | None = None) -> Wo
     check_data_fits(request)
     model = (load_model_for_reading if device is None else load_model_copy)(request.model)
     layers = layers_of(model, request.model)
-    ws = Workspace(
+    _check_against(request, layers)
+    return Workspace(
         request=request, model=model, layers=layers, device=device or torch.device("cpu")
     )
+
+
+def _check_against(request: TrainingRequest, layers: list[LayerProfile]) -> None:
+    """The checks that need the model's layers (and nothing else of it)."""
     if isinstance(request.spec, SearchSpec):
         _check_search(layers, request.spec)
     else:
-        job_config(ws)
+        spec = request.spec
+        resolve_config(
+            [p.name for p in layers], spec.config, spec.default_option, spec.weight_granularity
+        )
     if isinstance(request.spec, QatSpec):
         if request.spec.distillation.enabled:
             _require_trained(request, "distillation needs a trained full-precision teacher")
@@ -182,7 +217,6 @@ def validate(request: TrainingRequest, device: torch.device | None = None) -> Wo
             _require_trained(
                 request, "BN folding freezes the BatchNorm statistics, so it needs trained ones"
             )
-    return ws
 
 
 def _require_trained(request: TrainingRequest, why: str) -> None:

@@ -4,7 +4,9 @@ Four service processes plus one Celery worker. With REDIS_URL set, the worker
 and the job stores use that Redis; without it, the embedded default (kombu's
 filesystem transport, SQLite job stores) needs no server at all. Default
 ports are used when free, else free ones are picked; the addresses go to the
-mesh state file so clients find them.
+mesh state file so clients find them. Each service binds its port itself and
+reports the port it got (``--port-file``): a port checked free here could be
+taken by another process before the service bound it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,22 +26,6 @@ from bitmesh.mesh_state import clear_state, read_state, write_state
 from bitmesh.settings import SERVICES, ServiceName, Settings
 
 START_TIMEOUT_S = 90.0
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def _alive(pid: int) -> bool:
@@ -113,14 +98,16 @@ def start_mesh(settings: Settings, with_worker: bool = True) -> dict[str, object
     procs: dict[str, subprocess.Popen[bytes]] = {}
     addresses: dict[str, str] = {}
     log_files: dict[str, Path] = {}
+    port_files: dict[ServiceName, Path] = {}
     for service in SERVICES:
-        port = settings.port_of(service)
-        if not _port_free(settings.host, port):
-            port = _free_port(settings.host)
-        addresses[service] = f"{settings.host}:{port}"
         log_files[service] = logs / f"{service}.log"
+        port_files[service] = logs / f"{service}.port"
+        port_files[service].unlink(missing_ok=True)
+        command = [sys.executable, "-m", f"{service}_svc", "--host", settings.host]
+        command += ["--port", str(settings.port_of(service)), "--any-port-if-taken"]
+        command += ["--port-file", str(port_files[service])]
         procs[service] = subprocess.Popen(
-            [sys.executable, "-m", f"{service}_svc", "--host", settings.host, "--port", str(port)],
+            command,
             env=env,
             stdout=log_files[service].open("ab"),
             stderr=subprocess.STDOUT,
@@ -142,13 +129,45 @@ def start_mesh(settings: Settings, with_worker: bool = True) -> dict[str, object
         "redis_url": settings.redis_url or "",
         "started": time.time(),
     }
+    # Recorded before the services answer, so `down` can stop a failed start.
     write_state(settings, state)
+    deadline = time.monotonic() + START_TIMEOUT_S
     try:
-        _wait_serving(settings, addresses, procs, log_files)
+        for service, port in _bound_ports(port_files, procs, log_files, deadline).items():
+            addresses[service] = f"{settings.host}:{port}"
+        write_state(settings, state)
+        _wait_serving(settings, addresses, procs, log_files, deadline)
     except BaseException:
         stop_mesh(settings)
         raise
     return state
+
+
+def _bound_ports(
+    port_files: dict[ServiceName, Path],
+    procs: dict[str, subprocess.Popen[bytes]],
+    log_files: dict[str, Path],
+    deadline: float,
+) -> dict[ServiceName, int]:
+    """The port each service reports once it has bound one (its port file)."""
+    ports: dict[ServiceName, int] = {}
+    while len(ports) < len(port_files):
+        for service, path in port_files.items():
+            if service in ports:
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                ports[service] = int(path.read_text())
+                continue
+            if procs[service].poll() is not None:
+                raise FailedPrecondition(
+                    f"the {service} service exited while starting:\n{_log_tail(log_files[service])}"
+                )
+        if len(ports) < len(port_files):
+            if time.monotonic() > deadline:
+                missing = sorted(set(port_files) - set(ports))
+                raise Unavailable(f"services not bound after {START_TIMEOUT_S:.0f} s: {missing}")
+            time.sleep(0.05)
+    return ports
 
 
 def _wait_serving(
@@ -156,8 +175,8 @@ def _wait_serving(
     addresses: dict[str, str],
     procs: dict[str, subprocess.Popen[bytes]],
     log_files: dict[str, Path],
+    deadline: float,
 ) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
     with Client(settings, addresses=addresses) as client:
         pending: set[ServiceName] = set(SERVICES)
         while pending:

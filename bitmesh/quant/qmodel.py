@@ -539,10 +539,18 @@ def quantizer_state(layers: Mapping[str, QuantLayer]) -> dict[str, Tensor]:
     }
 
 
-def plain_state_dict(model: nn.Module, layers: Mapping[str, QuantLayer]) -> dict[str, Tensor]:
+def plain_state_dict(
+    model: nn.Module, layers: Mapping[str, QuantLayer], *, copy: bool = True
+) -> dict[str, Tensor]:
     """The wrapped model's weights under the original model's keys (a folded
     BN's parameters back under its own name), so the file loads into the
-    unwrapped architecture; quantizer state is left out."""
+    unwrapped architecture; quantizer state is left out.
+
+    ``copy=False`` is for a caller that serialises the result at once and
+    drops it (``trainer_svc.outcome.weights_bytes``): tensors that are whole
+    storages are then the model's own, not clones. Cloning a resnet18's
+    45 MB was a third of publishing a job's weights. A view into a larger
+    storage is still cloned, since ``torch.save`` would write all of it."""
     renames: list[tuple[str, str]] = []
     for name, layer in layers.items():
         renames.append((f"{name}.inner.", f"{name}."))
@@ -552,9 +560,19 @@ def plain_state_dict(model: nn.Module, layers: Mapping[str, QuantLayer]) -> dict
     for key, value in model.state_dict().items():
         for old, new in renames:
             if key.startswith(old):
-                plain[new + key[len(old) :]] = value.detach().clone()
+                plain[new + key[len(old) :]] = _detached(value, copy)
                 break
         else:
             if not any(key.startswith(f"{n}.") for n in layers):
-                plain[key] = value.detach().clone()
+                plain[key] = _detached(value, copy)
     return torchvision_state_keys(model, plain)
+
+
+def _detached(value: Tensor, copy: bool) -> Tensor:
+    tensor = value.detach()
+    whole = (
+        tensor.is_contiguous()
+        and tensor.storage_offset() == 0
+        and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+    )
+    return tensor if whole and not copy else tensor.clone()

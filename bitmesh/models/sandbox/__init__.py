@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from bitmesh.errors import InvalidArgument, NotFound
 from bitmesh.models.sandbox.table import ModelTable
 from bitmesh.models.sandbox.worker import Sandbox, SandboxLimits
 from bitmesh.models.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from bitmesh.formats import QuantOption
 
 __all__ = [
     "ModelTable",
@@ -28,6 +33,7 @@ __all__ = [
     "default_sandbox",
     "needs_sandbox",
     "vet_model",
+    "vet_weight_errors",
 ]
 
 _default: Sandbox | None = None
@@ -65,6 +71,24 @@ def vet_model(spec: ModelSpec) -> ModelTable | None:
     starting a child for it."""
     if not needs_sandbox(spec):
         return None
+    _refuse_missing_files(spec)
+    return default_sandbox().describe(spec)
+
+
+def vet_weight_errors(
+    spec: ModelSpec, options: Sequence[QuantOption]
+) -> tuple[ModelTable, list[list[float]]] | None:
+    """A program file's table and its weight errors per layer and option
+    (:meth:`Sandbox.weight_errors`), computed in the sandbox so the calling
+    process never loads the program; None for an architecture, whose weights
+    the caller reads itself (:func:`~bitmesh.models.sandbox.table.weight_errors`)."""
+    if not needs_sandbox(spec):
+        return None
+    _refuse_missing_files(spec)
+    return default_sandbox().weight_errors(spec, options)
+
+
+def _refuse_missing_files(spec: ModelSpec) -> None:
     for path, what in (
         (spec.name_or_path, "exported program"),
         (spec.weights_path, "weights file"),
@@ -73,7 +97,6 @@ def vet_model(spec: ModelSpec) -> ModelTable | None:
             if not os.path.exists(path):
                 raise NotFound(f"{what} {path!r} does not exist")
             raise InvalidArgument(f"{what} {path!r} is not a regular file")
-    return default_sandbox().describe(spec)
 
 
 def close_on_stop(grace: float) -> None:

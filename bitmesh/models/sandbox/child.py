@@ -30,8 +30,8 @@ from typing import Any, TextIO
 
 from bitmesh.models.sandbox.protocol import failure
 
-#: Tables remembered per file identity, so a ListLayers then a StartAnalysis
-#: on one file load it once.
+#: Replies remembered per file identity (and options priced), so a ListLayers
+#: then a StartAnalysis on one file load it once.
 _MAX_TABLES = 16
 
 
@@ -68,15 +68,30 @@ def _identity(data: dict[str, Any]) -> tuple[Any, ...]:
     return (json.dumps(data, sort_keys=True), tuple(stats))
 
 
-def _answer(data: dict[str, Any], memory_bytes: int, tables: dict[tuple[Any, ...], str]) -> str:
+def _answer(
+    data: dict[str, Any],
+    memory_bytes: int,
+    tables: dict[tuple[Any, ...], str],
+    error_keys: list[str] | None = None,
+) -> str:
+    """The reply to one request: the table of ``data``'s model and, when
+    ``error_keys`` (option keys) are given, its weight errors per layer and
+    option, which read the program's weights (proxy NAS's budget problem)."""
     from bitmesh.errors import BitmeshError
-    from bitmesh.models.sandbox.table import describe, spec_from_json
+    from bitmesh.models.sandbox.table import describe, spec_from_json, weight_errors
 
-    key = _identity(data)
+    key = (*_identity(data), None if error_keys is None else tuple(error_keys))
     if key in tables:
         return tables[key]
     try:
-        table = describe(spec_from_json(data))
+        spec = spec_from_json(data)
+        table = describe(spec)
+        answer: dict[str, Any] = {"ok": True, "table": table.to_json()}
+        if error_keys is not None:
+            from bitmesh.formats import parse_option
+
+            options = [parse_option(k) for k in error_keys]
+            answer["weight_errors"] = weight_errors(spec, table.layers, options)
     except BitmeshError as exc:
         if _is_allocation_failure(exc):
             return _memory_failure(memory_bytes)
@@ -87,11 +102,25 @@ def _answer(data: dict[str, Any], memory_bytes: int, tables: dict[tuple[Any, ...
         return failure(
             "INVALID_ARGUMENT", f"the model failed to load or run: {type(exc).__name__}: {exc}"
         )
-    reply = json.dumps({"ok": True, "table": table.to_json()})
+    reply = json.dumps(answer)
     if len(tables) >= _MAX_TABLES:
         tables.clear()
     tables[key] = reply
     return reply
+
+
+def _error_keys(request: dict[str, Any]) -> list[str] | None:
+    """The request's option keys to price (None: a table only), bounded."""
+    from bitmesh.models.sandbox.table import MAX_ERROR_OPTIONS
+
+    keys = request.get("weight_errors")
+    if keys is None:
+        return None
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise TypeError("weight_errors must be a list of option keys")
+    if len(keys) > MAX_ERROR_OPTIONS:
+        raise ValueError(f"more than {MAX_ERROR_OPTIONS} options to price")
+    return keys
 
 
 def _memory_failure(memory_bytes: int) -> str:
@@ -116,7 +145,8 @@ def serve(memory_bytes: int, replies: TextIO) -> None:
 
     import bitmesh.models.layers
     import bitmesh.models.loading
-    import bitmesh.models.sandbox.table  # noqa: F401
+    import bitmesh.models.sandbox.table
+    import bitmesh.quant.fake_quant  # noqa: F401  (weight errors)
 
     torch.set_num_threads(1)
     resource.setrlimit(
@@ -132,7 +162,7 @@ def serve(memory_bytes: int, replies: TextIO) -> None:
             spent = int(used.ru_utime + used.ru_stime) + 1
             limit = spent + max(1, int(request["cpu_seconds"]))
             resource.setrlimit(resource.RLIMIT_CPU, (limit, resource.RLIM_INFINITY))
-            reply = _answer(request["spec"], memory_bytes, tables)
+            reply = _answer(request["spec"], memory_bytes, tables, _error_keys(request))
         except (ValueError, KeyError, TypeError) as exc:
             reply = failure("INVALID_ARGUMENT", f"malformed sandbox request: {exc}")
         replies.write(reply + "\n")

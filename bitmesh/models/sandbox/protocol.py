@@ -1,7 +1,9 @@
 """The sandbox's wire format: one JSON object per line, replies sanitised.
 
-Requests (service -> child): ``{"spec": {...}}``. Replies (child -> service):
-``{"ok": true, "table": {...}}`` or ``{"ok": false, "status": NAME,
+Requests (service -> child): ``{"spec": {...}, "cpu_seconds": N}``, with
+``"weight_errors": [option keys]`` to price the weights too. Replies (child
+-> service): ``{"ok": true, "table": {...}}`` (plus ``"weight_errors"``: per
+layer, one number per option) or ``{"ok": false, "status": NAME,
 "message": TEXT}``; the first line the child writes is ``{"ready": true}``.
 A reply is bounded (:data:`MAX_REPLY_BYTES`) and its message is sanitised on
 both sides: one line, printable characters, at most :data:`MAX_MESSAGE_CHARS`,

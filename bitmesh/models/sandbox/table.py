@@ -16,9 +16,26 @@ from typing import TYPE_CHECKING, Any
 from bitmesh.models.spec import ModelSpec
 
 if TYPE_CHECKING:  # torch-free at import: the trainer's and proxy's edges import this
+    from collections.abc import Sequence
+
+    from torch import nn
+
+    from bitmesh.formats import QuantOption
     from bitmesh.models.layers import LayerProfile
 
-__all__ = ["ModelTable", "describe", "spec_from_json", "spec_to_json"]
+__all__ = [
+    "ModelTable",
+    "describe",
+    "errors_from_json",
+    "layer_weight_errors",
+    "spec_from_json",
+    "spec_to_json",
+    "weight_errors",
+]
+
+#: Most options one weight-errors request may price (the solver's own
+#: ceiling per layer, BITMESH_SOLVER_MAX_OPTIONS_PER_LAYER's default).
+MAX_ERROR_OPTIONS = 256
 
 
 @dataclass(frozen=True)
@@ -72,9 +89,10 @@ class ModelTable:
         )
 
 
-def _typed(value: Any, kind: type) -> Any:
+def _typed(value: Any, kind: type | tuple[type, ...]) -> Any:
     if isinstance(value, bool) or not isinstance(value, kind):
-        raise ValueError(f"expected {kind.__name__}, got {type(value).__name__}")
+        name = kind.__name__ if isinstance(kind, type) else "number"
+        raise ValueError(f"expected {name}, got {type(value).__name__}")
     return value
 
 
@@ -114,3 +132,51 @@ def describe(spec: ModelSpec) -> ModelTable:
         model_hash=model_hash_of(spec, model),
         weight_parameters=weight_parameters(model),
     )
+
+
+def weight_errors(
+    spec: ModelSpec, layers: Sequence[LayerProfile], options: Sequence[QuantOption]
+) -> list[list[float]]:
+    """:func:`layer_weight_errors` of ``spec``'s model, loaded for reading: the
+    child's work for a program file (its weights are read only by loading it)."""
+    from bitmesh.models.model_cache import load_model_for_reading
+
+    return layer_weight_errors(load_model_for_reading(spec), layers, options)
+
+
+def layer_weight_errors(
+    model: nn.Module, layers: Sequence[LayerProfile], options: Sequence[QuantOption]
+) -> list[list[float]]:
+    """Per layer of ``layers`` (in order) and option, ||Q_f(W_l) - W_l||^2 of
+    ``model``'s weight: the uniform-sensitivity Omega of proxy NAS's budget
+    problem, computed alike in the child (a program) and in the service (an
+    architecture, trusted code)."""
+    import torch
+
+    from bitmesh.quant.fake_quant import weight_error_sq
+
+    errors = []
+    for layer in layers:
+        try:
+            weight = model.get_submodule(layer.name).weight
+        except AttributeError:  # discovered by dispatch: named by its weight parameter
+            weight = model.get_parameter(f"{layer.name}.weight")
+        assert isinstance(weight, torch.Tensor)
+        errors.append([weight_error_sq(weight, o.weight, o.granularity) for o in options])
+    return errors
+
+
+def errors_from_json(data: Any, layers: int, options: int) -> list[list[float]]:
+    """Rebuild a weight-errors table of ``layers`` rows of ``options`` numbers,
+    raising ValueError on anything else (a negative or NaN error included)."""
+    if not isinstance(data, list) or len(data) != layers:
+        raise ValueError(f"expected {layers} rows of weight errors")
+    rows = []
+    for row in data:
+        if not isinstance(row, list) or len(row) != options:
+            raise ValueError(f"expected {options} weight errors per layer")
+        values = [float(_typed(v, (int, float))) for v in row]
+        if not all(v >= 0.0 for v in values):  # False for NaN too
+            raise ValueError("a weight error is negative or NaN")
+        rows.append(values)
+    return rows

@@ -3,7 +3,9 @@
 A model file is code (a ``.pt2`` graph runs ATen ops), so the API services
 never load or run one in their own process: :meth:`Sandbox.describe` sends
 the spec to a child process (:mod:`bitmesh.models.sandbox.child`) and gets
-the layer table back as JSON. The child is
+the layer table back as JSON (:meth:`Sandbox.weight_errors` also the weight
+errors per option, the one thing a service needs of a program's weights).
+The child is
 
 - **isolated**: its environment is built from :data:`ENV_ALLOWLIST` (no
   ``BITMESH_*`` variable reaches it, so no token, TLS key path or Redis
@@ -35,14 +37,23 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import bitmesh
 from bitmesh.errors import InvalidArgument, ResourceExhausted, Unavailable
 from bitmesh.models.sandbox.protocol import MAX_REPLY_BYTES, error_from_reply
-from bitmesh.models.sandbox.table import ModelTable, spec_to_json
+from bitmesh.models.sandbox.table import (
+    MAX_ERROR_OPTIONS,
+    ModelTable,
+    errors_from_json,
+    spec_to_json,
+)
 from bitmesh.models.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from bitmesh.formats import QuantOption
 
 __all__ = ["ENV_ALLOWLIST", "Sandbox", "SandboxLimits", "child_environment"]
 
@@ -126,11 +137,42 @@ class Sandbox:
         FailedPrecondition), ResourceExhausted past a memory, CPU or wall
         cap, Unavailable when the child cannot start.
         """
+        return self._table(self._ask(spec, {}))
+
+    def weight_errors(
+        self, spec: ModelSpec, options: Sequence[QuantOption]
+    ) -> tuple[ModelTable, list[list[float]]]:
+        """The layer table of ``spec``'s model and, per layer and option,
+        ||Q_f(W) - W||^2 of its weight, computed in the child under the same
+        caps as :meth:`describe` (what proxy NAS's budget problem needs of a
+        program's weights). Raises as :meth:`describe`, and InvalidArgument
+        for more than ``MAX_ERROR_OPTIONS`` options."""
+        if len(options) > MAX_ERROR_OPTIONS:
+            raise InvalidArgument(
+                f"{len(options)} candidate options to price; at most {MAX_ERROR_OPTIONS}"
+            )
+        reply = self._ask(spec, {"weight_errors": [o.key for o in options]})
+        table = self._table(reply)
+        try:
+            errors = errors_from_json(reply.get("weight_errors"), len(table.layers), len(options))
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"the sandbox gave unreadable weight errors ({exc})") from exc
+        return table, errors
+
+    def _ask(self, spec: ModelSpec, extra: dict[str, Any]) -> dict[str, Any]:
+        """The child's reply to a request about ``spec`` (plus ``extra`` fields)."""
         with self._lock:
             limits = self.limits
-            request = {"spec": spec_to_json(_absolute(spec)), "cpu_seconds": limits.cpu_seconds}
+            request = {
+                "spec": spec_to_json(_absolute(spec)),
+                "cpu_seconds": limits.cpu_seconds,
+                **extra,
+            }
             process = self._ensure_started(limits)
-            reply = self._exchange(process, request, limits)
+            return self._exchange(process, request, limits)
+
+    @staticmethod
+    def _table(reply: dict[str, Any]) -> ModelTable:
         if reply.get("ok") is True:
             try:
                 return ModelTable.from_json(reply["table"])

@@ -45,6 +45,7 @@ def test_up_status_layers_down(tmp_path: Path, queue: str, redis_url: str) -> No
         # worker's torch imports (about 16 s of CPU); the Redis mesh keeps
         # the default, so `up` with warm imports stays covered.
         env["BITMESH_TRAINER_WARM_IMPORTS"] = "0"
+        env["BITMESH_SENSITIVITY_WARM_IMPORTS"] = "0"  # digits_cnn needs no torchvision
     up = _bitmesh(["up", "--detach"], env)
     try:
         assert up.returncode == 0, up.stdout + up.stderr

@@ -33,13 +33,22 @@ def test_settings_reach_the_limits() -> None:
     assert limits.time_limit(0) == 3.0
 
 
+def test_the_loaded_options_cap_reads_its_old_name_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BITMESH_SOLVER_MAX_LOADED_CELLS (the registry counted dense cells) is
+    still read; the new name wins when both are set."""
+    assert Settings(solver_max_loaded_options=5).solver_max_loaded_options == 5
+    monkeypatch.setenv("BITMESH_SOLVER_MAX_LOADED_CELLS", "7")
+    assert Settings().solver_max_loaded_options == 7
+    monkeypatch.setenv("BITMESH_SOLVER_MAX_LOADED_OPTIONS", "9")
+    assert Settings().solver_max_loaded_options == 9
+
+
 @pytest.mark.parametrize(
     ("limits", "setting"),
     [
         (SolverLimits(max_layers=10), "BITMESH_SOLVER_MAX_LAYERS"),
         (SolverLimits(max_options_per_layer=8), "BITMESH_SOLVER_MAX_OPTIONS_PER_LAYER"),
         (SolverLimits(max_total_options=20), "BITMESH_SOLVER_MAX_TOTAL_OPTIONS"),
-        (SolverLimits(max_dense_cells=200), "BITMESH_SOLVER_MAX_DENSE_CELLS"),
     ],
 )
 def test_each_cap_refuses_with_numbers_and_its_setting(limits: SolverLimits, setting: str) -> None:
@@ -50,12 +59,14 @@ def test_each_cap_refuses_with_numbers_and_its_setting(limits: SolverLimits, set
     problem_from_pb(msg, SolverLimits())  # the defaults take it
 
 
-def test_the_dense_hostile_problem_is_refused_before_it_is_built() -> None:
-    """20,000 one-option layers and one of 256: small on the wire, 5 M dense cells."""
+def test_one_wide_layer_is_not_refused_at_the_door() -> None:
+    """20,000 one-option layers and one of 256: small on the wire and stored
+    sparse, so no count of the request is over a cap (the dense cells are
+    capped on the pruned instance, tests/unit/solver_svc/test_sparse.py)."""
     msg = _dense_pb(layers=19_999, wide=256)
     assert msg.ByteSize() < 1_000_000
-    with pytest.raises(ResourceExhausted, match="5,120,000 dense cells"):
-        problem_from_pb(msg, SolverLimits())
+    problem = problem_from_pb(msg, SolverLimits(max_dense_cells=1_000))
+    assert len(problem.layers) == 20_000
 
 
 def test_time_limits() -> None:

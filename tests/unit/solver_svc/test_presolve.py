@@ -22,9 +22,12 @@ def test_ties_merge_into_one_group_with_summed_costs() -> None:
     assert prepared.members == (("a", "b"), ("c",))
     omega = prepared.values[ROWS.index("omega")]
     size = prepared.values[ROWS.index("size_bytes")]
-    # Option "p": a's p + b's p, whatever order b lists its keys in.
+    # Option "p": a's p + b's p, whatever order b lists its keys in; the
+    # options lie flat, group after group.
     assert prepared.keys[0] == ("p", "q")
-    assert omega[0, 0] == 1.0 + 7.0 and size[0, 1] == 4.0 + 6.0
+    assert prepared.offsets.tolist() == [0, 2, 4]
+    assert omega[0] == 1.0 + 7.0 and size[1] == 4.0 + 6.0
+    assert omega[2:].tolist() == [1.0, 1.0]
 
 
 def test_pins_of_tied_layers_intersect() -> None:

@@ -107,22 +107,23 @@ def test_servicer_what_if_answers_from_memory_after_a_sweep(tmp_path: Path) -> N
     assert sources[0] == "solve" and set(sources[2:]) == {"frontier"}
 
 
-def test_loaded_problems_are_bounded_by_their_dense_cells(tmp_path: Path) -> None:
-    """Past the cells cap the least recently used problem leaves memory (the
+def test_loaded_problems_are_bounded_by_their_stored_options(tmp_path: Path) -> None:
+    """Past the options cap the least recently used problem leaves memory (the
     newest always stays) and comes back from the artifact store."""
     problems = [quant_problem(6, seed=40 + i) for i in range(3)]
-    cells = ProblemRegistry(ArtifactStore(str(tmp_path))).register(problems[0])
-    per_problem = cells.solver.prepared.valid.size
+    options = ProblemRegistry(ArtifactStore(str(tmp_path))).register(problems[0])
+    per_problem = options.solver.prepared.num_options
+    assert per_problem == sum(len(layer.options) for layer in problems[0].layers)
     registry = ProblemRegistry(
-        ArtifactStore(str(tmp_path)), background=False, max_loaded_cells=2 * per_problem
+        ArtifactStore(str(tmp_path)), background=False, max_loaded_options=2 * per_problem
     )
     first, second, third = (registry.register(p) for p in problems)
     with registry._lock:
         assert list(registry._loaded) == [second.problem_id, third.problem_id]
-        assert registry.loaded_cells() <= 2 * per_problem
+        assert registry.loaded_options() <= 2 * per_problem
     again = registry.get(first.problem_id)  # from the artifact store
     assert again is not first and again.solver.problem == first.solver.problem
     with registry._lock:
         assert list(registry._loaded) == [third.problem_id, first.problem_id]
-    tiny = ProblemRegistry(ArtifactStore(str(tmp_path)), background=False, max_loaded_cells=1)
-    assert tiny.register(problems[0]).solver.prepared.valid.size > 1  # the newest stays
+    tiny = ProblemRegistry(ArtifactStore(str(tmp_path)), background=False, max_loaded_options=1)
+    assert tiny.register(problems[0]).solver.prepared.num_options > 1  # the newest stays

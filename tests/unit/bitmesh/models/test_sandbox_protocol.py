@@ -7,7 +7,7 @@ import pytest
 from bitmesh.errors import InvalidArgument, ResourceExhausted
 from bitmesh.models.layers import LayerProfile
 from bitmesh.models.sandbox.protocol import MAX_MESSAGE_CHARS, error_from_reply, sanitize
-from bitmesh.models.sandbox.table import ModelTable
+from bitmesh.models.sandbox.table import ModelTable, errors_from_json
 from bitmesh.models.sandbox.worker import child_environment
 
 pytestmark = pytest.mark.unit
@@ -33,6 +33,21 @@ def test_a_table_round_trips_and_wrong_types_are_refused() -> None:
     data["layers"][0]["macs"] = True
     with pytest.raises(ValueError, match="expected int"):
         ModelTable.from_json(data)
+
+
+def test_weight_errors_must_be_one_number_per_layer_and_option() -> None:
+    assert errors_from_json([[0.5, 2], [0.0, 1e-9]], 2, 2) == [[0.5, 2.0], [0.0, 1e-9]]
+    for forged in (
+        [[0.5, 2.0]],  # a layer short
+        [[0.5], [1.0]],  # an option short
+        [[0.5, "1"], [1.0, 1.0]],
+        [[0.5, True], [1.0, 1.0]],
+        [[0.5, -1.0], [1.0, 1.0]],
+        [[0.5, float("nan")], [1.0, 1.0]],
+        {"fc": [0.5, 1.0]},
+    ):
+        with pytest.raises(ValueError):
+            errors_from_json(forged, 2, 2)
 
 
 def test_a_child_can_only_report_the_statuses_of_a_bad_model() -> None:

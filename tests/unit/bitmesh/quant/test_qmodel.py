@@ -224,3 +224,21 @@ def test_learned_clip_gradients_match_autograd_of_the_fake_quantizer(name: str) 
     torch.testing.assert_close(x.grad, expected[0])
     torch.testing.assert_close(clip.grad, expected[1], rtol=1e-4, atol=1e-6)
     assert quant_range(fmt)[1] > 0
+
+
+def test_plain_state_dict_without_copies_shares_whole_tensors_only(
+    model: DigitsCNN, batch: torch.Tensor
+) -> None:
+    layers = wrap_with_config(model, {"fc1": parse_option("int8")}, QuantSettings(), batch)
+    copied = plain_state_dict(model, layers)
+    shared = plain_state_dict(model, layers, copy=False)
+    assert copied.keys() == shared.keys()
+    own = layers["fc1"].inner.weight
+    assert shared["fc1.weight"].data_ptr() == own.data_ptr()
+    assert copied["fc1.weight"].data_ptr() != own.data_ptr()
+    # A view into a larger storage is cloned: torch.save would write all of it.
+    big = torch.zeros(4, 10)
+    model.fc2.bias = nn.Parameter(big[1])
+    view = plain_state_dict(model, layers, copy=False)["fc2.bias"]
+    assert view.data_ptr() != big[1].data_ptr()
+    assert view.untyped_storage().nbytes() == view.numel() * view.element_size()
