@@ -197,6 +197,17 @@ class Settings(BaseSettings):
     sandbox_cpu_seconds: int = Field(default=20, ge=1)
     sandbox_wall_seconds: float = Field(default=20.0, gt=0)
     sandbox_start_seconds: float = Field(default=120.0, gt=0)
+    # A sensitivity analysis of a program file runs in a child of its own
+    # (sensitivity_svc/isolated.py): the address space its model, batches and
+    # traces may add past the child's own after importing torch. Within it the
+    # child lowers its limit to twice the analysis's memory estimate (plus
+    # 512 MiB of slack) once the model is loaded; an estimate above this cap
+    # fails the job naming the setting.
+    analysis_memory_bytes: int = Field(default=4 * 1024**3, ge=64 * 1024**2)
+    # Keep one analysis child started ahead (its torch import done, ~0.75 GiB
+    # resident, waiting), so an analysis of a program does not wait seconds
+    # for it; each child still serves one analysis only. Off: none is kept.
+    analysis_spare_child: bool = True
 
     # Security (off on loopback; on in the Kubernetes manifests).
     # The shared bearer token: the tenant "default" (bitmesh/tenants.py). A

@@ -2,10 +2,14 @@
 
 ``prepare`` does everything that can fail because of the request (loading
 the model and data, finding layers, checking labels and the loss) before a
-job exists, so bad input is a gRPC status, not a failed job. ``run`` then
-either answers from the artifact store (same model, data and estimator
-settings: the traces are reused and only options not priced before get their
-Omega computed) or estimates the traces and stores the report.
+job exists, so bad input is a gRPC status, not a failed job. A program
+file (``.pt2``) is the exception: it is vetted in the sandbox here but
+never loaded in this process, so its label and loss checks run with its
+traces in the job's child (:mod:`sensitivity_svc.isolated`) and fail the
+job. ``run`` then either answers from the artifact store (same model, data
+and estimator settings: the traces are reused and only options not priced
+before get their Omega computed) or estimates the traces and stores the
+report.
 
 A repeated request skips even the loading: the service remembers which
 stored report each request fingerprint (the model's spec with its files'
@@ -53,6 +57,7 @@ from sensitivity_svc.analysis import (
     validate_data,
 )
 from sensitivity_svc.hutchinson import LayerTrace
+from sensitivity_svc.isolated import analyse_in_child
 from sensitivity_svc.report import SensitivityReport, layer_sensitivity
 
 NAMESPACE = "sensitivity"
@@ -78,6 +83,9 @@ class PreparedAnalysis:
     model_hash: str
     dataset_hash: str
     stored: dict[str, Any] | None = None
+    #: A program file: never loaded here, its analysis runs in a child
+    #: (sensitivity_svc/isolated.py), so ``model`` stays None.
+    program: ModelSpec | None = None
 
 
 class _RequestMemo:
@@ -220,13 +228,20 @@ def prepare(
             )
 
     # A program file is loaded, checked and probed in the sandbox first: one
-    # that loops, allocates without bound or calls I/O ops is refused there.
-    # The job's traces then run the vetted program here (see
-    # bitmesh/models/sandbox/__init__.py for what that still trusts).
+    # that loops, allocates without bound or calls I/O ops is refused there,
+    # and its layers and hash come from there. It is never loaded in this
+    # process: the job's child (sensitivity_svc/isolated.py) loads it, checks
+    # the data against it and runs the traces. An architecture name (trusted
+    # torchvision or bitmesh code, weights read weights_only) runs here.
     vetted = vet_model(model_spec)
     torch.manual_seed(int(estimator["seed"]))
-    model = load_model_copy(model_spec)
-    layers = list(vetted.layers) if vetted is not None else layers_of(model, model_spec)
+    model = load_model_copy(model_spec) if vetted is None else None
+    if vetted is not None:
+        layers, m_hash = list(vetted.layers), vetted.model_hash
+    else:
+        assert model is not None
+        layers = layers_of(model, model_spec)
+        m_hash = model_hash_of(model_spec, model)
     batches = _batches(dataset_spec, size, int(estimator["num_batches"]), int(estimator["seed"]))
     sample_shape = tuple(batches[0][0].shape[1:])
     if sample_shape != tuple(model_spec.input_shape):
@@ -235,15 +250,17 @@ def prepare(
             f"{tuple(model_spec.input_shape)}; set the model's input_shape or the dataset's shape"
         )
     check_batches(batches)
-    m_hash = model_hash_of(model_spec, model)
     # The traces run on BITMESH_DEVICE (a GPU when there is one); a device
-    # the machine lacks is refused here, before the job is queued.
+    # the machine lacks is refused here, before the job is queued. A program's
+    # child runs on the CPU (its memory cap is an address-space rlimit).
     device = resolve_device()
-    model.to(device)
-    batches = [(inputs.to(device), targets.to(device)) for inputs, targets in batches]
-    # Labels that do not fit the outputs, or a NaN/inf loss, are the request's
-    # fault: refuse them now rather than fail the job later.
-    validate_data(model, torch.nn.functional.cross_entropy, batches)
+    if model is not None:
+        model.to(device)
+        batches = [(inputs.to(device), targets.to(device)) for inputs, targets in batches]
+        # Labels that do not fit the outputs, or a NaN/inf loss, are the
+        # request's fault: refuse them now rather than fail the job later (a
+        # program's child makes the same checks first, failing the job).
+        validate_data(model, torch.nn.functional.cross_entropy, batches)
     key = cache_key(
         m_hash,
         d_hash,
@@ -255,7 +272,17 @@ def prepare(
     )
     if fingerprint is not None:
         _remembered.put(fingerprint, key)
-    return PreparedAnalysis(model, layers, batches, list(options), settings, key, m_hash, d_hash)
+    return PreparedAnalysis(
+        model,
+        layers,
+        batches,
+        list(options),
+        settings,
+        key,
+        m_hash,
+        d_hash,
+        program=model_spec if vetted is not None else None,
+    )
 
 
 def _weights(model: nn.Module) -> dict[str, Tensor]:
@@ -264,13 +291,17 @@ def _weights(model: nn.Module) -> dict[str, Tensor]:
     }
 
 
-def _add_options(
-    report: SensitivityReport, job: PreparedAnalysis, model: nn.Module, missing: list[QuantOption]
+def price_options(
+    report: SensitivityReport,
+    layers: Sequence[LayerProfile],
+    model: nn.Module,
+    missing: Sequence[QuantOption],
 ) -> SensitivityReport:
-    """Price only the options the stored report lacks, from its stored traces."""
+    """Price only the options the stored report lacks, from its stored traces
+    (here, or in a program's analysis child)."""
     weights = _weights(model)
-    profiles = {p.name: p for p in job.layers}
-    layers = []
+    profiles = {p.name: p for p in layers}
+    priced = []
     for layer in report.layers:
         extra = layer_sensitivity(
             profiles[layer.name],
@@ -280,9 +311,9 @@ def _add_options(
             layer.samples,
             missing,
         )
-        layers.append(replace(layer, perturbations=layer.perturbations + extra.perturbations))
+        priced.append(replace(layer, perturbations=layer.perturbations + extra.perturbations))
     return replace(
-        report, layers=tuple(layers), options=report.options + tuple(o.key for o in missing)
+        report, layers=tuple(priced), options=report.options + tuple(o.key for o in missing)
     )
 
 
@@ -307,8 +338,21 @@ def run(job: PreparedAnalysis, artifacts: ArtifactStore, ctx: JobContext) -> dic
                 "pricing new options",
                 f"reusing stored traces; pricing {len(missing)} new options",
             )
-            assert job.model is not None, "prepare loads the model when options are missing"
-            report = _add_options(report, job, job.model, missing)
+            if job.program is not None:
+                report = analyse_in_child(
+                    job.program,
+                    job.batches,
+                    job.layers,
+                    missing,
+                    job.settings,
+                    job.settings.seed,
+                    None,
+                    ctx,
+                    stored=report,
+                )
+            else:
+                assert job.model is not None, "prepare loads the model when options are missing"
+                report = price_options(report, job.layers, job.model, missing)
             artifacts.set_ref(NAMESPACE, job.key, report.to_dict())
         artifact = artifacts.put_json(report.to_dict())
         answer = _only(report, job.options)
@@ -351,8 +395,22 @@ def run(job: PreparedAnalysis, artifacts: ArtifactStore, ctx: JobContext) -> dic
             },
         )
 
-    assert job.model is not None, "prepare loads the model when nothing is stored"
-    report = analyse(job.model, job.batches, job.layers, job.options, job.settings, progress, ctx)
+    if job.program is not None:
+        report = analyse_in_child(
+            job.program,
+            job.batches,
+            job.layers,
+            job.options,
+            job.settings,
+            job.settings.seed,
+            progress,
+            ctx,
+        )
+    else:
+        assert job.model is not None, "prepare loads the model when nothing is stored"
+        report = analyse(
+            job.model, job.batches, job.layers, job.options, job.settings, progress, ctx
+        )
     report = replace(report, model_hash=job.model_hash, dataset_hash=job.dataset_hash)
     artifact = artifacts.set_ref(NAMESPACE, job.key, report.to_dict())
     return {

@@ -33,6 +33,7 @@ from bitmesh.settings import Settings
 from bitmesh.tenants import current_tenant
 from bitmesh.v1 import common_pb2, sensitivity_pb2, sensitivity_pb2_grpc
 from sensitivity_svc.convert import report_to_pb, settings_from_pb
+from sensitivity_svc.isolated import close_spare
 from sensitivity_svc.jobs import prepare, run
 from sensitivity_svc.layer_table import layer_table
 from sensitivity_svc.report import SensitivityReport
@@ -204,5 +205,5 @@ def build(
     return (
         [lambda s: sensitivity_pb2_grpc.add_SensitivityServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],
-        [sweeper.stop, runner.shutdown, close_on_stop],
+        [sweeper.stop, runner.shutdown, close_on_stop, close_spare],
     )

@@ -5,6 +5,9 @@ Each is a real ``torch.export`` program (dynamic batch, input ``(4,)``,
 
 - :func:`looping_program`: a ``torch.while_loop`` that runs 10^12 times;
 - :func:`allocating_program`: ``torch.empty`` of 50 GB in its forward;
+- :func:`batch_allocating_program`: ``torch.empty`` of 40 GB per sample past
+  the first, so the sandbox's one-sample probe passes and an analysis's
+  batch does not;
 - :func:`file_reading_program`: calls ``aten.from_file`` on ``/etc/hostname``.
   torch.export cannot trace ``torch.from_file`` (it has no fake kernel), so
   this one is exported with a ``torch.zeros`` in its place and the graph
@@ -55,6 +58,12 @@ class Allocating(_Head):
         return self.fc(x) + big[:1].sum() * 0
 
 
+class BatchAllocating(_Head):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        big = torch.empty((x.shape[0] - 1) * 10**10)
+        return self.fc(x) + big[:1].sum() * 0
+
+
 class _ZerosStandIn(_Head):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         data = torch.zeros(1, dtype=torch.uint8)
@@ -84,6 +93,10 @@ def looping_program(path: Path) -> Path:
 
 def allocating_program(path: Path) -> Path:
     return _save(Allocating(), path)
+
+
+def batch_allocating_program(path: Path) -> Path:
+    return _save(BatchAllocating(), path)
 
 
 def file_reading_program(path: Path) -> Path:
