@@ -204,6 +204,10 @@ class Settings(BaseSettings):
     # 512 MiB of slack) once the model is loaded; an estimate above this cap
     # fails the job naming the setting.
     analysis_memory_bytes: int = Field(default=4 * 1024**3, ge=64 * 1024**2)
+    # Program analyses whose children run at once (the others wait in their
+    # job, RUNNING and cancellable): the pod's memory limit holds this many
+    # children of BITMESH_ANALYSIS_MEMORY_BYTES beside the service.
+    analysis_max_children: int = Field(default=1, ge=1)
     # Keep one analysis child started ahead (its torch import done, ~0.75 GiB
     # resident, waiting), so an analysis of a program does not wait seconds
     # for it; each child still serves one analysis only. Off: none is kept.

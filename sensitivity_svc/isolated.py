@@ -88,6 +88,37 @@ def _keep_spare() -> bool:
     return load_settings().analysis_spare_child
 
 
+_slots: threading.BoundedSemaphore | None = None
+_slots_lock = threading.Lock()
+
+
+def _child_slots() -> threading.BoundedSemaphore:
+    """Analysis children that may run at once (``BITMESH_ANALYSIS_MAX_CHILDREN``).
+
+    Why a cap apart from the job cap: each child may take
+    ``BITMESH_ANALYSIS_MEMORY_BYTES`` on top of its torch import, and the
+    pod's memory limit is sized for this many of them beside the service,
+    the model sandbox and the spare (``deploy/k8s``, checked by
+    tests/unit/deploy); four concurrent program analyses at 4 GiB each
+    would have the kernel kill the whole pod instead."""
+    global _slots
+    with _slots_lock:
+        if _slots is None:
+            from bitmesh.settings import load_settings
+
+            _slots = threading.BoundedSemaphore(load_settings().analysis_max_children)
+        return _slots
+
+
+def _wait_for_slot(cancel: CancelFlag) -> threading.BoundedSemaphore:
+    """A child slot, waited for while the job can still be cancelled."""
+    slots = _child_slots()
+    while not slots.acquire(timeout=POLL_S):
+        if cancel.is_set():
+            raise Cancelled("the analysis was cancelled")
+    return slots
+
+
 def analyse_in_child(
     spec: ModelSpec,
     batches: Sequence[tuple[Tensor, Tensor]],
@@ -107,6 +138,27 @@ def analyse_in_child(
     ResourceExhausted: the child's own report), ResourceExhausted when the
     child dies, Cancelled when ``cancel`` is set."""
     memory_bytes = _memory_bytes()
+    slots = _wait_for_slot(cancel)
+    try:
+        return _analyse_with_slot(
+            spec, batches, layers, options, settings, seed, progress, cancel, stored, memory_bytes
+        )
+    finally:
+        slots.release()
+
+
+def _analyse_with_slot(
+    spec: ModelSpec,
+    batches: Sequence[tuple[Tensor, Tensor]],
+    layers: Sequence[LayerProfile],
+    options: Sequence[QuantOption],
+    settings: SensitivitySettings,
+    seed: int,
+    progress: Callable[[str, LayerTrace], None] | None,
+    cancel: CancelFlag,
+    stored: SensitivityReport | None,
+    memory_bytes: int,
+) -> SensitivityReport:
     child = _take(memory_bytes)
     try:
         _refill(memory_bytes)

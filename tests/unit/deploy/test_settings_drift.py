@@ -556,7 +556,8 @@ def test_sandbox_fits_beside_each_service(
     docs: tuple[Doc, ...], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A pod that runs the sandbox holds the service, the child's imports and
-    the model budget the child may add (BITMESH_SANDBOX_MEMORY_BYTES): a
+    the model budget the child may add (BITMESH_SANDBOX_MEMORY_BYTES), and
+    the sensitivity pod its program analyses' children and spare too: a
     limit below that is an OOM kill of the whole pod (the service with it) on
     a large but allowed program, not the child's clean RESOURCE_EXHAUSTED."""
     deployments = service_deployments(docs)
@@ -565,4 +566,9 @@ def test_sandbox_fits_beside_each_service(
         settings = _settings_of(docs, container, monkeypatch)
         limit = _bytes(container["resources"]["limits"]["memory"], _K8S_UNITS)
         needed = SERVICE_SHARE_BYTES + CHILD_IMPORTS_BYTES + settings.sandbox_memory_bytes
+        if service == "sensitivity":  # program analyses run in children of their own
+            needed += settings.analysis_max_children * (
+                CHILD_IMPORTS_BYTES + settings.analysis_memory_bytes
+            )
+            needed += CHILD_IMPORTS_BYTES if settings.analysis_spare_child else 0
         assert limit >= needed, (service, limit / 1024**3, needed / 1024**3)

@@ -68,3 +68,33 @@ def test_garbled_output_is_refused(line: str) -> None:
         _follow(process, lambda stage, e: None, threading.Event(), 1)
     process.kill()
     _ended(process)
+
+
+def test_children_past_the_cap_wait_for_a_slot_and_can_be_cancelled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """BITMESH_ANALYSIS_MAX_CHILDREN bounds the children the pod must hold:
+    an analysis past it waits for a slot, and a cancel ends the wait."""
+    from sensitivity_svc import isolated
+
+    monkeypatch.setenv("BITMESH_ANALYSIS_MAX_CHILDREN", "1")
+    monkeypatch.setattr(isolated, "_slots", None)  # read the setting afresh
+    held = isolated._wait_for_slot(threading.Event())  # the one slot, taken
+    cancel = threading.Event()
+    outcome: list[object] = []
+
+    def second() -> None:
+        try:
+            outcome.append(isolated._wait_for_slot(cancel))
+        except Cancelled as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    waiter.join(timeout=3 * isolated.POLL_S)
+    assert waiter.is_alive() and not outcome  # still waiting: the cap holds
+    cancel.set()
+    waiter.join(timeout=5)
+    assert len(outcome) == 1 and isinstance(outcome[0], Cancelled)
+    held.release()
+    isolated._wait_for_slot(threading.Event()).release()  # free again once released
