@@ -208,6 +208,9 @@ class Settings(BaseSettings):
     # job, RUNNING and cancellable): the pod's memory limit holds this many
     # children of BITMESH_ANALYSIS_MEMORY_BYTES beside the service.
     analysis_max_children: int = Field(default=1, ge=1)
+    # Seconds one program analysis's child may run before it is killed and its
+    # job fails naming this (the traces of a resnet18 take seconds to minutes).
+    analysis_wall_seconds: float = Field(default=3600.0, gt=0)
     # Keep one analysis child started ahead (its torch import done, ~0.75 GiB
     # resident, waiting), so an analysis of a program does not wait seconds
     # for it; each child still serves one analysis only. Off: none is kept.

@@ -25,9 +25,10 @@ progress and the report, numbers and names, never a pickle) comes back.
 
 One child per analysis, ended with it: nothing one user's program leaves in
 a process meets another's. Its start (the imports and a warm-up load, 10-20 s
-of a busy 2-core machine) is paid ahead: the service keeps one spare child
-started (``BITMESH_ANALYSIS_SPARE_CHILD``), which the next analysis takes,
-starting the next spare as it does. Architecture names run in the service
+of a busy 2-core machine) is paid ahead from the second analysis of a
+program on: the first starts one spare child beside its own
+(``BITMESH_ANALYSIS_SPARE_CHILD``), which the next analysis takes, starting
+the next spare as it does; the first analysis itself pays the start. Architecture names run in the service
 as before, with no child.
 """
 
@@ -42,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -80,6 +82,12 @@ def _memory_bytes() -> int:
     from bitmesh.settings import load_settings
 
     return load_settings().analysis_memory_bytes
+
+
+def _wall_seconds() -> float:
+    from bitmesh.settings import load_settings
+
+    return load_settings().analysis_wall_seconds
 
 
 def _keep_spare() -> bool:
@@ -303,14 +311,27 @@ def _follow(
     cancel: CancelFlag,
     memory_bytes: int,
 ) -> dict[str, Any]:
-    """Read the child's lines until its reply; progress goes to ``progress``."""
+    """Read the child's lines until its reply; progress goes to ``progress``.
+
+    Past ``BITMESH_ANALYSIS_WALL_SECONDS`` the child is killed and the job
+    fails RESOURCE_EXHAUSTED naming it: a program that is slow at the real
+    batch size would otherwise hold the only child slot for ever."""
     assert process.stdout is not None
     fd = process.stdout.fileno()
     buffer = b""
+    wall = _wall_seconds()
+    deadline = time.monotonic() + wall
     while True:
         if cancel.is_set():
             process.kill()
             raise Cancelled("the analysis was cancelled")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise ResourceExhausted(
+                f"the analysis of the program ran past {wall:g} s and was stopped "
+                "(BITMESH_ANALYSIS_WALL_SECONDS): use fewer samples or batches, or ask "
+                "the operator to raise the limit"
+            )
         readable, _, _ = select.select([fd], [], [], POLL_S)
         if not readable:
             continue

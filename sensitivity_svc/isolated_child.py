@@ -38,6 +38,7 @@ import resource
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
 from bitmesh.models.sandbox.child import _address_space, _is_allocation_failure
@@ -130,6 +131,9 @@ def _analyse(request: dict[str, Any], memory_bytes: int, ceiling: int, out: Text
     batches = [
         (inputs, targets) for inputs, targets in torch.load(request["batches"], weights_only=True)
     ]
+    # Gone from the pod's small /tmp at once, whatever ends this child later
+    # (a SIGKILL of the service leaves no temporary folder to clean then).
+    Path(request["batches"]).unlink(missing_ok=True)
     layers = [
         LayerProfile(**{**item, "weight_shape": tuple(item["weight_shape"])})
         for item in request["layers"]

@@ -8,6 +8,7 @@ with the model in eval mode, so BatchNorm statistics stay as trained.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 import torch
 
@@ -48,6 +49,14 @@ def run_calibration(ws: Workspace, io: LoopIO) -> Outcome:
         evaluation=evaluation,
         history=history,
         steps_done=total,
-        weights=weights_bytes(model, layers, chosen) if layers else None,
+        weights=None if _unchanged_file(ws, layers) else weights_bytes(model, layers, chosen),
         seconds=seconds,
     )
+
+
+def _unchanged_file(ws: Workspace, layers: Mapping[str, object]) -> bool:
+    """Nothing was quantized and the model has a file of its own (weights or
+    a program), so that file is the result's weights (``Outcome.weights``).
+    A randomly initialised architecture has none: its weights are stored."""
+    model = ws.request.model
+    return not layers and (model.weights_path is not None or model.source != "architecture")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,8 @@ from trainer_svc.evaluate import Evaluation
 
 WEIGHTS_MEDIA_TYPE = "application/vnd.bitmesh.weights+torch"
 
+_CRC_OFF = threading.Lock()
+
 
 @dataclass
 class Outcome:
@@ -25,9 +28,10 @@ class Outcome:
     history: list[dict[str, float]]
     steps_done: int
     #: The torch.save file, as a view of its buffer (not copied out of it);
-    #: None when the job changed no weight (a calibration that quantizes no
-    #: layer, which is how a given model is evaluated as it is): the input's
-    #: weights are the result's, and storing a copy of them cost a resnet18
+    #: None when the job changed no weight of a model that has its own file
+    #: (a calibration that quantizes no layer of a given state_dict or
+    #: program, which is how a given model is evaluated as it is): that file
+    #: is the result's weights, and storing a copy cost a resnet18
     #: evaluation 0.25-0.9 s of its 0.8-2 s.
     weights: bytes | memoryview | None
     resumed_from: list[int] = field(default_factory=list)
@@ -57,7 +61,10 @@ def weights_bytes(
         "config": {name: option.key for name, option in config.items()},
     }
     buffer = io.BytesIO()
-    with serialization_config.patch({"save.compute_crc32": False}):  # type: ignore[attr-defined]
+    # torch's serialisation config is one per process: the lock keeps two
+    # jobs' saves from interleaving the patch and its undo (which would leave
+    # CRCs off for good); a pool process runs one job at a time anyway.
+    with _CRC_OFF, serialization_config.patch({"save.compute_crc32": False}):  # type: ignore[attr-defined]
         torch.save(payload, buffer)
     # A view, not getvalue(): that copied a resnet18's 45 MB once more per job.
     return buffer.getbuffer()

@@ -147,6 +147,13 @@ def refuse_insecure_bind(settings: Settings, address: str | None = None) -> None
     )
 
 
+class PortTaken(OSError):
+    """The service's own port could not be bound (another process holds it,
+    or the address is not this machine's): apart from any other start-up
+    failure, so that ``bitmesh up``'s fallback to a free port retries only
+    this one."""
+
+
 def create_server(
     address: str,
     registrars: Sequence[Registrar],
@@ -189,12 +196,15 @@ def create_server(
         (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     credentials = server_credentials(settings)
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:  # grpc: "Failed to bind to address ..."
+        raise PortTaken(f"could not bind {address}: {exc}") from None
     if port == 0:
-        raise OSError(f"could not bind {address}")
+        raise PortTaken(f"could not bind {address}")
     _warn_if_exposed(settings, tls=credentials is not None)
     health_server, health_port = _health_only_server(settings, health_servicer)
     server.start()

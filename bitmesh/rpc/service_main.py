@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bitmesh.logs import configure_logging
 from bitmesh.rpc.server import (
+    PortTaken,
     RefusedToStart,
     Registrar,
     RunningServer,
@@ -51,7 +52,7 @@ def start_service(
     bind_port = settings.port_of(service) if port is None else port
     try:
         running = create_server(f"{settings.host}:{bind_port}", registrars, names, settings)
-    except (OSError, RuntimeError) as exc:  # grpc raises RuntimeError("Failed to bind ...")
+    except PortTaken as exc:
         if not any_port_if_taken or bind_port == 0:
             raise
         log.info("port %d is taken (%s); binding a free one", bind_port, exc)

@@ -6,15 +6,18 @@ binding, and reports the port it got."""
 
 from __future__ import annotations
 
+import queue
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bitmesh.client import Client
+from bitmesh.rpc.server import PortTaken
 from bitmesh.rpc.service_main import start_service
 from bitmesh.settings import load_settings
 from solver_svc.servicer import build
@@ -32,9 +35,28 @@ def taken_port() -> Iterator[int]:
         yield holder.getsockname()[1]
 
 
+def _line_with(proc: subprocess.Popen[str], text: str, timeout: float) -> str:
+    """The first line of ``proc``'s output holding ``text``, read in a thread
+    so that a service that hangs fails the test instead of hanging it."""
+    found: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if text in line:
+                found.put(line)
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        return found.get(timeout=timeout)
+    except queue.Empty:
+        pytest.fail(f"no line with {text!r} from the service within {timeout:g} s")
+
+
 def test_taken_port_is_refused_without_the_fallback(tmp_path: Path, taken_port: int) -> None:
     settings = load_settings(artifact_root=str(tmp_path))
-    with pytest.raises((OSError, RuntimeError)):
+    with pytest.raises(PortTaken):
         start_service("solver", build, settings, port=taken_port)
 
 
@@ -64,7 +86,7 @@ def test_service_reports_the_port_it_bound(tmp_path: Path, taken_port: int) -> N
     try:
         assert proc.stdout is not None
         # Log lines first; "solver serving on HOST:PORT" comes after the port file.
-        ready = next(line for line in proc.stdout if " serving on " in line)
+        ready = _line_with(proc, " serving on ", timeout=120)
         reported = int(port_file.read_text())
         assert reported != taken_port
         assert ready.strip().endswith(f":{reported}"), ready

@@ -36,6 +36,16 @@ def test_a_cancel_kills_the_child_and_raises() -> None:
     assert _ended(process) < 0  # killed, not ended by itself
 
 
+def test_a_child_past_its_wall_clock_is_killed_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BITMESH_ANALYSIS_WALL_SECONDS", "0.5")
+    process = _child("import time; time.sleep(60)")
+    with pytest.raises(ResourceExhausted, match="BITMESH_ANALYSIS_WALL_SECONDS"):
+        _follow(process, None, threading.Event(), 1 << 30)
+    assert _ended(process) < 0  # killed, not ended by itself
+
+
 def test_a_child_killed_by_a_signal_is_a_bounded_resource_error() -> None:
     process = _child("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
     with pytest.raises(ResourceExhausted) as caught:

@@ -59,13 +59,22 @@ def _search(steps: int = 60, checkpoint_every: int = 20) -> TrainingRequest:
     return TrainingRequest("search", MODEL, DATA, spec, settings)
 
 
-def test_an_evaluation_stores_no_weights(stores) -> None:  # type: ignore[no-untyped-def]
-    """A calibration that quantizes no layer changes no weight: nothing is
-    stored for them, and the result says so by having none (the input's
-    file is the weights), while one that quantizes stores its weights."""
+def test_an_evaluation_stores_no_weights(stores, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A calibration that quantizes no layer of a model given as a file
+    changes no weight: nothing is stored for them, and the result says so
+    by having none (the input's file is the weights), while one that
+    quantizes, or a random init with no file, stores its weights."""
     store, artifacts = stores
+    given = tmp_path / "given.pt"
+    torch.save(DigitsCNN().state_dict(), given)
+    with_file = ModelSpec(
+        source="architecture",
+        name_or_path="digits_cnn",
+        input_shape=(1, 8, 8),
+        weights_path=str(given),
+    )
     as_given = TrainingRequest(
-        "calibration", MODEL, DATA, CalibrationSpec(calibration_batches=1), TrainingSettings()
+        "calibration", with_file, DATA, CalibrationSpec(calibration_batches=1), TrainingSettings()
     )
     _submit(store, "eval-1", as_given)
     assert run_job("eval-1", store, artifacts) is JobState.SUCCEEDED
@@ -74,6 +83,14 @@ def test_an_evaluation_stores_no_weights(stores) -> None:  # type: ignore[no-unt
     assert "weights" not in result["artifacts"] and "metrics" in result["artifacts"]
     assert not result_to_pb(store.get("eval-1")).HasField("weights")
     assert not any(blob.size_bytes > 10_000 for blob in artifacts.blobs())
+
+    # A randomly initialised architecture has no file: its weights are stored.
+    random_init = TrainingRequest(
+        "calibration", MODEL, DATA, CalibrationSpec(calibration_batches=1), TrainingSettings()
+    )
+    _submit(store, "eval-random", random_init)
+    assert run_job("eval-random", store, artifacts) is JobState.SUCCEEDED
+    assert "weights" in store.get("eval-random").result["artifacts"]  # type: ignore[index]
 
     quantized = TrainingRequest(
         "calibration",
