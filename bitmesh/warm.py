@@ -60,13 +60,22 @@ def _warm_politely(modules: tuple[str, ...]) -> None:
     warm_imports(modules)
 
 
-def warm_in_background(modules: Iterable[str]) -> threading.Thread:
-    """:func:`warm_imports` in a daemon thread at the lowest CPU priority, for
-    a process that spends the meantime blocked on I/O (an RPC wait releases
-    the GIL). Python's import locks make a module imported by both threads
-    load once."""
+def warm_in_background(modules: Iterable[str], *, polite: bool = True) -> threading.Thread:
+    """:func:`warm_imports` in a daemon thread, for a process that spends the
+    meantime blocked on I/O (an RPC wait releases the GIL). Python's import
+    locks make a module imported by both threads load once.
+
+    ``polite`` (the default) runs it at the lowest CPU priority. A server
+    must pass False: an import holds the GIL between bytecodes, and a
+    nice-19 thread holding it while the kernel has it preempted (other
+    processes busy on both cores) keeps every other thread of the process
+    waiting, its health port included. That priority inversion made the
+    sensitivity service miss a 1 s health deadline in 3 of 6 runs of
+    tests/integration/security/test_starvation.py; at normal priority the
+    GIL changes hands every 5 ms as usual."""
+    target = _warm_politely if polite else warm_imports
     thread = threading.Thread(
-        target=_warm_politely, args=(tuple(modules),), name="bitmesh-warm-imports", daemon=True
+        target=target, args=(tuple(modules),), name="bitmesh-warm-imports", daemon=True
     )
     thread.start()
     return thread

@@ -1,8 +1,9 @@
 """``python -m sensitivity_svc``: serve the sensitivity service on its port.
 
 What the first analysis needs (torchvision's model builders, the image
-loaders, the estimator) is imported in a background thread at the lowest
-CPU priority as the service starts (``bitmesh.warm.warm_in_background``).
+loaders, the estimator) is imported in a background thread as the service
+starts (``bitmesh.warm.warm_in_background``; at normal priority, since a
+niced thread that holds the GIL while preempted stalls the whole server).
 Why: those imports are lazy, so the first StartAnalysis or ListLayers of a
 fresh service paid them inside the call: 5.5 s of a resnet18 StartAnalysis
 that takes 0.06 s once warm (measured on the 2-core machine). Unlike the
@@ -30,5 +31,5 @@ ANALYSIS_MODULES: tuple[str, ...] = (
 
 if __name__ == "__main__":
     if os.environ.get("BITMESH_SENSITIVITY_WARM_IMPORTS", "1") != "0":
-        warm_in_background(ANALYSIS_MODULES)
+        warm_in_background(ANALYSIS_MODULES, polite=False)
     main("sensitivity", build)

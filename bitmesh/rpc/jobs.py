@@ -19,12 +19,12 @@ from bitmesh.jobs.tenancy import owned_job
 
 T = TypeVar("T")
 
-#: How often a Watch stream looks for new events of its job. The end of a
-#: job reaches its watcher this much later at worst, once per pipeline stage
-#: (half on average); 0.1 s was 1-2 % of a resnet18 pipeline run. Each poll
-#: is two indexed reads (record and events), so 20 a second per stream,
-#: under BITMESH_MAX_CONCURRENT_STREAMS, stays cheap for SQLite and Redis.
-POLL_SECONDS = 0.05
+#: How often a Watch stream looks for new events of its job. Not shorter:
+#: 0.05 s (tried 2026-12-04, for the 0.1-0.2 s it saves a pipeline run) made
+#: 48 watchers of one analysis poll ~1,000 times a second, and their GIL
+#: time starved the sensitivity service's health port past its 1 s deadline
+#: in tests/integration/security/test_starvation.py on the loaded machine.
+POLL_SECONDS = 0.1
 
 
 def _is_final(event: dict[str, Any]) -> bool:

@@ -84,9 +84,12 @@ def test_an_infeasible_solve_with_a_2_s_limit_answers_within_3_s(
         client.stub("solver").Solve(request, timeout=LIMIT_S + 1.0)
     error = caught.value
     assert error.code() is grpc.StatusCode.FAILED_PRECONDITION, error.details()
-    assert "no configuration meets the budgets" in error.details()
-    # The explanation was cut by the call's limit, not run to the end.
-    assert "not checked: the time limit ended" in error.details()
+    details = error.details()
+    if "no configuration meets the budgets" in details:
+        # Proven infeasible; the explanation was cut by the call's limit.
+        assert "not checked: the time limit ended" in details, details
+    else:  # on a loaded machine the limit can end before the proof itself
+        assert "none was proven impossible" in details, details
 
 
 def _wide_pb(small: int, wide: int, *, trade_off: bool) -> solver_pb2.Problem:
