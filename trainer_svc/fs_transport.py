@@ -21,22 +21,35 @@ kombu does). :func:`restore_claimed`, run when a worker starts and by the
 trainer service's resender, moves the files of processes that no longer
 exist back into the queue. Duplicates are harmless: job runs take a lease
 and check the job's state first.
+
+Written whole, then named: kombu's ``_put`` opens the message's final
+``*.msg`` name and writes into it, so a fetch that renames the file in
+between (this module's claim) read it empty, and the worker died on the
+JSON error with the job left QUEUED (seen once: ``scripts/run.sh`` hung on
+a clean clone). Here a message is written under a temporary name no fetch
+matches and renamed into place (atomic); a claimed file that still does not
+parse (a writer of kombu's own kind) goes back to the queue for a later
+fetch instead of ending the worker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 from queue import Empty
 from typing import Any
 
 from celery.signals import worker_shutting_down
 from kombu.transport import filesystem
-from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
+from kombu.utils.encoding import bytes_to_str, str_to_bytes
+from kombu.utils.json import dumps, loads
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Transport", "restore_claimed"]
 
@@ -111,7 +124,13 @@ class Channel(filesystem.Channel):  # type: ignore[misc]
                 (inbox / name).rename(claimed)  # atomic: one fetcher wins
             except OSError:
                 continue
-            payload = loads(bytes_to_str(claimed.read_bytes()))
+            try:
+                payload = loads(bytes_to_str(claimed.read_bytes()))
+            except ValueError:  # still being written by a non-atomic writer
+                log.warning("message %s did not parse yet; back into the queue", name)
+                with contextlib.suppress(OSError):
+                    claimed.rename(inbox / name)
+                continue
             tag = payload.get("properties", {}).get("delivery_tag")
             if tag is None:
                 claimed.unlink(missing_ok=True)
@@ -119,6 +138,15 @@ class Channel(filesystem.Channel):  # type: ignore[misc]
                 self._claims[str(tag)] = claimed
             return payload
         raise Empty()
+
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """Put ``payload`` onto ``queue``: written whole under a name no fetch
+        matches, then renamed to kombu's ``<ms>_<uuid>.<queue>.msg`` (module doc)."""
+        name = f"{round(time.monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+        folder = Path(self.data_folder_out)
+        partial = folder / f".partial-{uuid.uuid4().hex}"
+        partial.write_bytes(str_to_bytes(dumps(payload)))
+        os.replace(partial, folder / name)
 
     def _release(self, delivery_tag: Any) -> None:
         claimed = self._claims.pop(str(delivery_tag), None)
