@@ -44,7 +44,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,16 @@ def _wait_for_slot(cancel: CancelFlag) -> threading.BoundedSemaphore:
     return slots
 
 
+@contextlib.contextmanager
+def _child_slot(cancel: CancelFlag) -> Iterator[None]:
+    """Hold one of the child slots for the block (:func:`_wait_for_slot`)."""
+    slots = _wait_for_slot(cancel)
+    try:
+        yield
+    finally:
+        slots.release()
+
+
 def analyse_in_child(
     spec: ModelSpec,
     batches: Sequence[tuple[Tensor, Tensor]],
@@ -146,52 +156,32 @@ def analyse_in_child(
     ResourceExhausted: the child's own report), ResourceExhausted when the
     child dies, Cancelled when ``cancel`` is set."""
     memory_bytes = _memory_bytes()
-    slots = _wait_for_slot(cancel)
-    try:
-        return _analyse_with_slot(
-            spec, batches, layers, options, settings, seed, progress, cancel, stored, memory_bytes
-        )
-    finally:
-        slots.release()
-
-
-def _analyse_with_slot(
-    spec: ModelSpec,
-    batches: Sequence[tuple[Tensor, Tensor]],
-    layers: Sequence[LayerProfile],
-    options: Sequence[QuantOption],
-    settings: SensitivitySettings,
-    seed: int,
-    progress: Callable[[str, LayerTrace], None] | None,
-    cancel: CancelFlag,
-    stored: SensitivityReport | None,
-    memory_bytes: int,
-) -> SensitivityReport:
-    child = _take(memory_bytes)
-    try:
-        _refill(memory_bytes)
-        data = Path(child.root.name, "batches.pt")
-        torch.save([(i.detach().cpu(), t.detach().cpu()) for i, t in batches], data)
-        request: dict[str, Any] = {
-            "spec": spec_to_json(_absolute(spec)),
-            "batches": str(data),
-            "layers": [asdict(layer) for layer in layers],
-            "options": [o.key for o in options],
-            "settings": asdict(settings),
-            "seed": seed,
-        }
-        if stored is not None:
-            request.update(mode="price", stored=stored.to_dict())
-        stdin = child.process.stdin
-        assert stdin is not None
+    with _child_slot(cancel):
+        child = _take(memory_bytes)
         try:
-            stdin.write(json.dumps(request).encode() + b"\n")
-            stdin.flush()
-        except OSError:
-            raise _death(child.process, memory_bytes) from None
-        reply = _follow(child.process, progress, cancel, memory_bytes)
-    finally:
-        child.end()
+            _refill(memory_bytes)
+            data = Path(child.root.name, "batches.pt")
+            torch.save([(i.detach().cpu(), t.detach().cpu()) for i, t in batches], data)
+            request: dict[str, Any] = {
+                "spec": spec_to_json(_absolute(spec)),
+                "batches": str(data),
+                "layers": [asdict(layer) for layer in layers],
+                "options": [o.key for o in options],
+                "settings": asdict(settings),
+                "seed": seed,
+            }
+            if stored is not None:
+                request.update(mode="price", stored=stored.to_dict())
+            stdin = child.process.stdin
+            assert stdin is not None
+            try:
+                stdin.write(json.dumps(request).encode() + b"\n")
+                stdin.flush()
+            except OSError:
+                raise _death(child.process, memory_bytes) from None
+            reply = _follow(child.process, progress, cancel, memory_bytes)
+        finally:
+            child.end()
     if reply.get("ok") is not True:
         raise error_from_reply(reply)
     try:

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from bitmesh.models.sandbox.child import _address_space, _is_allocation_failure
+from bitmesh.models.sandbox.child import _address_space, _is_allocation_failure, reply_stream
 from bitmesh.models.sandbox.protocol import failure
 
 #: Address space past twice the estimate: thread stacks (the analysis's
@@ -222,9 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--memory-bytes", type=int, required=True)
     args = parser.parse_args(argv)
-    replies = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
+    replies = reply_stream()
     serve(args.memory_bytes, replies)
     replies.close()
     os._exit(0)  # no interpreter teardown: nothing left to flush but the reply

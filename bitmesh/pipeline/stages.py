@@ -96,6 +96,8 @@ def follow_training(
             f"{result.status.error or result.status.message}"
         )
     progress(stage, 1.0, f"accuracy {result.evaluation.accuracy:.4f}")
+    # Unset when the job changed no weight (an evaluation of a given model).
+    weights = result.weights.sha256 if result.HasField("weights") else ""
     return {
         "kind": result.status.kind,
         "job_id": job.job_id,
@@ -104,11 +106,8 @@ def follow_training(
         "samples": result.evaluation.samples,
         "costs": _costs(result.evaluation.costs),
         "config": {c.layer: option_from_pb(c.option).key for c in result.config.layers},
-        # Unset when the job changed no weight (an evaluation of a given model).
-        "weights_sha256": result.weights.sha256 if result.HasField("weights") else "",
-        "weights_path": (
-            _weights_path(client, result.weights.sha256) if result.HasField("weights") else ""
-        ),
+        "weights_sha256": weights,
+        "weights_path": _weights_path(client, weights) if weights else "",
         "steps_done": result.steps_done,
         "final_entropy": result.final_entropy,
         "seconds": time.monotonic() - start,

@@ -169,14 +169,21 @@ def serve(memory_bytes: int, replies: TextIO) -> None:
         replies.flush()
 
 
+def reply_stream() -> TextIO:
+    """This process's stdout as the replies' own stream, and fd 1 and
+    ``sys.stdout`` pointed at stderr from now on, so that nothing the
+    model's code prints can pass for a reply."""
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return replies
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--memory-bytes", type=int, required=True)
     args = parser.parse_args(argv)
-    replies = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    serve(args.memory_bytes, replies)
+    serve(args.memory_bytes, reply_stream())
 
 
 if __name__ == "__main__":
